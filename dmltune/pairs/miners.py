@@ -1,0 +1,185 @@
+"""Pair miners: which pairs of a batch enter the loss (METHODS.md §1).
+
+A miner takes the B×B similarity matrix and the labels and returns a :class:`Mined` with boolean
+masks of the kept positive and negative pairs. The min/max thresholds are taken over the unmined
+positive and negative sets; self-pairs are never positives. Mining runs without gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from ..registry import Param, Registry
+from .masks import check_pair_inputs, label_masks, row_max, row_min
+
+MINERS = Registry("miner")
+
+# Similarities lie in [-1, 1], so a tolerance beyond 2 keeps everything.
+_TOLERANCE = dict(kind=float, low=0.0, high=2.0)
+_SIMILARITY = dict(kind=float, low=-1.0, high=1.0)
+
+
+@dataclass
+class Mined:
+    """Masks of the mined pairs and the batch's mining statistics.
+
+    ``stats`` is a dict of floats (pairs before/after mining, mean mined similarities, the
+    thresholds used). It is computed from ``stat_values`` on first access, with one device sync;
+    a training loop can instead accumulate ``stat_values`` on the device and convert once per epoch.
+    """
+
+    pos: Tensor
+    neg: Tensor
+    stat_names: tuple[str, ...] = ()
+    stat_values: Tensor | None = None
+    constants: dict[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def stats(self) -> dict[str, float]:
+        out = {}
+        if self.stat_values is not None:
+            out.update(zip(self.stat_names, self.stat_values.tolist()))
+        out.update(self.constants)
+        return out
+
+
+def _mined(sim: Tensor, pos_all: Tensor, neg_all: Tensor, pos: Tensor, neg: Tensor,
+           extra: dict[str, Tensor] | None = None, **constants: float) -> Mined:
+    """Package masks with the statistics every miner reports."""
+    dtype = sim.dtype if sim.is_floating_point() else torch.float32
+    zero = torch.zeros((), dtype=dtype, device=sim.device)
+    n_pos, n_neg = pos.sum().to(dtype), neg.sum().to(dtype)
+    values = {
+        "pos_before": pos_all.sum().to(dtype),
+        "neg_before": neg_all.sum().to(dtype),
+        "pos_after": n_pos,
+        "neg_after": n_neg,
+        # 0/0 gives NaN on purpose: "no pair mined" is not a similarity of 0.
+        "pos_sim_mean": torch.where(pos, sim, zero).sum() / n_pos,
+        "neg_sim_mean": torch.where(neg, sim, zero).sum() / n_neg,
+    }
+    for name, value in (extra or {}).items():
+        values[name] = value.to(dtype)
+    return Mined(pos, neg, tuple(values), torch.stack(list(values.values())), dict(constants))
+
+
+def tolerance_masks(sim: Tensor, pos_all: Tensor, neg_all: Tensor, gamma_pos, gamma_neg) -> tuple[Tensor, Tensor]:
+    """Keep positive j if ``S_ij − γ_pos < max_k S_ik`` and negative k if ``S_ik + γ_neg > min_j S_ij``.
+
+    This is the MS / Sim_p rule with separate tolerances (ASMS, DDTAS eq. 7–8); ``γ`` may be a
+    float or a 0-dim tensor.
+    """
+    hardest_neg = row_max(sim, neg_all)
+    hardest_pos = row_min(sim, pos_all)
+    pos = pos_all & (sim - gamma_pos < hardest_neg)
+    neg = neg_all & (sim + gamma_neg > hardest_pos)
+    return pos, neg
+
+
+@MINERS.register("none")
+class NoMiner:
+    """Keep every positive and negative pair."""
+
+    @torch.no_grad()
+    def __call__(self, sim: Tensor, labels: Tensor) -> Mined:
+        check_pair_inputs(sim, labels)
+        pos_all, neg_all = label_masks(labels)
+        return _mined(sim, pos_all, neg_all, pos_all, neg_all)
+
+
+@MINERS.register("ms", Param("epsilon", default=0.1, help="tolerance ε of the MS / Sim_p rule", **_TOLERANCE))
+class MSMiner:
+    """Multi-similarity pair mining (Sim_p / VTHM) with tolerance ε; ε = 0 is Sim_p (γ = 0)."""
+
+    def __init__(self, epsilon: float = 0.1):
+        self.epsilon = epsilon
+
+    @torch.no_grad()
+    def __call__(self, sim: Tensor, labels: Tensor) -> Mined:
+        check_pair_inputs(sim, labels)
+        pos_all, neg_all = label_masks(labels)
+        pos, neg = tolerance_masks(sim, pos_all, neg_all, self.epsilon, self.epsilon)
+        return _mined(sim, pos_all, neg_all, pos, neg, epsilon=self.epsilon)
+
+
+@MINERS.register(
+    "asms",
+    Param("gamma_pos", default=0.1, help="tolerance γ_pos for positive pairs", **_TOLERANCE),
+    Param("gamma_neg", default=0.01, help="tolerance γ_neg for negative pairs", **_TOLERANCE),
+)
+class ASMSMiner:
+    """Asymmetric sample mining strategy (DDTAS eq. 7–8): separate tolerances γ_pos, γ_neg."""
+
+    def __init__(self, gamma_pos: float = 0.1, gamma_neg: float = 0.01):
+        self.gamma_pos, self.gamma_neg = gamma_pos, gamma_neg
+
+    @torch.no_grad()
+    def __call__(self, sim: Tensor, labels: Tensor) -> Mined:
+        check_pair_inputs(sim, labels)
+        pos_all, neg_all = label_masks(labels)
+        pos, neg = tolerance_masks(sim, pos_all, neg_all, self.gamma_pos, self.gamma_neg)
+        return _mined(sim, pos_all, neg_all, pos, neg, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg)
+
+
+@MINERS.register(
+    "at_asms",
+    Param("gamma_pos", default=0.1, help="base tolerance γ_pos", **_TOLERANCE),
+    Param("gamma_neg", default=0.01, help="base tolerance γ_neg", **_TOLERANCE),
+    Param("kappa", float, 0.5, low=0.0, high=1.0, help="zoom κ of the adaptive tolerance"),
+    Param("count_neg_with", str, "gamma_neg", choices=("gamma_neg", "gamma_pos"),
+          help="tolerance used to count n_neg; 'gamma_pos' reproduces the authors' code"),
+)
+class ATASMSMiner:
+    """Adaptive-tolerance ASMS (DDTAS Alg. 1): widen γ_pos and tighten γ_neg when ξ = n_neg/N_pos > 1."""
+
+    def __init__(self, gamma_pos: float = 0.1, gamma_neg: float = 0.01, kappa: float = 0.5,
+                 count_neg_with: str = "gamma_neg"):
+        self.gamma_pos, self.gamma_neg, self.kappa = gamma_pos, gamma_neg, kappa
+        self.count_neg_with = count_neg_with
+
+    @torch.no_grad()
+    def __call__(self, sim: Tensor, labels: Tensor) -> Mined:
+        check_pair_inputs(sim, labels)
+        pos_all, neg_all = label_masks(labels)
+        counting_tolerance = self.gamma_neg if self.count_neg_with == "gamma_neg" else self.gamma_pos
+        first_neg = neg_all & (sim + counting_tolerance > row_min(sim, pos_all))
+        n_pos_all = pos_all.sum()
+        xi = first_neg.sum() / n_pos_all.clamp_min(1)  # no positive pair at all → ξ = 0, no change
+        zoom = self.kappa * torch.sigmoid(xi)
+        adapt = xi > 1
+        one = torch.ones_like(zoom)
+        gamma_pos = self.gamma_pos * torch.where(adapt, 1 + zoom, one)
+        gamma_neg = self.gamma_neg * torch.where(adapt, 1 - zoom, one)
+        pos, neg = tolerance_masks(sim, pos_all, neg_all, gamma_pos.to(sim.dtype), gamma_neg.to(sim.dtype))
+        return _mined(sim, pos_all, neg_all, pos, neg,
+                      extra={"xi": xi, "gamma_pos": gamma_pos, "gamma_neg": gamma_neg})
+
+
+@MINERS.register(
+    "dsml",
+    Param("tau_p", default=0.9, help="keep positives with S < τ_p", **_SIMILARITY),
+    Param("tau_n", default=0.1, help="keep negatives with S > τ_n", **_SIMILARITY),
+    Param("tau_b", default=0.2, help="and with S > min positive − τ_b", **_TOLERANCE),
+)
+class DSMLMiner:
+    """Dynamic-sampling miner (dynamic_sampling §3.1): absolute thresholds plus a relative bound."""
+
+    def __init__(self, tau_p: float = 0.9, tau_n: float = 0.1, tau_b: float = 0.2):
+        self.tau_p, self.tau_n, self.tau_b = tau_p, tau_n, tau_b
+
+    @torch.no_grad()
+    def __call__(self, sim: Tensor, labels: Tensor) -> Mined:
+        check_pair_inputs(sim, labels)
+        pos_all, neg_all = label_masks(labels)
+        pos = pos_all & (sim < self.tau_p)
+        neg = neg_all & (sim > self.tau_n) & (sim > row_min(sim, pos_all) - self.tau_b)
+        return _mined(sim, pos_all, neg_all, pos, neg, tau_p=self.tau_p, tau_n=self.tau_n, tau_b=self.tau_b)
+
+
+def get_miner(name: str, **params) -> object:
+    """Build the miner registered as ``name``; unknown names or parameters raise ConfigError."""
+    return MINERS.build(name, **params)

@@ -1,0 +1,191 @@
+"""Named, pluggable components with declared parameters.
+
+Every miner, loss, backbone and dataset is registered under a name together with the parameters it
+accepts (type, default, valid range). Study files are validated against these declarations before
+anything runs, and ``dmltune list`` prints them. Adding a component means writing it and
+decorating it with ``REGISTRY.register(...)``; nothing else needs to change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, described in one line that says how to fix it."""
+
+
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter of a component.
+
+    ``kind`` is ``float``, ``int``, ``bool`` or ``str``. Numeric parameters may carry an inclusive
+    range ``[low, high]``; string parameters a tuple of ``choices``. ``tensor_ok`` lets a float
+    parameter also be a 0-dim ``torch.Tensor`` (the loss threshold λ, so gradients can reach it).
+    ``nullable`` allows ``None`` as a value.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None
+    tensor_ok: bool = False
+    nullable: bool = False
+    help: str = ""
+
+    def describe_range(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.low is not None or self.high is not None:
+            lo = "-inf" if self.low is None else f"{self.low:g}"
+            hi = "inf" if self.high is None else f"{self.high:g}"
+            return f"[{lo}, {hi}]"
+        return "any"
+
+    def check(self, value: Any, where: str) -> Any:
+        """Return ``value`` coerced to ``kind``; raise ConfigError with a one-line fix otherwise."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise ConfigError(f"{where}: '{self.name}' may not be empty; give a {self.kind.__name__}")
+        if self.tensor_ok and _is_tensor(value):
+            if value.numel() != 1:
+                raise ConfigError(f"{where}: '{self.name}' must be a scalar tensor, got shape {tuple(value.shape)}")
+            self._check_range(float(value.detach()), where)
+            return value
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: '{self.name}' must be true or false, got {value!r}")
+            return value
+        if self.kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where}: '{self.name}' must be an integer, got {value!r}")
+            self._check_range(value, where)
+            return value
+        if self.kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}: '{self.name}' must be a number, got {value!r}")
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: '{self.name}' must be finite, got {value!r}")
+            self._check_range(value, where)
+            return value
+        if self.kind is str:
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}: '{self.name}' must be a string, got {value!r}")
+            if self.choices is not None and value not in self.choices:
+                raise ConfigError(
+                    f"{where}: '{self.name}' = {value!r} is not valid; choose "
+                    f"{self.describe_range()}{_did_you_mean(value, self.choices)}"
+                )
+            return value
+        if not isinstance(value, self.kind):
+            raise ConfigError(f"{where}: '{self.name}' must be a {self.kind.__name__}, got {value!r}")
+        return value
+
+    def _check_range(self, value: float, where: str) -> None:
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise ConfigError(
+                f"{where}: '{self.name}' = {value:g} is outside its valid range {self.describe_range()}"
+            )
+
+
+def _is_tensor(value: Any) -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        return False
+    return isinstance(value, torch.Tensor)
+
+
+@dataclass
+class Component:
+    """A registered factory and the parameters it declares."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    params: tuple[Param, ...]
+    help: str = ""
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def validate(self, values: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
+        """Check ``values`` against the declared parameters; return them merged over the defaults."""
+        where = where or f"{self.kind} '{self.name}'"
+        by_name = {p.name: p for p in self.params}
+        out = self.defaults
+        for key, value in values.items():
+            if key not in by_name:
+                valid = ", ".join(by_name) or "none"
+                raise ConfigError(
+                    f"{where} has no parameter '{key}'{_did_you_mean(key, by_name)}; "
+                    f"valid parameters: {valid}"
+                )
+            out[key] = by_name[key].check(value, where)
+        return out
+
+    def build(self, **values: Any) -> Any:
+        return self.factory(**self.validate(values))
+
+
+@dataclass
+class Registry(Mapping[str, Component]):
+    """Components of one kind (``"miner"``, ``"loss"``, ...) by name."""
+
+    kind: str
+    _items: dict[str, Component] = field(default_factory=dict)
+
+    def register(self, name: str, *params: Param, help: str = "") -> Callable:
+        """Decorator: register ``factory`` under ``name`` with its declared parameters."""
+
+        def decorate(factory: Callable) -> Callable:
+            if name in self._items:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            summary = help or (factory.__doc__ or "").strip().split("\n")[0]
+            self._items[name] = Component(self.kind, name, factory, tuple(params), summary)
+            return factory
+
+        return decorate
+
+    def lookup(self, name: str) -> Component:
+        """The component called ``name``; an unknown name raises ConfigError listing the choices."""
+        if not isinstance(name, str) or name not in self._items:
+            choices = ", ".join(sorted(self._items))
+            hint = _did_you_mean(name, self._items) if isinstance(name, str) else ""
+            raise ConfigError(f"unknown {self.kind} {name!r}{hint}; valid choices: {choices}")
+        return self._items[name]
+
+    def build(self, name: str, **values: Any) -> Any:
+        return self.lookup(name).build(**values)
+
+    def __getitem__(self, name: str) -> Component:
+        return self.lookup(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._items.get(name, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
