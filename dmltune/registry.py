@@ -46,6 +46,8 @@ class Param:
     def describe_range(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.kind is bool:
+            return "true or false"
         if self.low is not None or self.high is not None:
             lo = "-inf" if self.low is None else f"{self.low:g}"
             hi = "inf" if self.high is None else f"{self.high:g}"
@@ -150,7 +152,11 @@ class Registry(Mapping[str, Component]):
     """Components of one kind (``"miner"``, ``"loss"``, ...) by name."""
 
     kind: str
+    plural: str = ""
     _items: dict[str, Component] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.plural = self.plural or self.kind + "s"
 
     def register(self, name: str, *params: Param, help: str = "") -> Callable:
         """Decorator: register ``factory`` under ``name`` with its declared parameters."""

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..registry import Param, Registry
 from .masks import check_pair_inputs, label_masks, masked_logsumexp, masked_mean, pairwise_hinge_sum
 
-LOSSES = Registry("loss")
+LOSSES = Registry("loss", "losses")
 
 _POSITIVE = dict(kind=float, low=1e-3, high=1e3)
 

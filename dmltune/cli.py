@@ -1,0 +1,89 @@
+"""Command line: ``python -m dmltune <command>``.
+
+Commands so far: ``demo`` (a short CPU comparison of fixed and adaptive thresholds on scikit-learn's
+digits) and ``list`` (every registered component with its parameters, defaults and ranges).
+Configuration mistakes end with a one-line message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .registry import ConfigError, Registry
+
+
+def _registries() -> list[Registry]:
+    from .pairs import LOSSES, MINERS
+
+    registries = [MINERS, LOSSES]
+    try:  # components that later parts of the package register
+        from .models import BACKBONES
+
+        registries.append(BACKBONES)
+    except ImportError:
+        pass
+    try:
+        from .data import DATASETS
+
+        registries.append(DATASETS)
+    except ImportError:
+        pass
+    return registries
+
+
+def format_registry(registry: Registry) -> str:
+    """Human-readable listing of one registry: name, summary and each parameter."""
+    lines = [f"{registry.plural}:"]
+    for name in registry:
+        component = registry[name]
+        lines.append(f"  {name:<18} {component.help}")
+        for p in component.params:
+            lines.append(
+                f"      {p.name:<16} {p.kind.__name__:<6} default {p.default!r:<12} {p.describe_range():<22} {p.help}"
+            )
+    return "\n".join(lines)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for registry in _registries():
+        if args.kind and args.kind not in (registry.kind, registry.plural):
+            continue
+        print(format_registry(registry))
+        print()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(epochs=args.epochs, seeds=args.seeds)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmltune", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list miners, losses, backbones and datasets with their parameters")
+    p.add_argument("kind", nargs="?", help="only this kind (miners, losses, backbones, datasets)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("demo", help="short CPU demo: fixed vs adaptive thresholds on digits")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seeds", type=int, default=2)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"dmltune: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
