@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..registry import Param, Registry
-from .masks import check_pair_inputs, label_masks, masked_logsumexp, masked_mean, pairwise_hinge_sum
+from .masks import check_pair_inputs, full_precision, label_masks, masked_logsumexp, masked_mean, pairwise_hinge_sum
 
 LOSSES = Registry("loss", "losses")
 
@@ -49,6 +49,7 @@ class PairLoss:
     def __call__(self, sim: Tensor, labels: Tensor, mined=None, progress: float | Tensor | None = None,
                  lam: float | Tensor | None = None) -> Tensor:
         check_pair_inputs(sim, labels)
+        sim = full_precision(sim)
         if mined is None:
             pos, neg = label_masks(labels)
         else:

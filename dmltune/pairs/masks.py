@@ -22,6 +22,14 @@ def check_pair_inputs(sim: Tensor, labels: Tensor) -> None:
         )
 
 
+def full_precision(sim: Tensor) -> Tensor:
+    """``sim`` in float32 if it is half or bfloat16 (as under autocast), unchanged otherwise.
+
+    Mining thresholds of 0.01 and exponents scaled by β = 50 need more precision than bf16 has.
+    """
+    return sim.float() if sim.dtype in (torch.float16, torch.bfloat16) else sim
+
+
 def label_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
     """All positive pairs (same label, j ≠ i) and all negative pairs (different label)."""
     same = labels[:, None] == labels[None, :]

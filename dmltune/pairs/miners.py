@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Param, Registry
-from .masks import check_pair_inputs, label_masks, row_max, row_min
+from .masks import check_pair_inputs, full_precision, label_masks, row_max, row_min
 
 MINERS = Registry("miner")
 
@@ -48,9 +48,9 @@ class Mined:
 
 
 def _mined(sim: Tensor, pos_all: Tensor, neg_all: Tensor, pos: Tensor, neg: Tensor,
-           extra: dict[str, Tensor] | None = None, **constants: float) -> Mined:
+           adapted: dict[str, Tensor] | None = None, **constants: float) -> Mined:
     """Package masks with the statistics every miner reports."""
-    dtype = sim.dtype if sim.is_floating_point() else torch.float32
+    dtype = sim.dtype
     zero = torch.zeros((), dtype=dtype, device=sim.device)
     n_pos, n_neg = pos.sum().to(dtype), neg.sum().to(dtype)
     values = {
@@ -62,7 +62,7 @@ def _mined(sim: Tensor, pos_all: Tensor, neg_all: Tensor, pos: Tensor, neg: Tens
         "pos_sim_mean": torch.where(pos, sim, zero).sum() / n_pos,
         "neg_sim_mean": torch.where(neg, sim, zero).sum() / n_neg,
     }
-    for name, value in (extra or {}).items():
+    for name, value in (adapted or {}).items():
         values[name] = value.to(dtype)
     return Mined(pos, neg, tuple(values), torch.stack(list(values.values())), dict(constants))
 
@@ -80,30 +80,46 @@ def tolerance_masks(sim: Tensor, pos_all: Tensor, neg_all: Tensor, gamma_pos, ga
     return pos, neg
 
 
-@MINERS.register("none")
-class NoMiner:
-    """Keep every positive and negative pair."""
+class Miner:
+    """Shared plumbing: input checks, float32 similarities, label masks, statistics."""
 
     @torch.no_grad()
     def __call__(self, sim: Tensor, labels: Tensor) -> Mined:
         check_pair_inputs(sim, labels)
+        sim = full_precision(sim.detach())
         pos_all, neg_all = label_masks(labels)
-        return _mined(sim, pos_all, neg_all, pos_all, neg_all)
+        pos, neg, adapted = self.select(sim, pos_all, neg_all)
+        return _mined(sim, pos_all, neg_all, pos, neg, adapted, **self.constants())
+
+    def select(self, sim: Tensor, pos_all: Tensor, neg_all: Tensor) -> tuple[Tensor, Tensor, dict | None]:
+        """Masks of the kept pairs, and any thresholds computed on the device for this batch."""
+        raise NotImplementedError
+
+    def constants(self) -> dict[str, float]:
+        """The fixed thresholds to report with every batch."""
+        return {}
+
+
+@MINERS.register("none")
+class NoMiner(Miner):
+    """Keep every positive and negative pair."""
+
+    def select(self, sim, pos_all, neg_all):
+        return pos_all, neg_all, None
 
 
 @MINERS.register("ms", Param("epsilon", default=0.1, help="tolerance ε of the MS / Sim_p rule", **_TOLERANCE))
-class MSMiner:
+class MSMiner(Miner):
     """Multi-similarity pair mining (Sim_p / VTHM) with tolerance ε; ε = 0 is Sim_p (γ = 0)."""
 
     def __init__(self, epsilon: float = 0.1):
         self.epsilon = epsilon
 
-    @torch.no_grad()
-    def __call__(self, sim: Tensor, labels: Tensor) -> Mined:
-        check_pair_inputs(sim, labels)
-        pos_all, neg_all = label_masks(labels)
-        pos, neg = tolerance_masks(sim, pos_all, neg_all, self.epsilon, self.epsilon)
-        return _mined(sim, pos_all, neg_all, pos, neg, epsilon=self.epsilon)
+    def select(self, sim, pos_all, neg_all):
+        return (*tolerance_masks(sim, pos_all, neg_all, self.epsilon, self.epsilon), None)
+
+    def constants(self):
+        return {"epsilon": self.epsilon}
 
 
 @MINERS.register(
@@ -111,18 +127,17 @@ class MSMiner:
     Param("gamma_pos", default=0.1, help="tolerance γ_pos for positive pairs", **_TOLERANCE),
     Param("gamma_neg", default=0.01, help="tolerance γ_neg for negative pairs", **_TOLERANCE),
 )
-class ASMSMiner:
+class ASMSMiner(Miner):
     """Asymmetric sample mining strategy (DDTAS eq. 7–8): separate tolerances γ_pos, γ_neg."""
 
     def __init__(self, gamma_pos: float = 0.1, gamma_neg: float = 0.01):
         self.gamma_pos, self.gamma_neg = gamma_pos, gamma_neg
 
-    @torch.no_grad()
-    def __call__(self, sim: Tensor, labels: Tensor) -> Mined:
-        check_pair_inputs(sim, labels)
-        pos_all, neg_all = label_masks(labels)
-        pos, neg = tolerance_masks(sim, pos_all, neg_all, self.gamma_pos, self.gamma_neg)
-        return _mined(sim, pos_all, neg_all, pos, neg, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg)
+    def select(self, sim, pos_all, neg_all):
+        return (*tolerance_masks(sim, pos_all, neg_all, self.gamma_pos, self.gamma_neg), None)
+
+    def constants(self):
+        return {"gamma_pos": self.gamma_pos, "gamma_neg": self.gamma_neg}
 
 
 @MINERS.register(
@@ -133,7 +148,7 @@ class ASMSMiner:
     Param("count_neg_with", str, "gamma_neg", choices=("gamma_neg", "gamma_pos"),
           help="tolerance used to count n_neg; 'gamma_pos' reproduces the authors' code"),
 )
-class ATASMSMiner:
+class ATASMSMiner(Miner):
     """Adaptive-tolerance ASMS (DDTAS Alg. 1): widen γ_pos and tighten γ_neg when ξ = n_neg/N_pos > 1."""
 
     def __init__(self, gamma_pos: float = 0.1, gamma_neg: float = 0.01, kappa: float = 0.5,
@@ -141,22 +156,18 @@ class ATASMSMiner:
         self.gamma_pos, self.gamma_neg, self.kappa = gamma_pos, gamma_neg, kappa
         self.count_neg_with = count_neg_with
 
-    @torch.no_grad()
-    def __call__(self, sim: Tensor, labels: Tensor) -> Mined:
-        check_pair_inputs(sim, labels)
-        pos_all, neg_all = label_masks(labels)
+    def select(self, sim, pos_all, neg_all):
         counting_tolerance = self.gamma_neg if self.count_neg_with == "gamma_neg" else self.gamma_pos
         first_neg = neg_all & (sim + counting_tolerance > row_min(sim, pos_all))
-        n_pos_all = pos_all.sum()
-        xi = first_neg.sum() / n_pos_all.clamp_min(1)  # no positive pair at all → ξ = 0, no change
+        # ξ = n_neg / N_pos; a batch without any positive pair gets ξ = 0 (no adaptation).
+        xi = first_neg.sum().to(sim.dtype) / pos_all.sum().clamp_min(1).to(sim.dtype)
         zoom = self.kappa * torch.sigmoid(xi)
         adapt = xi > 1
         one = torch.ones_like(zoom)
         gamma_pos = self.gamma_pos * torch.where(adapt, 1 + zoom, one)
         gamma_neg = self.gamma_neg * torch.where(adapt, 1 - zoom, one)
-        pos, neg = tolerance_masks(sim, pos_all, neg_all, gamma_pos.to(sim.dtype), gamma_neg.to(sim.dtype))
-        return _mined(sim, pos_all, neg_all, pos, neg,
-                      extra={"xi": xi, "gamma_pos": gamma_pos, "gamma_neg": gamma_neg})
+        pos, neg = tolerance_masks(sim, pos_all, neg_all, gamma_pos, gamma_neg)
+        return pos, neg, {"xi": xi, "gamma_pos": gamma_pos, "gamma_neg": gamma_neg}
 
 
 @MINERS.register(
@@ -165,19 +176,19 @@ class ATASMSMiner:
     Param("tau_n", default=0.1, help="keep negatives with S > τ_n", **_SIMILARITY),
     Param("tau_b", default=0.2, help="and with S > min positive − τ_b", **_TOLERANCE),
 )
-class DSMLMiner:
+class DSMLMiner(Miner):
     """Dynamic-sampling miner (dynamic_sampling §3.1): absolute thresholds plus a relative bound."""
 
     def __init__(self, tau_p: float = 0.9, tau_n: float = 0.1, tau_b: float = 0.2):
         self.tau_p, self.tau_n, self.tau_b = tau_p, tau_n, tau_b
 
-    @torch.no_grad()
-    def __call__(self, sim: Tensor, labels: Tensor) -> Mined:
-        check_pair_inputs(sim, labels)
-        pos_all, neg_all = label_masks(labels)
+    def select(self, sim, pos_all, neg_all):
         pos = pos_all & (sim < self.tau_p)
         neg = neg_all & (sim > self.tau_n) & (sim > row_min(sim, pos_all) - self.tau_b)
-        return _mined(sim, pos_all, neg_all, pos, neg, tau_p=self.tau_p, tau_n=self.tau_n, tau_b=self.tau_b)
+        return pos, neg, None
+
+    def constants(self):
+        return {"tau_p": self.tau_p, "tau_n": self.tau_n, "tau_b": self.tau_b}
 
 
 def get_miner(name: str, **params) -> object:
