@@ -1,0 +1,99 @@
+"""Meta-learned loss threshold λ: the online threshold generator of DDTAS (METHODS.md §4).
+
+At a meta step, with parameters θ (the embedding head or the whole network) and the current λ:
+
+1. look ahead one SGD step, ``θ̂(λ) = θ − ψ ∇_θ L_train(λ)``;
+2. evaluate the meta loss ``L_meta`` on a meta batch drawn from the training classes, at ``θ̂``;
+3. ``λ ← clamp(λ − φ ∂L_meta/∂λ, lo, hi)``.
+
+The hypergradient is computed exactly but without differentiating through the meta forward pass:
+since ``θ̂`` is linear in the gradient ``g(λ) = ∇_θ L_train(λ)``,
+
+    ∂L_meta/∂λ = ⟨∇_θ̂ L_meta, ∂θ̂/∂λ⟩ = −ψ ∂/∂λ ⟨v, g(λ)⟩,   v = ∇_θ̂ L_meta (a constant),
+
+so the meta batch needs one ordinary forward and backward pass at ``θ̂``, and the training side one
+mixed second derivative of the training loss. The authors' public code does not implement this
+generator; this design is dmltune's own.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from .registry import Param
+
+META_PARAMS = (
+    Param("init", float, 0.7, low=-1.0, high=4.0, help="initial λ"),
+    Param("lr", float, 0.01, low=0.0, high=100.0, help="step size φ of the λ update"),
+    Param("inner_lr", float, None, low=0.0, high=10.0, nullable=True,
+          help="look-ahead step ψ; empty = the optimizer's learning rate"),
+    Param("every", int, 1, low=1, help="run the meta step every k iterations"),
+    Param("scope", str, "head", choices=("head", "full"),
+          help="look ahead through the embedding head only, or the whole network"),
+    Param("clamp", list, [0.0, 1.0], help="[lo, hi]: λ is kept inside this range"),
+)
+
+
+class MetaLambda:
+    """Holds λ and updates it by one-step look-ahead meta-gradients."""
+
+    def __init__(self, init: float, lr: float, inner_lr: float, clamp: tuple[float, float],
+                 every: int = 1, device: torch.device | str | None = None, dtype=torch.float32):
+        lo, hi = clamp
+        if not lo <= init <= hi:
+            raise ValueError(f"meta λ: init {init} lies outside clamp [{lo}, {hi}]; widen clamp or move init")
+        self.lr, self.inner_lr, self.every = lr, inner_lr, every
+        self.lo, self.hi = lo, hi
+        self.lam = torch.tensor(float(init), device=device, dtype=dtype)
+        self.last_hypergrad = torch.zeros((), device=device, dtype=dtype)
+
+    def due(self, iteration: int) -> bool:
+        """Whether iteration ``iteration`` (counted from 0) runs a meta step."""
+        return iteration % self.every == 0
+
+    def hypergradient(
+        self,
+        train_loss: Callable[[Tensor], Tensor],
+        params: Mapping[str, Tensor],
+        meta_loss: Callable[[Mapping[str, Tensor]], Tensor],
+    ) -> Tensor:
+        """``∂L_meta(θ̂(λ))/∂λ`` at the current λ.
+
+        ``train_loss(lam)`` returns the training loss at threshold ``lam`` (a tensor that requires
+        grad) through the look-ahead parameters ``params``; ``meta_loss(theta_hat)`` returns the
+        meta loss of the meta batch computed with parameters ``theta_hat`` (a dict like ``params``).
+        """
+        lam = self.lam.detach().clone().requires_grad_(True)
+        names = list(params)
+        tensors = [params[n] for n in names]
+        loss = train_loss(lam)
+        grads = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+        theta_hat = {n: (t.detach() - self.inner_lr * g.detach()).requires_grad_(True)
+                     for n, t, g in zip(names, tensors, grads)}
+        meta = meta_loss(theta_hat)
+        v = torch.autograd.grad(meta, [theta_hat[n] for n in names], allow_unused=True)
+        inner = sum((g * vi.to(g.dtype)).sum() for g, vi in zip(grads, v) if vi is not None and g.requires_grad)
+        if not isinstance(inner, Tensor) or not inner.requires_grad:
+            return torch.zeros_like(self.lam)  # λ does not influence this step
+        (d_inner,) = torch.autograd.grad(inner, lam, allow_unused=True)
+        if d_inner is None:
+            return torch.zeros_like(self.lam)
+        return (-self.inner_lr * d_inner).detach().to(self.lam.dtype)
+
+    def step(self, train_loss, params, meta_loss) -> Tensor:
+        """One meta update of λ; returns the hypergradient used."""
+        hyper = self.hypergradient(train_loss, params, meta_loss)
+        self.lam = (self.lam - self.lr * hyper).clamp(self.lo, self.hi)
+        self.last_hypergrad = hyper
+        return hyper
+
+    def state_dict(self) -> dict:
+        return {"lam": self.lam.detach().cpu(), "last_hypergrad": self.last_hypergrad.detach().cpu()}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.lam = state["lam"].to(self.lam.device, self.lam.dtype)
+        self.last_hypergrad = state["last_hypergrad"].to(self.lam.device, self.lam.dtype)
