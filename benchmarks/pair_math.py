@@ -1,0 +1,241 @@
+"""Forward + backward time of every miner + loss: dmltune vs a per-anchor loop vs pytorch-metric-learning.
+
+    python benchmarks/pair_math.py [--device cpu|cuda] [--sizes 80 1000] [--dim 512] [--repeats 20]
+
+Each row times, from L2-normalised embeddings (requires grad): S = E Eᵀ, mining, the loss and the
+backward pass. "loop" is a per-anchor Python loop in the style of the authors' MS-loss code (boolean
+indexing per anchor, mining with the ε rule, losses appended then summed); "pml" is
+pytorch-metric-learning with its own miner and loss. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dmltune.pairs import get_loss, get_miner
+
+# (label, miner, miner params, loss, loss params)
+DMLTUNE_CASES = [
+    ("none + ms", "none", {}, "ms", {}),
+    ("ms + ms", "ms", {"epsilon": 0.1}, "ms", {}),
+    ("asms + soft_contrastive", "asms", {}, "soft_contrastive", {}),
+    ("at_asms + soft_contrastive", "at_asms", {}, "soft_contrastive", {}),
+    ("dsml + binomial*", "dsml", {}, "binomial", {"dynamic": True}),
+    ("asms + contrastive", "asms", {}, "contrastive", {}),
+    ("asms + triplet", "asms", {}, "triplet", {}),
+    ("asms + triplet*", "asms", {}, "triplet", {"dynamic": True}),
+    ("asms + lifted", "asms", {}, "lifted", {}),
+    ("asms + lifted*", "asms", {}, "lifted", {"dynamic": True}),
+    ("asms + binomial", "asms", {}, "binomial", {}),
+    ("asms + ms*", "asms", {}, "ms", {"dynamic": True}),
+    # the same losses without mining, to compare like with like against pml's plain losses
+    ("none + contrastive", "none", {}, "contrastive", {}),
+    ("none + triplet", "none", {}, "triplet", {}),
+    ("none + lifted", "none", {}, "lifted", {}),
+]
+
+
+def make_batch(b: int, dim: int, k: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(b // k).repeat_interleave(k)
+    emb = F.normalize(torch.randn(b, dim, generator=g), dim=1)
+    return emb.to(device), labels.to(device)
+
+
+def dmltune_step(miner_name, miner_params, loss_name, loss_params):
+    miner, loss_fn = get_miner(miner_name, **miner_params), get_loss(loss_name, **loss_params)
+
+    def step(emb, labels):
+        sim = emb @ emb.T
+        loss = loss_fn(sim, labels, miner(sim, labels), progress=0.5)
+        loss.backward()
+
+    return step
+
+
+def loop_ms_step(eps=0.1, alpha=2.0, beta=50.0, lam=0.5):
+    """Per-anchor MS mining + MS loss, as the MS-loss authors' reference code loops."""
+
+    def step(emb, labels):
+        sim = emb @ emb.T
+        losses = []
+        for i in range(emb.shape[0]):
+            pos = sim[i][labels == labels[i]]
+            pos = pos[pos < 1 - 1e-5]
+            neg = sim[i][labels != labels[i]]
+            if len(pos) == 0 or len(neg) == 0:
+                continue
+            neg_kept = neg[neg + eps > torch.min(pos)]
+            pos_kept = pos[pos - eps < torch.max(neg)]
+            if len(neg_kept) < 1 or len(pos_kept) < 1:
+                continue
+            pos_loss = 1.0 / alpha * torch.log(1 + torch.sum(torch.exp(-alpha * (pos_kept - lam))))
+            neg_loss = 1.0 / beta * torch.log(1 + torch.sum(torch.exp(beta * (neg_kept - lam))))
+            losses.append(pos_loss + neg_loss)
+        loss = sum(losses) / emb.shape[0] if losses else emb.sum() * 0
+        loss.backward()
+
+    return step
+
+
+def loop_asms_softcon_step(gp=0.1, gn=0.01, lam=0.7, mu=2.0, nu=40.0):
+    """Per-anchor ASMS mining + soft contrastive loss in the same style."""
+
+    def step(emb, labels):
+        sim = emb @ emb.T
+        losses = []
+        for i in range(emb.shape[0]):
+            pos = sim[i][labels == labels[i]]
+            pos = pos[pos < 1 - 1e-5]
+            neg = sim[i][labels != labels[i]]
+            if len(pos) == 0 or len(neg) == 0:
+                continue
+            neg_kept = neg[neg + gn > torch.min(pos)]
+            pos_kept = pos[pos - gp < torch.max(neg)]
+            if len(neg_kept) < 1 or len(pos_kept) < 1:
+                continue
+            pos_loss = F.softplus(mu * (lam - pos_kept)).mean() / mu
+            neg_loss = F.softplus(nu * (neg_kept - lam)).mean() / nu
+            losses.append(pos_loss + neg_loss)
+        loss = sum(losses) / emb.shape[0] if losses else emb.sum() * 0
+        loss.backward()
+
+    return step
+
+
+def pml_cases():
+    try:
+        from pytorch_metric_learning import losses, miners
+        from pytorch_metric_learning.distances import CosineSimilarity
+    except ImportError:
+        return []
+    cos = CosineSimilarity()
+
+    def with_miner(miner, loss):
+        def step(emb, labels):
+            loss(emb, labels, miner(emb, labels)).backward()
+
+        return step
+
+    def plain(loss):
+        def step(emb, labels):
+            loss(emb, labels).backward()
+
+        return step
+
+    return [
+        ("ms + ms", with_miner(miners.MultiSimilarityMiner(0.1), losses.MultiSimilarityLoss(2, 50, 0.5))),
+        ("none + ms", plain(losses.MultiSimilarityLoss(2, 50, 0.5))),
+        ("none + contrastive", plain(losses.ContrastiveLoss(pos_margin=1.0, neg_margin=0.5, distance=cos))),
+        ("none + triplet", plain(losses.TripletMarginLoss(margin=0.1, distance=cos))),
+        ("none + lifted", plain(losses.GeneralizedLiftedStructureLoss(neg_margin=0, pos_margin=1.0, distance=cos))),
+    ]
+
+
+def time_step(step, emb, labels, repeats: int, warmup: int, device) -> float:
+    def once():
+        e = emb.detach().clone().requires_grad_(True)
+        step(e, labels)
+
+    for _ in range(warmup):
+        once()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        once()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[80, 1000])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--k", type=int, default=5, help="instances per class")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--loop-max-b", type=int, default=1000, help="skip the per-anchor loop above this B")
+    parser.add_argument("--out", default="benchmarks/results/pair_math.json")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+
+    rows = []
+    for b in args.sizes:
+        emb, labels = make_batch(b, args.dim, args.k, device)
+        dml = {}
+        for label, mn, mp, ln, lp in DMLTUNE_CASES:
+            ms = time_step(dmltune_step(mn, mp, ln, lp), emb, labels, args.repeats, args.warmup, device)
+            dml[label] = ms
+            rows.append({"impl": "dmltune", "case": label, "B": b, "ms": ms})
+        loops = [("ms + ms", loop_ms_step()), ("asms + soft_contrastive", loop_asms_softcon_step())]
+        for label, step in loops:
+            if b > args.loop_max_b:
+                continue
+            reps = max(3, args.repeats // 4)
+            ms = time_step(step, emb, labels, reps, 1, device)
+            rows.append({"impl": "loop", "case": label, "B": b, "ms": ms, "dmltune_speedup": ms / dml[label]})
+        for label, step in pml_cases():
+            ms = time_step(step, emb, labels, args.repeats, args.warmup, device)
+            row = {"impl": "pml", "case": label, "B": b, "ms": ms}
+            row["dmltune_speedup"] = ms / dml[label]
+            rows.append(row)
+
+    on_gpu = device.type == "cuda"
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if on_gpu else cpu_name()}), "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, d = {args.dim}, K = {args.k}")
+    print(f"{'impl':<8} {'case':<28} {'B':>5} {'ms/step':>10} {'dmltune ×':>10} {'target':>8}")
+    for r in rows:
+        target = ""
+        if on_gpu and r["impl"] == "dmltune" and r["B"] == 80:
+            target = "ok" if r["ms"] <= 1.0 else "MISS"
+        elif on_gpu and "dmltune_speedup" in r:
+            need = 3.0 if r["impl"] == "pml" else 100.0
+            target = "ok" if r["dmltune_speedup"] >= need else "MISS"
+        speed = f"{r['dmltune_speedup']:.1f}" if "dmltune_speedup" in r else ""
+        print(f"{r['impl']:<8} {r['case']:<28} {r['B']:>5} {r['ms']:>10.3f} {speed:>10} {target:>8}")
+    if not on_gpu:
+        print("targets (≤ 1 ms at B = 80, ≥ 3× pml, ≥ 100× loop) apply to an H100 and are not judged on CPU")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "benchmark": "pair_math",
+        "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if on_gpu else cpu_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "dim": args.dim,
+        "k": args.k,
+        "rows": rows,
+    }, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
