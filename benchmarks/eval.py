@@ -1,0 +1,89 @@
+"""Time of a full retrieval evaluation (Recall@K + MAP@R + R-precision + NMI) at SOP-like sizes.
+
+    python benchmarks/eval.py [--device cpu|cuda] [--n 60502] [--dim 512] [--per-class 5]
+
+Embeddings are random class centres plus noise, L2-normalised, with SOP's shape by default
+(60,502 test images in classes of about 5). Rows: the k-NN search alone (torch on the device, and
+faiss on the CPU), the ranking metrics, NMI, and the whole evaluation. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pair_math import cpu_name  # noqa: E402
+
+from dmltune.evaluate import RECALL_KS, evaluate, nearest_neighbours  # noqa: E402
+
+
+def timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--n", type=int, default=60502)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--per-class", type=int, default=5)
+    parser.add_argument("--ks", type=int, nargs="+", default=list(RECALL_KS["sop"]))
+    parser.add_argument("--skip-nmi", action="store_true", help="NMI with ~n/5 clusters is slow on a CPU")
+    parser.add_argument("--out", default="benchmarks/results/eval.json")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(args.n) // args.per_class
+    centres = torch.randn(int(labels.max()) + 1, args.dim, generator=g)
+    emb = F.normalize(centres[labels] + 0.8 * torch.randn(args.n, args.dim, generator=g), dim=1)
+    emb, labels = emb.to(device), labels.to(device)
+    k = min(max(args.ks), args.n - 1)
+
+    rows = []
+    backends = ["torch", "faiss"] if device.type == "cuda" else ["faiss", "torch"]
+    for backend in backends:
+        seconds = timed(lambda: nearest_neighbours(emb, emb, k, True, backend=backend), device)
+        rows.append({"what": f"k-NN search, k = {k} ({backend})", "seconds": seconds})
+    rows.append({"what": "R@K + MAP@R + R-precision", "seconds": timed(
+        lambda: evaluate(emb, labels, ks=args.ks, metrics=("recall", "map@r", "r_precision")), device)})
+    if not args.skip_nmi:
+        rows.append({"what": f"NMI (faiss k-means, {int(labels.max()) + 1} clusters)", "seconds": timed(
+            lambda: evaluate(emb, labels, metrics=("nmi",)), device)})
+        rows.append({"what": "full evaluation", "seconds": timed(lambda: evaluate(emb, labels, ks=args.ks), device)})
+
+    on_gpu = device.type == "cuda"
+    name = torch.cuda.get_device_name(device) if on_gpu else cpu_name()
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"N = {args.n}, d = {args.dim}, classes of {args.per_class}")
+    print(f"{'what':<48} {'seconds':>9}")
+    for r in rows:
+        print(f"{r['what']:<48} {r['seconds']:>9.2f}")
+    if on_gpu:
+        full = [r for r in rows if r["what"] == "full evaluation"]
+        if full:
+            print(f"target ≤ 2 s for the full evaluation on an H100: {'ok' if full[0]['seconds'] <= 2 else 'MISS'}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "eval", "command": " ".join(["python"] + sys.argv), "device": str(device),
+                               "device_name": name, "torch": torch.__version__, "n": args.n, "dim": args.dim,
+                               "rows": rows}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Backbones and the embedding model.
+
+    from dmltune.models import build_model, BACKBONES
+    model = build_model(backbone="bn_inception", dim=512, pretrained=True, freeze_bn=True)
+    emb = model(images)                       # B×512, L2-normalised
+    feats = model.features(images); emb = model.embed(feats)
+"""
+
+from .backbones import BACKBONES, Backbone
+from .embedding import MODEL, EmbeddingModel, build_model, global_pool, resolve_model
+
+__all__ = ["BACKBONES", "MODEL", "Backbone", "EmbeddingModel", "build_model", "global_pool", "resolve_model"]

@@ -1,0 +1,111 @@
+"""Backbones by name: the convolutional body, its feature width, input convention and size.
+
+Each registered factory takes ``(pretrained, weights, in_channels)`` and returns a
+:class:`Backbone`. Add one by writing a factory and decorating it with ``BACKBONES.register``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..registry import ConfigError, Registry
+from . import bn_inception
+from .weights import find_weights, load_backbone_weights, load_state_dict_file
+
+BACKBONES = Registry("backbone")
+
+IMAGENET_SPEC = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "channel_order": "RGB", "value_range": 1.0}
+# torchvision's GoogLeNet weights expect (x − 0.5) / 0.5 (its transform_input step, which dmltune
+# folds into the input normalisation instead).
+GOOGLENET_SPEC = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "channel_order": "RGB", "value_range": 1.0}
+GRAY_SPEC = {"mean": (0.5,), "std": (0.5,), "channel_order": "RGB", "value_range": 1.0}
+
+
+@dataclass
+class Backbone:
+    """A convolutional body returning a feature map of ``feature_dim`` channels."""
+
+    body: nn.Module
+    feature_dim: int
+    input_spec: dict
+    input_size: int
+    in_channels: int = 3
+
+
+def _needs_rgb(name: str, in_channels: int) -> None:
+    if in_channels != 3:
+        raise ConfigError(f"backbone '{name}' takes 3-channel images, got in_channels = {in_channels}; "
+                          "grayscale data is expanded to 3 channels by the data transform")
+
+
+def _torchvision(name, builder, files, pretrained, weights, in_channels, spec=IMAGENET_SPEC, **kwargs) -> Backbone:
+    _needs_rgb(name, in_channels)
+    net = builder(weights=None, **kwargs)
+    if pretrained or weights:
+        path = find_weights(name, files, f"https://download.pytorch.org/models/{files[0]}", weights)
+        load_backbone_weights(net, load_state_dict_file(path), path, drop_prefixes=("fc.", "aux1.", "aux2."))
+    feature_dim = net.fc.in_features
+    # keep everything up to (not including) global pooling and the classifier
+    drop = {"avgpool", "fc", "dropout", "aux1", "aux2"}
+    body = nn.Sequential(*[m for n, m in net.named_children() if n not in drop])
+    return Backbone(body, feature_dim, spec, 224)
+
+
+@BACKBONES.register("resnet50")
+def resnet50(pretrained=False, weights=None, in_channels=3) -> Backbone:
+    """torchvision ResNet-50 (2048-d features)."""
+    from torchvision.models import resnet50 as build
+
+    return _torchvision("resnet50", build, ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"), pretrained, weights, in_channels)
+
+
+@BACKBONES.register("resnet18")
+def resnet18(pretrained=False, weights=None, in_channels=3) -> Backbone:
+    """torchvision ResNet-18 (512-d features)."""
+    from torchvision.models import resnet18 as build
+
+    return _torchvision("resnet18", build, ("resnet18-f37072fd.pth",), pretrained, weights, in_channels)
+
+
+@BACKBONES.register("googlenet")
+def googlenet(pretrained=False, weights=None, in_channels=3) -> Backbone:
+    """torchvision GoogLeNet / Inception v1 (1024-d features), without auxiliary heads."""
+    from torchvision.models import googlenet as build
+
+    return _torchvision("googlenet", build, ("googlenet-1378be20.pth",), pretrained, weights, in_channels,
+                        spec=GOOGLENET_SPEC, aux_logits=False, transform_input=False, init_weights=False)
+
+
+@BACKBONES.register("bn_inception")
+def bninception(pretrained=False, weights=None, in_channels=3) -> Backbone:
+    """BN-Inception (1024-d features); BGR 0–255 input, as in most DML papers."""
+    _needs_rgb("bn_inception", in_channels)
+    body = bn_inception.BNInception()
+    if pretrained or weights:
+        path = find_weights("bn_inception", ("bn_inception-52deb4733.pth",),
+                            "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth", weights)
+        load_backbone_weights(body, load_state_dict_file(path), path, drop_prefixes=("last_linear.", "fc."))
+    return Backbone(body, bn_inception.FEATURE_DIM, bn_inception.INPUT_SPEC, 224)
+
+
+@BACKBONES.register("small_cnn")
+def small_cnn(pretrained=False, weights=None, in_channels=1) -> Backbone:
+    """Four conv-BN-ReLU blocks (128-d features) for 28×28 or 8×8 images, 1 or 3 channels."""
+    if pretrained and not weights:
+        raise ConfigError("backbone 'small_cnn' has no pretrained weights; set model.pretrained=false or give model.weights")
+    widths = (32, 64, 128, 128)
+    layers, cin = [], in_channels
+    for i, width in enumerate(widths):
+        layers += [nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        if i in (1, 2):
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))  # 28 → 14 → 7; 8 → 4 → 2
+        cin = width
+    body = nn.Sequential(*layers)
+    if weights:
+        path = find_weights("small_cnn", (), "", weights)
+        load_backbone_weights(body, load_state_dict_file(path), path, drop_prefixes=())
+    spec = GRAY_SPEC if in_channels == 1 else IMAGENET_SPEC
+    return Backbone(body, widths[-1], spec, 28, in_channels)
