@@ -103,7 +103,9 @@ def cluster_nmi(embeddings: torch.Tensor, labels: torch.Tensor, seed: int = 0, n
     if n_clusters < 2 or n_clusters >= len(y):
         return float("nan")  # one cluster per label is uninformative
     gpu = bool(getattr(faiss, "get_num_gpus", lambda: 0)()) and embeddings.device.type == "cuda"
-    kmeans = faiss.Kmeans(x.shape[1], n_clusters, niter=niter, seed=seed, gpu=gpu, verbose=False)
+    # DML classes are small (a handful of images each): allow few points per centroid, use all points
+    kmeans = faiss.Kmeans(x.shape[1], n_clusters, niter=niter, seed=seed, gpu=gpu, verbose=False,
+                          min_points_per_centroid=1, max_points_per_centroid=1 << 30)
     kmeans.train(x)
     _, assignment = kmeans.index.search(x, 1)
     return float(normalized_mutual_info_score(y, assignment[:, 0]))

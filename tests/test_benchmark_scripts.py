@@ -21,3 +21,23 @@ def test_pair_math_benchmark_runs_and_writes_json(tmp_path):
     assert all(row["ms"] > 0 for row in data["rows"])
     cases = {row["case"] for row in data["rows"] if row["impl"] == "dmltune"}
     assert {"at_asms + soft_contrastive", "dsml + binomial*", "asms + triplet*"} <= cases
+
+
+def run_script(name, *args):
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], check=True, capture_output=True,
+                   text=True, cwd=ROOT)
+
+
+def test_eval_benchmark_runs(tmp_path):
+    out = tmp_path / "eval.json"
+    run_script("eval.py", "--device", "cpu", "--n", "300", "--dim", "16", "--ks", "1", "10", "--out", str(out))
+    whats = [row["what"] for row in json.loads(out.read_text())["rows"]]
+    assert "full evaluation" in whats and any("faiss" in w for w in whats)
+
+
+def test_data_benchmark_runs(tmp_path):
+    out = tmp_path / "data.json"
+    run_script("data.py", "--device", "cpu", "--images", "12", "--batch-size", "10", "--batches", "2",
+               "--workers", "0", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 and all(row["img_per_s"] > 0 for row in rows)

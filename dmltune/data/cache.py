@@ -93,18 +93,24 @@ class ImageSource:
         return torch.stack([_DecodeDataset(self.set.paths, self.size, self.channels)[i] for i in idx.tolist()]).to(self.device)
 
     def batches(self, index_batches: Iterable) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
-        """(uint8 images on the device, indices) for each batch of indices, prefetched by workers
-        in loader mode."""
-        index_batches = [np.asarray(b) for b in index_batches]
+        """(uint8 images on the device, indices) for each batch of indices, lazily; in loader mode
+        DataLoader workers decode ahead of use."""
         if self.cache is not None:
             for b in index_batches:
-                yield self.batch(b), b
+                yield self.batch(b), np.asarray(b)
             return
+        pending: list[np.ndarray] = []
+
+        def recorded():
+            for b in index_batches:
+                pending.append(np.asarray(b))
+                yield pending[-1].tolist()
+
         loader = torch.utils.data.DataLoader(
-            _DecodeDataset(self.set.paths, self.size, self.channels), batch_sampler=[b.tolist() for b in index_batches],
-            num_workers=self.workers, pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for b, images in zip(index_batches, loader):
-            yield images.to(self.device, non_blocking=True), b
+            _DecodeDataset(self.set.paths, self.size, self.channels), batch_sampler=recorded(),
+            num_workers=self.workers, pin_memory=self.device.type == "cuda")
+        for images in loader:
+            yield images.to(self.device, non_blocking=True), pending.pop(0)
 
     def sequential(self, batch_size: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         """Every image once, in order, for embedding the whole set."""
