@@ -34,6 +34,8 @@ META_PARAMS = (
     Param("scope", str, "head", choices=("head", "full"),
           help="look ahead through the embedding head only, or the whole network"),
     Param("clamp", list, [0.0, 1.0], help="[lo, hi]: λ is kept inside this range"),
+    Param("meta_batch", dict, {}, help="{classes: C, per_class: K} of the meta batch; empty = as the training batch"),
+    Param("meta_loss", dict, {}, help="{name: ..., params} of the meta loss; empty = the training loss at λ = init"),
 )
 
 

@@ -1,0 +1,152 @@
+"""The trainable's configuration: its sections, their declared parameters, and validation.
+
+A resolved configuration (what one trial runs) is a nested dict::
+
+    seed: 0
+    dataset: {name: digits, ...dataset parameters}
+    model:   {backbone: small_cnn, dim: 64, ...model parameters}
+    miner:   {name: asms, gamma_pos: 0.1, gamma_neg: 0.01}
+    loss:    {name: soft_contrastive, lam: 0.7 | {meta: {...}}, ...}
+    train:   {epochs: 10, batch_size: 80, k: 5, lr: 1e-5, ...}
+    eval:    {every: 1, metric: map@r, ...}
+
+``resolve_config`` fills defaults and checks every value against the components' declared
+parameters, so a mistake is reported in one line before anything is built or trained.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+from .meta_lambda import META_PARAMS
+from .registry import Component, ConfigError, Param
+
+TRAIN_PARAMS = (
+    Param("epochs", int, 10, low=1, help="training epochs"),
+    Param("batch_size", int, 80, low=2, help="B: images per batch (B/K classes × K)"),
+    Param("k", int, 5, low=2, help="K: images per class in a batch (≥ 2, or no positive pair exists)"),
+    Param("batches_per_epoch", int, None, low=1, nullable=True,
+          help="iterations per epoch; empty = training images // batch_size"),
+    Param("optimizer", str, "adam", choices=("adam", "adamw"), help="optimizer"),
+    Param("lr", float, 1e-5, low=0.0, high=10.0, help="learning rate of the embedding head"),
+    Param("backbone_lr_mult", float, 1.0, low=0.0, high=100.0, help="backbone learning rate = lr × this"),
+    Param("weight_decay", float, 0.0, low=0.0, high=1.0, help="weight decay"),
+    Param("lr_steps", list, [], help="epochs after which the learning rate is multiplied by lr_gamma"),
+    Param("lr_gamma", float, 0.1, low=0.0, high=1.0, help="learning-rate decay factor"),
+    Param("checkpoint_every", int, 1, low=0, help="checkpoint every N epochs (0 = only at the end)"),
+    Param("device", str, "auto", choices=("auto", "cpu", "cuda"), help="where to train"),
+    Param("amp", str, "auto", choices=("auto", "bf16", "off"), help="bf16 autocast (auto = on CUDA)"),
+    Param("cache", str, "auto", choices=("auto", "device", "loader"),
+          help="decoded-image cache on the device, or a DataLoader"),
+    Param("workers", int, 2, low=0, high=64, help="DataLoader workers when not cached"),
+    Param("cache_gb", float, 8.0, low=0.0, high=1024.0, help="memory budget of the decoded-image cache per set"),
+)
+
+EVAL_PARAMS = (
+    Param("every", int, 1, low=0, help="evaluate on the validation classes every N epochs (0 = never)"),
+    Param("test_every", int, 0, low=0, help="also evaluate on the test classes every N epochs (0 = at the end only)"),
+    Param("metric", str, "map@r", help="selection metric, a key of the evaluation (e.g. map@r, recall@1)"),
+    Param("ks", list, [1, 2, 4, 8], help="K values of Recall@K"),
+    Param("nmi", bool, True, help="compute NMI (k-means) as well"),
+    Param("batch_size", int, 256, low=1, help="images per forward pass when embedding"),
+)
+
+TRAIN = Component("section", "train", dict, TRAIN_PARAMS)
+EVAL = Component("section", "eval", dict, EVAL_PARAMS)
+META = Component("section", "loss.lam.meta", dict, META_PARAMS)
+
+SECTIONS = ("seed", "dataset", "model", "miner", "loss", "train", "eval")
+
+
+def _dataset_section(config: Mapping, where: str) -> dict:
+    """The dataset's own parameters plus its ``transform`` (preset chosen by image size if absent)."""
+    from .data import DATASETS, TRANSFORM
+
+    section = dict(config.get("dataset") or {})
+    transform = section.pop("transform", None) or {}
+    if not isinstance(transform, Mapping):
+        raise ConfigError(f"{where}: dataset.transform must be a mapping such as {{preset: imagenet}}")
+    resolved = _named_section({"dataset": section}, "dataset", "name", DATASETS, where)
+    transform = dict(transform)
+    transform.setdefault("preset", SMALL_IMAGE_PRESETS.get(resolved["name"], "imagenet"))
+    resolved["transform"] = TRANSFORM.validate(transform, where=f"{where}: dataset.transform")
+    return resolved
+
+
+SMALL_IMAGE_PRESETS = {"fashion_mnist": "28px", "digits": "8px"}
+
+
+def _named_section(config: Mapping, key: str, name_key: str, registry, where: str) -> dict:
+    section = dict(config.get(key) or {})
+    if name_key not in section:
+        raise ConfigError(f"{where}: '{key}' needs a '{name_key}'; choose one of {', '.join(registry)}")
+    name = section.pop(name_key)
+    component = registry.lookup(name)
+    resolved = component.validate(section, where=f"{where}: {key} '{name}'")
+    return {name_key: name, **resolved}
+
+
+def _loss_section(config: Mapping, where: str) -> dict:
+    from .pairs import LOSSES
+
+    section = dict(config.get("loss") or {})
+    lam = section.get("lam")
+    meta = None
+    if isinstance(lam, Mapping):
+        if set(lam) != {"meta"}:
+            raise ConfigError(f"{where}: loss.lam must be a number or {{meta: {{...}}}}, got keys {sorted(lam)}")
+        name = section.get("name")
+        if name in LOSSES and not LOSSES.lookup(name).factory.has_lambda:
+            raise ConfigError(f"{where}: loss '{name}' has no threshold λ to meta-learn; remove loss.lam")
+        meta = META.validate(lam["meta"] or {}, where=f"{where}: loss.lam.meta")
+        clamp = meta["clamp"]
+        if (len(clamp) != 2 or not all(isinstance(c, (int, float)) for c in clamp) or clamp[0] > clamp[1]):
+            raise ConfigError(f"{where}: loss.lam.meta.clamp must be [lo, hi] with lo ≤ hi, got {clamp}")
+        if not clamp[0] <= meta["init"] <= clamp[1]:
+            raise ConfigError(
+                f"{where}: loss.lam.meta.init = {meta['init']} lies outside clamp {clamp}; widen clamp or move init"
+            )
+        batch = meta["meta_batch"]
+        if set(batch) - {"classes", "per_class"} or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in batch.values()):
+            raise ConfigError(f"{where}: loss.lam.meta.meta_batch must be {{classes: int ≥ 1, per_class: int ≥ 1}}, got {batch}")
+        if meta["meta_loss"]:
+            meta_loss = dict(meta["meta_loss"])
+            meta["meta_loss"] = _named_section({"meta_loss": meta_loss}, "meta_loss", "name", LOSSES,
+                                               f"{where}: loss.lam.meta")
+        section["lam"] = meta["init"]
+    resolved = _named_section({"loss": section}, "loss", "name", LOSSES, where)
+    if meta is not None:
+        resolved["lam"] = {"meta": meta}
+    return resolved
+
+
+def resolve_config(config: Mapping[str, Any], where: str = "config") -> dict:
+    """Defaults filled in and every value checked; raises ConfigError naming ``where`` and the key."""
+    from .models import resolve_model
+    from .pairs import MINERS
+
+    unknown = set(config) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; valid sections: {', '.join(SECTIONS)}")
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{where}: 'seed' must be an integer, got {seed!r}")
+    out = {
+        "seed": seed,
+        "dataset": _dataset_section(config, where),
+        "model": resolve_model(config.get("model") or {}, where=f"{where}: model"),
+        "miner": _named_section(config, "miner", "name", MINERS, where)
+        if config.get("miner") else {"name": "none"},
+        "loss": _loss_section(config, where),
+        "train": TRAIN.validate(config.get("train") or {}, where=f"{where}: train"),
+        "eval": EVAL.validate(config.get("eval") or {}, where=f"{where}: eval"),
+    }
+    train = out["train"]
+    if train["batch_size"] % train["k"]:
+        raise ConfigError(
+            f"{where}: train.batch_size = {train['batch_size']} is not divisible by train.k = {train['k']}; "
+            f"use a multiple of {train['k']}"
+        )
+    return copy.deepcopy(out)

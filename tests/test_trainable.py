@@ -1,0 +1,173 @@
+"""The trainable on CPU: a full run, exact resume from a checkpoint, divergence, meta-λ, Ray Tune."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from dmltune.config import resolve_config
+from dmltune.registry import ConfigError
+from dmltune.reporting import ConsoleReporter
+from dmltune.trainable import build_optimizer, train
+
+BASE = {
+    "seed": 3,
+    "dataset": {"name": "digits", "val_fraction": 0.4},
+    "model": {"backbone": "small_cnn", "dim": 16, "freeze_bn": False},
+    "miner": {"name": "asms"},
+    "loss": {"name": "soft_contrastive"},
+    "train": {"epochs": 4, "batch_size": 24, "k": 8, "lr": 1e-3, "batches_per_epoch": 6},
+    "eval": {"metric": "map@r", "nmi": False},
+}
+
+
+def config(**changes):
+    cfg = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        node = cfg
+        *path, last = dotted.split("__")
+        for key in path:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return cfg
+
+
+class Interrupt(Exception):
+    pass
+
+
+class StopAfter(ConsoleReporter):
+    """Console reporter that stops the run (like a killed process) after a given epoch's report."""
+
+    def __init__(self, root, stop_after):
+        super().__init__(root)
+        self.stop_after = stop_after
+
+    def report(self, metrics, checkpoint_dir=None):
+        super().report(metrics, checkpoint_dir)
+        if metrics["epoch"] == self.stop_after:
+            raise Interrupt
+
+
+def test_standalone_run_reports_every_epoch(tmp_path, capsys):
+    reporter = ConsoleReporter(tmp_path)
+    last = train(config(), reporter=reporter)
+    assert [r["epoch"] for r in reporter.history] == [1, 2, 3, 4]
+    for key in ("loss", "pos_before", "neg_before", "pos_after", "neg_after", "gamma_pos", "gamma_neg",
+                "images_per_s", "wall_s", "gpu_s", "val/map@r", "lam"):
+        assert key in last, key
+    assert "test/recall@1" in last and "test/map@r" in reporter.history[-1]
+    assert "test/recall@1" not in reporter.history[0]  # test classes only at the end by default
+    assert last["gpu_s"] == 0.0 and last["status"] == "ok"
+    assert 0 <= last["test/recall@1"] <= 1
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4
+
+
+@pytest.mark.parametrize("meta", [None, "head"])
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, meta):
+    cfg = config(train__checkpoint_every=1)
+    if meta:
+        cfg["loss"]["lam"] = {"meta": {"init": 0.6, "lr": 5.0, "scope": meta}}
+    full = train(cfg, reporter=ConsoleReporter(tmp_path / "full"))
+    with pytest.raises(Interrupt):
+        train(cfg, reporter=StopAfter(tmp_path / "cut", stop_after=2))
+    resumed = ConsoleReporter(tmp_path / "cut")
+    last = train(cfg, reporter=resumed)
+    assert [r["epoch"] for r in resumed.history] == [3, 4]
+    for key in ("loss", "val/map@r", "test/recall@1", "test/map@r", "pos_after", "neg_after"):
+        assert last[key] == full[key], key
+    if meta:
+        assert last["lam_end"] == full["lam_end"] and last["lam_end"] != 0.6
+
+
+def test_divergence_ends_the_trial_cleanly(tmp_path, monkeypatch):
+    import dmltune.trainable as trainable
+
+    real_get_loss = trainable.get_loss
+    calls = {"n": 0}
+
+    def poisoned(name, **params):
+        loss_fn = real_get_loss(name, **params)
+
+        class Poisoned(type(loss_fn)):
+            def __call__(self, *args, **kwargs):
+                calls["n"] += 1
+                value = super().__call__(*args, **kwargs)
+                return value * float("nan") if calls["n"] > 8 else value
+
+        loss_fn.__class__ = Poisoned
+        return loss_fn
+
+    monkeypatch.setattr(trainable, "get_loss", poisoned)
+    reporter = ConsoleReporter(tmp_path)
+    last = train(config(), reporter=reporter)
+    assert last["status"] == "diverged" and last["epoch"] == 2
+    assert "NaN" in last["reason"] and math.isnan(last["val/map@r"])
+    assert [r["epoch"] for r in reporter.history] == [1, 2]
+
+
+def test_meta_lambda_moves_and_is_reported(tmp_path):
+    cfg = config(train__epochs=2)
+    cfg["loss"]["lam"] = {"meta": {"init": 0.6, "lr": 5.0, "every": 2, "scope": "full", "clamp": [0.3, 0.9]}}
+    reporter = ConsoleReporter(tmp_path)
+    last = train(cfg, reporter=reporter)
+    assert all("lam" in r and "lam_hypergrad" in r for r in reporter.history)
+    assert 0.3 <= last["lam_end"] <= 0.9 and last["lam_end"] != 0.6
+
+
+def test_backbone_learning_rate_multiplier_really_applies():
+    from dmltune.models import build_model
+
+    model = build_model(backbone="small_cnn", dim=8, freeze_bn=False)
+    opt = build_optimizer(model, {"lr": 1e-3, "backbone_lr_mult": 0.1, "optimizer": "adam", "weight_decay": 0.0})
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"head": 1e-3, "backbone": pytest.approx(1e-4)}
+    n_params = sum(len(g["params"]) for g in opt.param_groups)
+    assert n_params == len([p for p in model.parameters() if p.requires_grad])
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"train__batch_size": 25}, "not divisible by train.k"),
+    ({"train__k": 1}, "outside its valid range"),
+    ({"loss__lam": {"meta": {"init": 0.9, "clamp": [0.0, 0.5]}}}, "outside clamp"),
+    ({"loss__name": "contrastive", "loss__lam": {"meta": {}}}, "no threshold λ"),
+    ({"miner__name": "asmss"}, "did you mean 'asms'"),
+    ({"model__backbone": "resnet"}, "unknown backbone"),
+    ({"dataset__transform": {"preset": "64px"}}, "one of 'imagenet', '28px', '8px'"),
+    ({"eval__metrics": 1}, "has no parameter 'metrics'"),
+])
+def test_config_errors_name_the_key(changes, fragment):
+    with pytest.raises(ConfigError) as info:
+        resolve_config(config(**changes))
+    assert fragment in str(info.value)
+
+
+def test_unknown_section():
+    with pytest.raises(ConfigError, match="unknown section"):
+        resolve_config({**BASE, "optimiser": {}})
+
+
+@pytest.mark.slow
+def test_inside_ray_tune(tmp_path):
+    ray = pytest.importorskip("ray")
+    from ray import tune
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        cfg = config(train__epochs=2)
+        cfg["seed"] = tune.grid_search([0, 1])
+        tuner = tune.Tuner(
+            tune.with_resources(train, {"cpu": 1}),
+            param_space=cfg,
+            tune_config=tune.TuneConfig(metric="val/map@r", mode="max"),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name="t", verbose=0),
+        )
+        results = tuner.fit()
+        assert len(results) == 2 and not results.errors
+        for result in results:
+            assert result.metrics["epoch"] == 2 and result.metrics["status"] == "ok"
+            assert result.checkpoint is not None
+            assert "test/recall@1" in result.metrics
+    finally:
+        ray.shutdown()
