@@ -1,7 +1,8 @@
 """Command line: ``python -m dmltune <command>``.
 
-Commands so far: ``demo`` (a short CPU comparison of fixed and adaptive thresholds on scikit-learn's
-digits) and ``list`` (every registered component with its parameters, defaults and ranges).
+Commands so far: ``train`` (one configuration, standalone), ``list`` (every registered component
+with its parameters, defaults and ranges) and ``demo`` (a short CPU comparison of fixed and
+adaptive thresholds on scikit-learn's digits).
 Configuration mistakes end with a one-line message on stderr and exit code 2.
 """
 
@@ -54,6 +55,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import resolve_config
+    from .config_files import apply_overrides, read_yaml
+    from .trainable import train
+
+    config = apply_overrides(read_yaml(args.config), args.set)
+    resolve_config(config, where=str(args.config))  # every mistake reported before anything is built
+    last = train(config, checkpoint_root=args.checkpoint_dir)
+    return 0 if last.get("status") == "ok" else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -68,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list miners, losses, backbones and datasets with their parameters")
     p.add_argument("kind", nargs="?", help="only this kind (miners, losses, backbones, datasets)")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("train", help="train one configuration standalone, one line per epoch")
+    p.add_argument("config", help="YAML file with the sections dataset, model, miner, loss, train, eval, seed")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a setting")
+    p.add_argument("--checkpoint-dir", help="keep checkpoints here; rerunning the same command resumes")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="short CPU demo: fixed vs adaptive thresholds on digits")
     p.add_argument("--epochs", type=int, default=30)
