@@ -140,183 +140,211 @@ def _meta_loss_fn(cfg, loss_fn):
     return lambda sim, labels, mined: loss_fn(sim, labels, mined, progress=1.0, lam=meta["init"])
 
 
+class Trial:
+    """Everything one configuration builds: data, model, miner, loss, optimizer, meta-λ.
+
+    ``step`` is one training iteration (the unit the benchmarks time); ``run_epoch`` one epoch with
+    its statistics accumulated on the device and converted once at the end.
+    """
+
+    def __init__(self, cfg: dict):
+        from .data import BatchTransform, ClassBalancedSampler, ImageSource, TransformSpec, load_dataset
+        from .models import build_model
+
+        self.cfg = cfg
+        tr = cfg["train"]
+        seed_everything(cfg["seed"])
+        self.device = device = pick_device(tr["device"])
+        self.autocast = _autocast_factory(device, tr["amp"])
+
+        dataset = dict(cfg["dataset"])
+        spec = TransformSpec.from_config(dataset.pop("transform"))
+        self.splits = splits = load_dataset(dataset.pop("name"), **dataset)
+        model_cfg = dict(cfg["model"])
+        if model_cfg["in_channels"] is None and model_cfg["backbone"] == "small_cnn":
+            model_cfg["in_channels"] = splits.channels
+        self.model = build_model(**model_cfg).to(device)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.transform = BatchTransform(spec, self.model.input_spec, self.model.in_channels, device, seed=cfg["seed"])
+        self.source = ImageSource(splits.train, spec.resize, device, mode=_cache_mode(tr),
+                                  budget_bytes=tr["cache_gb"] * 1e9, workers=tr["workers"])
+        self.train_labels = self.source.labels()
+        self.sampler = ClassBalancedSampler(splits.train.labels, tr["batch_size"], tr["k"], tr["batches_per_epoch"],
+                                            cfg["seed"])
+        self.evaluator = Evaluator(splits, spec, self.transform, device, cfg["eval"], tr)
+
+        miner_cfg, loss_cfg = dict(cfg["miner"]), dict(cfg["loss"])
+        self.miner = get_miner(miner_cfg.pop("name"), **miner_cfg)
+        meta_cfg = loss_cfg["lam"]["meta"] if isinstance(loss_cfg.get("lam"), dict) else None
+        if meta_cfg:
+            loss_cfg["lam"] = meta_cfg["init"]
+        self.loss_fn = get_loss(loss_cfg.pop("name"), **loss_cfg)
+        self.optimizer = build_optimizer(self.model, tr)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(tr["lr_steps"]),
+                                                              gamma=tr["lr_gamma"])
+        self.meta = self.meta_sampler = self.meta_loss_fn = None
+        self.meta_scope = meta_cfg["scope"] if meta_cfg else None
+        if meta_cfg:
+            self.meta = MetaLambda(meta_cfg["init"], meta_cfg["lr"], meta_cfg["inner_lr"] or tr["lr"],
+                                   meta_cfg["clamp"], meta_cfg["every"], device=device)
+            self.meta_sampler = _meta_sampler(splits.train.labels, cfg, len(self.sampler))
+            self.meta_loss_fn = _meta_loss_fn(cfg, self.loss_fn)
+        self.iteration = 0
+
+    def step(self, images: torch.Tensor, idx, progress: float, meta_idx=None):
+        """One iteration on a uint8 batch: transform, forward, mine, (meta-λ), loss, backward, update."""
+        device = self.device
+        x = _to_model_input(self.transform(images, train=True), device)
+        y = self.train_labels[torch.as_tensor(idx, device=device)]
+        with self.autocast():
+            feats = self.model.features(x)
+            emb = self.model.embed(feats)
+        emb = emb.float()
+        sim = emb @ emb.T
+        mined = self.miner(sim, y)
+        lam = None
+        if self.meta is not None:
+            if meta_idx is not None and self.meta.due(self.iteration):
+                _meta_step(self, sim, y, mined, progress, meta_idx)
+            lam = self.meta.lam
+        loss = self.loss_fn(sim, y, mined, progress=progress, lam=lam)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.iteration += 1
+        return loss.detach(), mined
+
+    def run_epoch(self, epoch: int) -> dict:
+        """Train one epoch; the report's training part (averages over the epoch)."""
+        tr, device = self.cfg["train"], self.device
+        started = time.perf_counter()
+        self.model.train()
+        self.sampler.set_epoch(epoch)
+        self.iteration = (epoch - 1) * len(self.sampler)
+        progress = epoch / tr["epochs"]
+        meta_batches = None
+        if self.meta is not None:
+            self.meta_sampler.set_epoch(epoch)
+            meta_batches = iter(self.meta_sampler)
+        loss_sum = torch.zeros((), device=device)
+        lam_sum = torch.zeros((), device=device)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        stat_sum, mined, images_seen = None, None, 0
+        for images, idx in self.source.batches(self.sampler):
+            loss, mined = self.step(images, idx, progress, next(meta_batches) if meta_batches else None)
+            loss_sum = loss_sum + loss
+            nonfinite |= ~torch.isfinite(loss)
+            stat_sum = mined.stat_values if stat_sum is None else stat_sum + mined.stat_values
+            if self.meta is not None:
+                lam_sum = lam_sum + self.meta.lam
+            images_seen += len(idx)
+        self.scheduler.step()
+        n = len(self.sampler)
+        out = {"epoch": epoch, "status": "ok", "loss": (loss_sum / n).item()}
+        out.update(zip(mined.stat_names, (stat_sum / n).tolist()))
+        out.update(mined.constants)
+        if self.meta is not None:
+            out.update(lam=(lam_sum / n).item(), lam_end=self.meta.lam.item(),
+                       lam_hypergrad=self.meta.last_hypergrad.item())
+        elif self.loss_fn.has_lambda:
+            out["lam"] = float(self.loss_fn.lam)
+        if bool(nonfinite):
+            out.update(status="diverged", reason=f"the loss became NaN or infinite during epoch {epoch}")
+        out["images_per_s"] = images_seen / max(time.perf_counter() - started, 1e-9)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+                "transform": self.transform.state_dict(), "rng": rng_state(),
+                "meta": self.meta.state_dict() if self.meta is not None else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.transform.load_state_dict(state["transform"])
+        set_rng_state(state["rng"])
+        if self.meta is not None:
+            self.meta.load_state_dict(state["meta"])
+
+
 def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, reporter=None) -> dict:
     """Train and evaluate one configuration; report once per epoch; return the last report.
 
     Inside a Ray Tune trial, reports and checkpoints go to Tune; standalone, a line per epoch is
     printed and, with ``checkpoint_root``, checkpoints are kept there and a rerun resumes from them.
     """
-    from .data import BatchTransform, ClassBalancedSampler, ImageSource, TransformSpec, load_dataset
-    from .models import build_model
-
     cfg = resolve_config(config)
-    seed_everything(cfg["seed"])
     tr, ev = cfg["train"], cfg["eval"]
     reporter = reporter or make_reporter(checkpoint_root, ev["metric"])
-    device = pick_device(tr["device"])
-    autocast = _autocast_factory(device, tr["amp"])
-
-    dataset = dict(cfg["dataset"])
-    spec = TransformSpec.from_config(dataset.pop("transform"))
-    splits = load_dataset(dataset.pop("name"), **dataset)
-    model_cfg = dict(cfg["model"])
-    if model_cfg["in_channels"] is None and model_cfg["backbone"] == "small_cnn":
-        model_cfg["in_channels"] = splits.channels
-    model = build_model(**model_cfg).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    transform = BatchTransform(spec, model.input_spec, model.in_channels, device, seed=cfg["seed"])
-    source = ImageSource(splits.train, spec.resize, device, mode=_cache_mode(tr), budget_bytes=tr["cache_gb"] * 1e9,
-                         workers=tr["workers"])
-    train_labels = source.labels()
-    sampler = ClassBalancedSampler(splits.train.labels, tr["batch_size"], tr["k"], tr["batches_per_epoch"], cfg["seed"])
-    evaluator = Evaluator(splits, spec, transform, device, ev, tr)
-
-    miner_cfg, loss_cfg = dict(cfg["miner"]), dict(cfg["loss"])
-    miner = get_miner(miner_cfg.pop("name"), **miner_cfg)
-    meta_cfg = loss_cfg["lam"]["meta"] if isinstance(loss_cfg.get("lam"), dict) else None
-    if meta_cfg:
-        loss_cfg["lam"] = meta_cfg["init"]
-    loss_fn = get_loss(loss_cfg.pop("name"), **loss_cfg)
-    optimizer = build_optimizer(model, tr)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(tr["lr_steps"]), gamma=tr["lr_gamma"])
-    meta = None
-    if meta_cfg:
-        meta = MetaLambda(meta_cfg["init"], meta_cfg["lr"], meta_cfg["inner_lr"] or tr["lr"], meta_cfg["clamp"],
-                          meta_cfg["every"], device=device)
-        meta_sampler = _meta_sampler(splits.train.labels, cfg, len(sampler))
-        meta_loss_fn = _meta_loss_fn(cfg, loss_fn)
-
+    trial = Trial(cfg)
     start_epoch, wall_total, last_val = 1, 0.0, {}
     with reporter.restore_dir() as restore:
         if restore is not None:
-            state = load_checkpoint(restore, map_location=device)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            sampler.load_state_dict(state["sampler"])
-            transform.load_state_dict(state["transform"])
-            set_rng_state(state["rng"])
-            if meta is not None:
-                meta.load_state_dict(state["meta"])
+            state = load_checkpoint(restore, map_location=trial.device)
+            trial.load_state_dict(state)
             start_epoch, wall_total, last_val = state["epoch"] + 1, state["wall_s"], state["last_val"]
 
-    gpu_fraction = reporter.gpu_fraction() if device.type == "cuda" else 0.0
+    gpu_fraction = reporter.gpu_fraction() if trial.device.type == "cuda" else 0.0
+    selection = f"val/{ev['metric']}"
     report: dict = {}
-    iteration = (start_epoch - 1) * len(sampler)
     for epoch in range(start_epoch, tr["epochs"] + 1):
         started = time.perf_counter()
-        model.train()
-        sampler.set_epoch(epoch)
-        progress = epoch / tr["epochs"]
-        loss_sum = torch.zeros((), device=device)
-        stat_sum, stat_names, lam_sum = None, (), torch.zeros((), device=device)
-        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        images_seen = 0
-        if meta is not None:
-            meta_sampler.set_epoch(epoch)
-            meta_batches = iter(meta_sampler)
-        for images, idx in source.batches(sampler):
-            x = _to_model_input(transform(images, train=True), device)
-            y = train_labels[torch.as_tensor(idx, device=device)]
-            with autocast():
-                feats = model.features(x)
-                emb = model.embed(feats)
-            emb = emb.float()
-            sim = emb @ emb.T
-            mined = miner(sim, y)
-            lam = None
-            if meta is not None:
-                if meta.due(iteration):
-                    _meta_step(meta, model, meta_cfg["scope"], sim, y, mined, loss_fn, progress, feats,
-                               next(meta_batches), source, train_labels, transform, miner, meta_loss_fn,
-                               autocast, device)
-                lam = meta.lam
-                lam_sum = lam_sum + lam
-            loss = loss_fn(sim, y, mined, progress=progress, lam=lam)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum = loss_sum + loss.detach()
-            nonfinite |= ~torch.isfinite(loss.detach())
-            stat_sum = mined.stat_values if stat_sum is None else stat_sum + mined.stat_values
-            stat_names = mined.stat_names
-            images_seen += len(idx)
-            iteration += 1
-        scheduler.step()
-        n_iter = len(sampler)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - started
-        report = {"epoch": epoch, "status": "ok", "loss": (loss_sum / n_iter).item(),
-                  "images_per_s": images_seen / max(train_seconds, 1e-9)}
-        report.update(zip(stat_names, (stat_sum / n_iter).tolist()))
-        report.update(mined.constants)
-        if meta is not None:
-            report["lam"] = (lam_sum / n_iter).item()
-            report["lam_end"] = meta.lam.item()
-            report["lam_hypergrad"] = meta.last_hypergrad.item()
-        elif loss_fn.has_lambda:
-            report["lam"] = float(loss_fn.lam)
-        if bool(nonfinite):
+        report = trial.run_epoch(epoch)
+        if report["status"] == "diverged":
             wall_total += time.perf_counter() - started
-            report.update(status="diverged", reason=f"the loss became NaN or infinite during epoch {epoch}",
-                          wall_s=wall_total, gpu_s=wall_total * gpu_fraction,
-                          **{f"val/{ev['metric']}": float("nan")})
+            report.update(wall_s=wall_total, gpu_s=wall_total * gpu_fraction, **{selection: float("nan")})
             reporter.report(report)
             return report
         if ev["every"] and (epoch % ev["every"] == 0 or epoch == tr["epochs"]):
-            last_val = {**evaluator.metrics(model, "val", autocast), "val_epoch": epoch}
+            last_val = {**trial.evaluator.metrics(trial.model, "val", trial.autocast), "val_epoch": epoch}
         report.update(last_val)
-        report.setdefault(f"val/{ev['metric']}", float("nan"))
+        report.setdefault(selection, float("nan"))
         if epoch == tr["epochs"] or (ev["test_every"] and epoch % ev["test_every"] == 0):
-            report.update(evaluator.metrics(model, "test", autocast))
+            report.update(trial.evaluator.metrics(trial.model, "test", trial.autocast))
         wall_total += time.perf_counter() - started
         report.update(epoch_s=time.perf_counter() - started, wall_s=wall_total, gpu_s=wall_total * gpu_fraction)
-        save_now = epoch == tr["epochs"] or (tr["checkpoint_every"] and epoch % tr["checkpoint_every"] == 0)
-        if save_now:
+        if epoch == tr["epochs"] or (tr["checkpoint_every"] and epoch % tr["checkpoint_every"] == 0):
             with tempfile.TemporaryDirectory(prefix="dmltune-ckpt-") as tmp:
-                save_checkpoint(Path(tmp), {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
-                    "transform": transform.state_dict(), "rng": rng_state(),
-                    "meta": meta.state_dict() if meta is not None else {}, "epoch": epoch,
-                    "wall_s": wall_total, "last_val": last_val,
-                })
+                save_checkpoint(Path(tmp), {**trial.state_dict(), "epoch": epoch, "wall_s": wall_total,
+                                            "last_val": last_val})
                 reporter.report(report, checkpoint_dir=Path(tmp))
         else:
             reporter.report(report)
     return report
 
 
-def _meta_step(meta, model, scope, sim, y, mined, loss_fn, progress, feats, meta_idx, source, train_labels,
-               transform, miner, meta_loss_fn, autocast, device):
+def _meta_step(trial: Trial, sim, y, mined, progress, meta_idx) -> None:
     """One λ update from a look-ahead through the head (reusing this batch's features) or the network."""
     from torch.func import functional_call
 
-    meta_x = _to_model_input(transform(source.batch(meta_idx), train=True), device)
-    meta_y = train_labels[torch.as_tensor(meta_idx, device=device)]
+    model, device, autocast = trial.model, trial.device, trial.autocast
+    meta_x = _to_model_input(trial.transform(trial.source.batch(meta_idx), train=True), device)
+    meta_y = trial.train_labels[torch.as_tensor(meta_idx, device=device)]
 
     def train_loss(lam):
-        return loss_fn(sim, y, mined, progress=progress, lam=lam)
+        return trial.loss_fn(sim, y, mined, progress=progress, lam=lam)
 
-    if scope == "head":
+    def meta_loss_of(emb):
+        s = emb @ emb.T
+        return trial.meta_loss_fn(s, meta_y, trial.miner(s, meta_y))
+
+    if trial.meta_scope == "head":
         params = dict(model.head.named_parameters())
         with torch.no_grad(), autocast():
             meta_feats = model.features(meta_x).float()
 
         def meta_loss(theta_hat):
-            emb = torch.nn.functional.normalize(functional_call(model.head, theta_hat, (meta_feats,)), dim=1)
-            s = emb @ emb.T
-            return meta_loss_fn(s, meta_y, miner(s, meta_y))
+            return meta_loss_of(torch.nn.functional.normalize(functional_call(model.head, theta_hat, (meta_feats,)), dim=1))
     else:
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         buffers = {n: b.clone() for n, b in model.named_buffers()}  # the meta pass must not move BN statistics
 
         def meta_loss(theta_hat):
             with autocast():
-                emb = functional_call(model, {**theta_hat, **buffers}, (meta_x,)).float()
-            s = emb @ emb.T
-            return meta_loss_fn(s, meta_y, miner(s, meta_y))
+                return meta_loss_of(functional_call(model, {**theta_hat, **buffers}, (meta_x,)).float())
 
-    meta.step(train_loss, params, meta_loss)
+    trial.meta.step(train_loss, params, meta_loss)
