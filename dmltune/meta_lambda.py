@@ -4,7 +4,10 @@ At a meta step, with parameters θ (the embedding head or the whole network) and
 
 1. look ahead one SGD step, ``θ̂(λ) = θ − ψ ∇_θ L_train(λ)``;
 2. evaluate the meta loss ``L_meta`` on a meta batch drawn from the training classes, at ``θ̂``;
-3. ``λ ← clamp(λ − φ ∂L_meta/∂λ, lo, hi)``.
+3. ``λ ← clamp(λ − φ ∂L_meta/∂λ, lo, hi)`` (``update: sgd``, eq. 17 of the paper), or an Adam step
+   of size about φ on the same gradient (``update: adam``, the default). The hypergradient is
+   proportional to the look-ahead step ψ, so with the small learning rates of DML (ψ = 1e-5) an SGD
+   step needs φ of the order of 1/ψ to move λ at all; Adam's steps do not depend on that scale.
 
 The hypergradient is computed exactly but without differentiating through the meta forward pass:
 since ``θ̂`` is linear in the gradient ``g(λ) = ∇_θ L_train(λ)``,
@@ -18,6 +21,7 @@ generator; this design is dmltune's own.
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Mapping
 
 import torch
@@ -27,7 +31,9 @@ from .registry import Param
 
 META_PARAMS = (
     Param("init", float, 0.7, low=-1.0, high=4.0, help="initial λ"),
-    Param("lr", float, 0.01, low=0.0, high=100.0, help="step size φ of the λ update"),
+    Param("lr", float, 0.01, low=0.0, high=1e6, help="step size φ of the λ update"),
+    Param("update", str, "adam", choices=("adam", "sgd"),
+          help="'sgd': λ − φ·∂L_meta/∂λ (DDTAS eq. 17); 'adam': Adam steps of size ≈ φ, whatever the gradient's scale"),
     Param("inner_lr", float, None, low=0.0, high=10.0, nullable=True,
           help="look-ahead step ψ; empty = the optimizer's learning rate"),
     Param("every", int, 1, low=1, help="run the meta step every k iterations"),
@@ -43,14 +49,26 @@ class MetaLambda:
     """Holds λ and updates it by one-step look-ahead meta-gradients."""
 
     def __init__(self, init: float, lr: float, inner_lr: float, clamp: tuple[float, float],
-                 every: int = 1, device: torch.device | str | None = None, dtype=torch.float32):
+                 every: int = 1, device: torch.device | str | None = None, dtype=torch.float32,
+                 update: str = "sgd"):
         lo, hi = clamp
         if not lo <= init <= hi:
             raise ValueError(f"meta λ: init {init} lies outside clamp [{lo}, {hi}]; widen clamp or move init")
-        self.lr, self.inner_lr, self.every = lr, inner_lr, every
+        self.lr, self.inner_lr, self.every, self.update = lr, inner_lr, every, update
         self.lo, self.hi = lo, hi
-        self.lam = torch.tensor(float(init), device=device, dtype=dtype)
+        self._param = torch.tensor(float(init), device=device, dtype=dtype, requires_grad=True)
+        self._adam = torch.optim.Adam([self._param], lr=lr) if update == "adam" else None
         self.last_hypergrad = torch.zeros((), device=device, dtype=dtype)
+
+    @property
+    def lam(self) -> Tensor:
+        """The current λ (a 0-dim tensor without gradient)."""
+        return self._param.detach()
+
+    @lam.setter
+    def lam(self, value) -> None:
+        with torch.no_grad():
+            self._param.copy_(torch.as_tensor(value, dtype=self._param.dtype))
 
     def due(self, iteration: int) -> bool:
         """Whether iteration ``iteration`` (counted from 0) runs a meta step."""
@@ -89,13 +107,23 @@ class MetaLambda:
     def step(self, train_loss, params, meta_loss) -> Tensor:
         """One meta update of λ; returns the hypergradient used."""
         hyper = self.hypergradient(train_loss, params, meta_loss)
-        self.lam = (self.lam - self.lr * hyper).clamp(self.lo, self.hi)
+        if self._adam is not None:
+            self._param.grad = hyper.clone()
+            self._adam.step()
+        else:
+            with torch.no_grad():
+                self._param -= self.lr * hyper
+        with torch.no_grad():
+            self._param.clamp_(self.lo, self.hi)
         self.last_hypergrad = hyper
         return hyper
 
     def state_dict(self) -> dict:
-        return {"lam": self.lam.detach().cpu(), "last_hypergrad": self.last_hypergrad.detach().cpu()}
+        return {"lam": self.lam.cpu(), "last_hypergrad": self.last_hypergrad.detach().cpu(),
+                "adam": copy.deepcopy(self._adam.state_dict()) if self._adam is not None else {}}
 
     def load_state_dict(self, state: Mapping) -> None:
-        self.lam = state["lam"].to(self.lam.device, self.lam.dtype)
-        self.last_hypergrad = state["last_hypergrad"].to(self.lam.device, self.lam.dtype)
+        self.lam = state["lam"]
+        self.last_hypergrad = state["last_hypergrad"].to(self._param.device, self._param.dtype)
+        if self._adam is not None and state.get("adam"):
+            self._adam.load_state_dict(state["adam"])

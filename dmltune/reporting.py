@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -25,7 +26,9 @@ def in_tune_session() -> bool:
     try:
         from ray.tune import get_context
 
-        return get_context().get_trial_id() is not None
+        with warnings.catch_warnings():  # Ray warns when asked outside a trial, which is the question
+            warnings.simplefilter("ignore")
+            return get_context().get_trial_id() is not None
     except Exception:  # outside a session Ray raises or returns nothing
         return False
 

@@ -187,7 +187,7 @@ class Trial:
         self.meta_scope = meta_cfg["scope"] if meta_cfg else None
         if meta_cfg:
             self.meta = MetaLambda(meta_cfg["init"], meta_cfg["lr"], meta_cfg["inner_lr"] or tr["lr"],
-                                   meta_cfg["clamp"], meta_cfg["every"], device=device)
+                                   meta_cfg["clamp"], meta_cfg["every"], device=device, update=meta_cfg["update"])
             self.meta_sampler = _meta_sampler(splits.train.labels, cfg, len(self.sampler))
             self.meta_loss_fn = _meta_loss_fn(cfg, self.loss_fn)
         self.iteration = 0

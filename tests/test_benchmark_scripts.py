@@ -41,3 +41,12 @@ def test_data_benchmark_runs(tmp_path):
                "--workers", "0", "--out", str(out))
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 4 and all(row["img_per_s"] > 0 for row in rows)
+
+
+def test_train_step_benchmark_runs(tmp_path):
+    out = tmp_path / "train_step.json"
+    run_script("train_step.py", "--device", "cpu", "--batch-size", "10", "--dim", "8", "--steps", "1",
+               "--warmup", "1", "--rounds", "1", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["what"] for r in rows] == ["plain step", "meta-λ, head look-ahead", "meta-λ, full look-ahead"]
+    assert rows[0]["ratio_to_plain"] == 1.0

@@ -183,7 +183,15 @@ def test_missing_data_and_bad_parameters(name, params, fragment, monkeypatch):
 
 
 def test_registry_names():
-    assert set(DATASETS) == {"cub200", "cars196", "sop", "inshop", "folder", "fashion_mnist", "digits"}
+    assert set(DATASETS) == {"cub200", "cars196", "sop", "inshop", "folder", "fashion_mnist", "digits", "synthetic"}
+
+
+def test_synthetic_dataset_is_seeded_and_class_disjoint():
+    a = load_dataset("synthetic", classes=8, per_class=3, size=16, val_fraction=0.5)
+    b = load_dataset("synthetic", classes=8, per_class=3, size=16, val_fraction=0.5)
+    assert np.array_equal(a.train.images, b.train.images) and a.train.images.shape[1:] == (3, 16, 16)
+    assert a.test.classes == [4, 5, 6, 7] and a.val.num_classes == 2
+    assert_disjoint(a)
 
 
 # --- sampler ------------------------------------------------------------------------------------

@@ -112,3 +112,20 @@ def test_lifted_lambda_only_shifts_the_loss_so_its_hypergradient_vanishes():
     train_loss, params, meta_loss = closures(head, feats, labels, meta_feats, meta_labels, "lifted")
     gen = MetaLambda(init=0.6, lr=0.1, inner_lr=0.5, clamp=(0.0, 1.0), dtype=torch.float64)
     assert abs(gen.hypergradient(train_loss, params, meta_loss).item()) < 1e-12
+
+
+def test_adam_update_moves_lambda_by_about_lr_in_the_same_direction():
+    head, feats, labels, meta_feats, meta_labels = tiny_problem(1)
+    train_loss, params, meta_loss = closures(head, feats, labels, meta_feats, meta_labels)
+    sgd = MetaLambda(init=0.5, lr=1e-3, inner_lr=1e-4, clamp=(0.0, 1.0), dtype=torch.float64)
+    adam = MetaLambda(init=0.5, lr=0.02, inner_lr=1e-4, clamp=(0.0, 1.0), dtype=torch.float64, update="adam")
+    sgd.step(train_loss, params, meta_loss)
+    adam.step(train_loss, params, meta_loss)
+    sgd_move, adam_move = sgd.lam.item() - 0.5, adam.lam.item() - 0.5
+    assert abs(sgd_move) < 1e-6  # tiny ψ: a plain SGD step on λ barely moves it
+    assert adam_move == pytest.approx(0.02 * (1 if sgd_move > 0 else -1), rel=1e-3)
+    restored = MetaLambda(init=0.5, lr=0.02, inner_lr=1e-4, clamp=(0.0, 1.0), dtype=torch.float64, update="adam")
+    restored.load_state_dict(adam.state_dict())
+    adam.step(train_loss, params, meta_loss)
+    restored.step(train_loss, params, meta_loss)
+    assert restored.lam.item() == adam.lam.item()

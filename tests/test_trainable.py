@@ -68,7 +68,7 @@ def test_standalone_run_reports_every_epoch(tmp_path, capsys):
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path, meta):
     cfg = config(train__checkpoint_every=1)
     if meta:
-        cfg["loss"]["lam"] = {"meta": {"init": 0.6, "lr": 5.0, "scope": meta}}
+        cfg["loss"]["lam"] = {"meta": {"init": 0.6, "lr": 0.05, "scope": meta}}
     full = train(cfg, reporter=ConsoleReporter(tmp_path / "full"))
     with pytest.raises(Interrupt):
         train(cfg, reporter=StopAfter(tmp_path / "cut", stop_after=2))
@@ -109,7 +109,7 @@ def test_divergence_ends_the_trial_cleanly(tmp_path, monkeypatch):
 
 def test_meta_lambda_moves_and_is_reported(tmp_path):
     cfg = config(train__epochs=2)
-    cfg["loss"]["lam"] = {"meta": {"init": 0.6, "lr": 5.0, "every": 2, "scope": "full", "clamp": [0.3, 0.9]}}
+    cfg["loss"]["lam"] = {"meta": {"init": 0.6, "lr": 0.05, "every": 2, "scope": "full", "clamp": [0.3, 0.9]}}
     reporter = ConsoleReporter(tmp_path)
     last = train(cfg, reporter=reporter)
     assert all("lam" in r and "lam_hypergrad" in r for r in reporter.history)
@@ -171,3 +171,15 @@ def test_inside_ray_tune(tmp_path):
             assert "test/recall@1" in result.metrics
     finally:
         ray.shutdown()
+
+
+def test_meta_step_runs_every_k_iterations(tmp_path, monkeypatch):
+    import dmltune.trainable as trainable
+
+    calls = []
+    real = trainable._meta_step
+    monkeypatch.setattr(trainable, "_meta_step", lambda trial, *a: (calls.append(trial.iteration), real(trial, *a)))
+    cfg = config(train__epochs=2)
+    cfg["loss"]["lam"] = {"meta": {"init": 0.6, "every": 4}}
+    train(cfg, reporter=ConsoleReporter(tmp_path))
+    assert calls == [0, 4, 8]  # 2 epochs × 6 iterations

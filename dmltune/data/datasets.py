@@ -9,6 +9,7 @@
 | folder | ROOT/<class>/<image> | first train_fraction of the sorted classes / rest |
 | fashion_mnist | the four IDX files (gzipped or not) | 0–4 / 5–9 |
 | digits | scikit-learn's bundled 8×8 digits | 0–4 / 5–9 |
+| synthetic | random images generated in memory (benchmarks, smoke tests) | first half / second half |
 
 A validation set is carved from the training classes (``val_fraction``, ``val_seed``). Nothing is
 downloaded unless ``download: true`` is given where a download is possible (Fashion-MNIST).
@@ -212,6 +213,27 @@ def digits(val_fraction=0.25, val_seed=0) -> DatasetSplits:
     images = np.round(data.images * (255 / 16)).astype(np.uint8)[:, None]
     return class_disjoint_splits("digits", data.target, range(5), range(5, 10), val_fraction, val_seed,
                                  images=images, channels=1)
+
+
+@DATASETS.register(
+    "synthetic",
+    Param("classes", int, 20, low=4, high=100000, help="number of classes (half train, half test)"),
+    Param("per_class", int, 10, low=1, high=10000, help="images per class"),
+    Param("size", int, 32, low=4, high=1024, help="image side in pixels"),
+    Param("channels", int, 3, low=1, high=3, help="1 (grayscale) or 3"),
+    Param("seed", int, 0, low=0, help="seed of the random images"),
+    *_SPLIT_PARAMS,
+)
+def synthetic(classes=20, per_class=10, size=32, channels=3, seed=0, val_fraction=0.25, val_seed=0) -> DatasetSplits:
+    """Random uint8 images with a per-class mean colour, in memory: for benchmarks and smoke tests."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), per_class)
+    base = rng.integers(0, 256, (classes, channels, 1, 1))
+    noise = rng.integers(-40, 41, (len(labels), channels, size, size))
+    images = np.clip(base[labels] + noise, 0, 255).astype(np.uint8)
+    half = classes // 2
+    return class_disjoint_splits("synthetic", labels, range(half), range(half, classes), val_fraction, val_seed,
+                                 images=images, channels=channels)
 
 
 def load_dataset(name: str, **params) -> DatasetSplits:
