@@ -104,9 +104,51 @@ class MetaLambda:
             return torch.zeros_like(self.lam)
         return (-self.inner_lr * d_inner).detach().to(self.lam.dtype)
 
+    def hypergradient_via_similarities(
+        self,
+        sim: Tensor,
+        sim_loss: Callable[[Tensor, Tensor], Tensor],
+        params: Mapping[str, Tensor],
+        meta_loss: Callable[[Mapping[str, Tensor]], Tensor],
+        sim_tangent: Callable[[Mapping[str, Tensor]], Tensor],
+    ) -> Tensor:
+        """The same hypergradient as :meth:`hypergradient`, without any second-order backward pass.
+
+        λ enters the training loss only through the loss head on the B×B similarity matrix S, so
+        ∇θ L(λ) = Jᵀ G(λ) with J = ∂S/∂θ and G = ∂L/∂S, and
+
+            ∂/∂λ ⟨v, ∇θ L(λ)⟩ = ⟨J v, ∂G/∂λ⟩.
+
+        ``J v`` is one forward-mode directional derivative of S (``sim_tangent(v)``) and ``∂G/∂λ``
+        a second derivative of the cheap loss head only. ``sim`` must still hold its autograd
+        graph (it is kept for the training step that follows); ``sim_loss(s, lam)`` is the training
+        loss of similarities ``s`` at threshold ``lam``.
+        """
+        lam = self.lam.detach().clone().requires_grad_(True)
+        names = list(params)
+        tensors = [params[n] for n in names]
+        leaf = sim.detach().requires_grad_(True)
+        (head_grad,) = torch.autograd.grad(sim_loss(leaf, lam), leaf, create_graph=True)  # G(λ)
+        grads = torch.autograd.grad(sim, tensors, grad_outputs=head_grad.detach(), retain_graph=True,
+                                    allow_unused=True)
+        theta_hat = {n: (t.detach() - self.inner_lr * (0 if g is None else g)).requires_grad_(True)
+                     for n, t, g in zip(names, tensors, grads)}
+        v = torch.autograd.grad(meta_loss(theta_hat), [theta_hat[n] for n in names], allow_unused=True)
+        v = {n: torch.zeros_like(theta_hat[n]) if vi is None else vi.detach() for n, vi in zip(names, v)}
+        tangent = sim_tangent(v).detach().to(head_grad.dtype)
+        if not head_grad.requires_grad:
+            return torch.zeros_like(self.lam)
+        (d_inner,) = torch.autograd.grad((head_grad * tangent).sum(), lam, allow_unused=True)
+        if d_inner is None:
+            return torch.zeros_like(self.lam)
+        return (-self.inner_lr * d_inner).detach().to(self.lam.dtype)
+
     def step(self, train_loss, params, meta_loss) -> Tensor:
-        """One meta update of λ; returns the hypergradient used."""
-        hyper = self.hypergradient(train_loss, params, meta_loss)
+        """One meta update of λ (hypergradient by double backward); returns the hypergradient."""
+        return self.apply(self.hypergradient(train_loss, params, meta_loss))
+
+    def apply(self, hyper: Tensor) -> Tensor:
+        """Update λ with a hypergradient, then clamp; returns it."""
         if self._adam is not None:
             self._param.grad = hyper.clone()
             self._adam.step()

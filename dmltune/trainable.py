@@ -10,6 +10,7 @@ interrupted and resumed from a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
@@ -21,6 +22,7 @@ import torch
 from .config import resolve_config
 from .meta_lambda import MetaLambda
 from .pairs import get_loss, get_miner
+from .pairs.masks import full_precision
 from .reporting import make_reporter
 from .training_state import (
     load_checkpoint,
@@ -200,13 +202,14 @@ class Trial:
         with self.autocast():
             feats = self.model.features(x)
             emb = self.model.embed(feats)
-        emb = emb.float()
+        emb = full_precision(emb)
         sim = emb @ emb.T
         mined = self.miner(sim, y)
         lam = None
         if self.meta is not None:
             if meta_idx is not None and self.meta.due(self.iteration):
-                _meta_step(self, sim, y, mined, progress, meta_idx)
+                self.last_input = x
+                _meta_step(self, sim, y, mined, progress, meta_idx, feats)
             lam = self.meta.lam
         loss = self.loss_fn(sim, y, mined, progress=progress, lam=lam)
         self.optimizer.zero_grad(set_to_none=True)
@@ -317,34 +320,69 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
     return report
 
 
-def _meta_step(trial: Trial, sim, y, mined, progress, meta_idx) -> None:
-    """One λ update from a look-ahead through the head (reusing this batch's features) or the network."""
-    from torch.func import functional_call
+@contextlib.contextmanager
+def _batchnorm_without_statistics_updates(model: torch.nn.Module):
+    """BatchNorm layers in training mode normalise with batch statistics but update nothing
+    (a forward-mode pass may not mutate buffers)."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True
+
+
+def _meta_step(trial: Trial, sim, y, mined, progress, meta_idx, feats) -> None:
+    """One λ update from a one-step look-ahead through the head (reusing this batch's features)
+    or the whole network; see MetaLambda.hypergradient_via_similarities."""
+    from torch.func import functional_call, jvp
 
     model, device, autocast = trial.model, trial.device, trial.autocast
     meta_x = _to_model_input(trial.transform(trial.source.batch(meta_idx), train=True), device)
     meta_y = trial.train_labels[torch.as_tensor(meta_idx, device=device)]
 
-    def train_loss(lam):
-        return trial.loss_fn(sim, y, mined, progress=progress, lam=lam)
+    def sim_loss(s, lam):
+        return trial.loss_fn(s, y, mined, progress=progress, lam=lam)
 
     def meta_loss_of(emb):
         s = emb @ emb.T
         return trial.meta_loss_fn(s, meta_y, trial.miner(s, meta_y))
 
+    def similarities(embed_fn):
+        def sim_of(p):
+            emb = full_precision(embed_fn(p))
+            return emb @ emb.T
+        return sim_of
+
     if trial.meta_scope == "head":
         params = dict(model.head.named_parameters())
+        dtype = model.head.weight.dtype  # features leave autocast in bf16; the head works in its own dtype
+        train_feats = feats.detach().to(dtype)
         with torch.no_grad(), autocast():
-            meta_feats = model.features(meta_x).float()
+            meta_feats = model.features(meta_x).to(dtype)
 
-        def meta_loss(theta_hat):
-            return meta_loss_of(torch.nn.functional.normalize(functional_call(model.head, theta_hat, (meta_feats,)), dim=1))
+        def head_embed(inputs):
+            return lambda p: torch.nn.functional.normalize(functional_call(model.head, p, (inputs,)), dim=1)
+
+        meta_embed, train_embed = head_embed(meta_feats), head_embed(train_feats)
     else:
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        buffers = {n: b.clone() for n, b in model.named_buffers()}  # the meta pass must not move BN statistics
+        buffers = {n: b.clone() for n, b in model.named_buffers()}  # the meta passes must not move BN statistics
+        train_x = _to_model_input(trial.last_input, device)
 
-        def meta_loss(theta_hat):
+        def meta_embed(p):
             with autocast():
-                return meta_loss_of(functional_call(model, {**theta_hat, **buffers}, (meta_x,)).float())
+                return full_precision(functional_call(model, {**p, **buffers}, (meta_x,)))
 
-    trial.meta.step(train_loss, params, meta_loss)
+        def train_embed(p):  # forward-mode pass in float32: autocast has no forward-AD rules to rely on
+            with _batchnorm_without_statistics_updates(model):
+                return functional_call(model, {**p, **buffers}, (train_x,))
+
+    def sim_tangent(v):
+        return jvp(similarities(train_embed), (dict(params),), (v,))[1]
+
+    hyper = trial.meta.hypergradient_via_similarities(
+        sim, sim_loss, params, lambda theta_hat: meta_loss_of(meta_embed(theta_hat)), sim_tangent)
+    trial.meta.apply(hyper)

@@ -129,3 +129,31 @@ def test_adam_update_moves_lambda_by_about_lr_in_the_same_direction():
     adam.step(train_loss, params, meta_loss)
     restored.step(train_loss, params, meta_loss)
     assert restored.lam.item() == adam.lam.item()
+
+
+@pytest.mark.parametrize("loss_name", ["soft_contrastive", "binomial", "ms"])
+def test_hypergradient_via_similarities_equals_double_backward(loss_name):
+    head, feats, labels, meta_feats, meta_labels = tiny_problem(2)
+    train_loss, params, meta_loss = closures(head, feats, labels, meta_feats, meta_labels, loss_name)
+    loss_fn, miner = get_loss(loss_name), get_miner("none")
+    gen = MetaLambda(init=0.55, lr=0.1, inner_lr=0.3, clamp=(0.0, 1.0), dtype=torch.float64)
+    reference = gen.hypergradient(train_loss, params, meta_loss).item()
+
+    e = embed(head, params, feats)
+    sim = e @ e.T
+    mined = miner(sim, labels)
+
+    def sim_loss(s, lam):
+        return loss_fn(s, labels, mined, lam=lam)
+
+    def sim_tangent(v):
+        def sim_of(p):
+            emb = embed(head, p, feats)
+            return emb @ emb.T
+
+        return torch.func.jvp(sim_of, (dict(params),), (v,))[1]
+
+    fast = gen.hypergradient_via_similarities(sim, sim_loss, params, meta_loss, sim_tangent).item()
+    assert fast == pytest.approx(reference, rel=1e-9, abs=1e-15)
+    # the training graph is still there for the step that follows
+    sim.sum().backward()

@@ -183,3 +183,46 @@ def test_meta_step_runs_every_k_iterations(tmp_path, monkeypatch):
     cfg["loss"]["lam"] = {"meta": {"init": 0.6, "every": 4}}
     train(cfg, reporter=ConsoleReporter(tmp_path))
     assert calls == [0, 4, 8]  # 2 epochs × 6 iterations
+
+
+@pytest.mark.parametrize("scope", ["head", "full"])
+def test_trainable_meta_step_matches_the_double_backward_hypergradient(scope):
+    from torch.func import functional_call
+
+    import dmltune.trainable as trainable
+
+    cfg = config()
+    cfg["loss"]["lam"] = {"meta": {"init": 0.6, "scope": scope, "inner_lr": 0.5}}
+    trial = trainable.Trial(resolve_config(cfg))
+    trial.model.double()
+    trial.sampler.set_epoch(1)
+    trial.meta_sampler.set_epoch(1)
+    idx, meta_idx = next(iter(trial.sampler)), next(iter(trial.meta_sampler))
+    x = trial.transform(trial.source.batch(idx), train=False).double()
+    y = trial.train_labels[torch.as_tensor(idx)]
+    trial.transform = lambda images, train: images.double() / 255  # same meta input for both methods
+    feats = trial.model.features(x)
+    emb = trial.model.embed(feats)
+    sim = emb @ emb.T
+    mined = trial.miner(sim, y)
+    trial.last_input = x
+    trainable._meta_step(trial, sim, y, mined, 0.5, meta_idx, feats)
+    fast = trial.meta.last_hypergrad.item()
+
+    meta_x = trial.source.batch(meta_idx).double() / 255
+    meta_y = trial.train_labels[torch.as_tensor(meta_idx)]
+    module = trial.model.head if scope == "head" else trial.model
+    params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+    buffers = {n: b.clone() for n, b in module.named_buffers()}
+    meta_in = trial.model.features(meta_x).detach() if scope == "head" else meta_x
+
+    def meta_loss(theta_hat):
+        out = functional_call(module, {**theta_hat, **buffers}, (meta_in,))
+        e = torch.nn.functional.normalize(out, dim=1) if scope == "head" else out
+        s = e @ e.T
+        return trial.meta_loss_fn(s, meta_y, trial.miner(s, meta_y))
+
+    trial.meta.lam = 0.6
+    reference = trial.meta.hypergradient(
+        lambda lam: trial.loss_fn(sim, y, mined, progress=0.5, lam=lam), params, meta_loss).item()
+    assert reference != 0 and fast == pytest.approx(reference, rel=1e-6)
