@@ -13,6 +13,7 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import warnings
 import json
 import statistics
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+warnings.filterwarnings("ignore", category=FutureWarning)  # torch.func's import-time notice
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pair_math import cpu_name  # noqa: E402
 
