@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="short CPU demo: fixed vs adaptive thresholds on digits")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seeds", type=int, default=2)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -11,13 +11,16 @@ interrupted and resumed from a checkpoint.
 from __future__ import annotations
 
 import contextlib
-import math
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import warnings
+
 import torch
+
+from torch.func import functional_call, jvp
 
 from .config import resolve_config
 from .meta_lambda import MetaLambda
@@ -337,8 +340,6 @@ def _batchnorm_without_statistics_updates(model: torch.nn.Module):
 def _meta_step(trial: Trial, sim, y, mined, progress, meta_idx, feats) -> None:
     """One λ update from a one-step look-ahead through the head (reusing this batch's features)
     or the whole network; see MetaLambda.hypergradient_via_similarities."""
-    from torch.func import functional_call, jvp
-
     model, device, autocast = trial.model, trial.device, trial.autocast
     meta_x = _to_model_input(trial.transform(trial.source.batch(meta_idx), train=True), device)
     meta_y = trial.train_labels[torch.as_tensor(meta_idx, device=device)]
@@ -381,7 +382,9 @@ def _meta_step(trial: Trial, sim, y, mined, progress, meta_idx, feats) -> None:
                 return functional_call(model, {**p, **buffers}, (train_x,))
 
     def sim_tangent(v):
-        return jvp(similarities(train_embed), (dict(params),), (v,))[1]
+        with warnings.catch_warnings():  # torch's first jvp loads decompositions with a torch.jit notice
+            warnings.simplefilter("ignore", FutureWarning)
+            return jvp(similarities(train_embed), (dict(params),), (v,))[1]
 
     hyper = trial.meta.hypergradient_via_similarities(
         sim, sim_loss, params, lambda theta_hat: meta_loss_of(meta_embed(theta_hat)), sim_tangent)

@@ -57,3 +57,14 @@ def test_train_command_bad_input_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "miner 'at_asms'" in proc.stderr and "gamma_pos" in proc.stderr and proc.stdout == ""
+
+
+def test_demo_prints_every_arm(capsys):
+    from dmltune.demo import ARMS, run_demo
+
+    results = run_demo(epochs=1, seeds=1)
+    out = capsys.readouterr().out
+    assert len(results) == len(ARMS)
+    for label, _, _ in ARMS:
+        assert label in out
+    assert all(0 <= r["test/recall@1"][0] <= 1 for r in results)

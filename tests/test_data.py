@@ -1,7 +1,6 @@
 """Datasets in their on-disk layouts (miniature trees), splits, the sampler, transforms and caching."""
 
 import gzip
-import math
 from pathlib import Path
 
 import numpy as np
