@@ -13,7 +13,6 @@ Cache build time is reported separately: it is paid once per trial. Prints a tab
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pair_math import cpu_name  # noqa: E402
+from common import header, sync, write_json  # noqa: E402
 
 from dmltune.data import BatchTransform, ClassBalancedSampler, ImageSet, ImageSource, TransformSpec  # noqa: E402
 from dmltune.models.backbones import GRAY_SPEC, IMAGENET_SPEC  # noqa: E402
@@ -39,11 +38,6 @@ def synthetic_jpegs(folder: Path, n: int) -> list[str]:
         Image.fromarray(arr).save(path, quality=90)
         paths.append(str(path))
     return paths
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def cache_rate(source, transform, sampler, batches, device) -> float:
@@ -126,19 +120,14 @@ def main(argv=None) -> int:
         source, BatchTransform(spec, GRAY_SPEC, 1, device), sampler, args.batches * 5, device)})
 
     on_gpu = device.type == "cuda"
-    name = torch.cuda.get_device_name(device) if on_gpu else cpu_name()
-    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}")
+    print(f"{header(device)}, batch {args.batch_size}")
     print(f"{'what':<48} {'img/s':>10}")
     for r in rows:
         print(f"{r['what']:<48} {r['img_per_s']:>10.0f}")
     if on_gpu:
         ok = rows[1]["img_per_s"] >= 20000
         print(f"target ≥ 20,000 img/s from the cache at 224 px on an H100: {'ok' if ok else 'MISS'}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "data", "command": " ".join(["python"] + sys.argv), "device": str(device),
-                               "device_name": name, "torch": torch.__version__, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, "data", device, rows, batch_size=args.batch_size)
     return 0
 
 

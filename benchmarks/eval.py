@@ -10,28 +10,16 @@ faiss on the CPU), the ranking metrics, NMI, and the whole evaluation. Prints a 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pair_math import cpu_name  # noqa: E402
+from common import header, timed, write_json  # noqa: E402
 
 from dmltune.evaluate import RECALL_KS, evaluate, nearest_neighbours  # noqa: E402
-
-
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main(argv=None) -> int:
@@ -66,9 +54,7 @@ def main(argv=None) -> int:
         rows.append({"what": "full evaluation", "seconds": timed(lambda: evaluate(emb, labels, ks=args.ks), device)})
 
     on_gpu = device.type == "cuda"
-    name = torch.cuda.get_device_name(device) if on_gpu else cpu_name()
-    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"N = {args.n}, d = {args.dim}, classes of {args.per_class}")
+    print(f"{header(device)}, N = {args.n}, d = {args.dim}, classes of {args.per_class}")
     print(f"{'what':<48} {'seconds':>9}")
     for r in rows:
         print(f"{r['what']:<48} {r['seconds']:>9.2f}")
@@ -76,12 +62,7 @@ def main(argv=None) -> int:
         full = [r for r in rows if r["what"] == "full evaluation"]
         if full:
             print(f"target ≤ 2 s for the full evaluation on an H100: {'ok' if full[0]['seconds'] <= 2 else 'MISS'}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "eval", "command": " ".join(["python"] + sys.argv), "device": str(device),
-                               "device_name": name, "torch": torch.__version__, "n": args.n, "dim": args.dim,
-                               "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, "eval", device, rows, n=args.n, dim=args.dim)
     return 0
 
 

@@ -11,17 +11,17 @@ pytorch-metric-learning with its own miner and loss. Prints a table and writes J
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from dmltune.pairs import get_loss, get_miner
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import header, timed, write_json  # noqa: E402
+
+from dmltune.pairs import get_loss, get_miner  # noqa: E402
 
 # (label, miner, miner params, loss, loss params)
 DMLTUNE_CASES = [
@@ -62,8 +62,9 @@ def dmltune_step(miner_name, miner_params, loss_name, loss_params):
     return step
 
 
-def loop_ms_step(eps=0.1, alpha=2.0, beta=50.0, lam=0.5):
-    """Per-anchor MS mining + MS loss, as the MS-loss authors' reference code loops."""
+def loop_step(gamma_pos, gamma_neg, anchor_loss):
+    """Per-anchor mining + loss in the style of the authors' code: boolean indexing per anchor,
+    the tolerance rule, the anchor's loss appended to a list, then summed."""
 
     def step(emb, labels):
         sim = emb @ emb.T
@@ -74,42 +75,24 @@ def loop_ms_step(eps=0.1, alpha=2.0, beta=50.0, lam=0.5):
             neg = sim[i][labels != labels[i]]
             if len(pos) == 0 or len(neg) == 0:
                 continue
-            neg_kept = neg[neg + eps > torch.min(pos)]
-            pos_kept = pos[pos - eps < torch.max(neg)]
+            neg_kept = neg[neg + gamma_neg > torch.min(pos)]
+            pos_kept = pos[pos - gamma_pos < torch.max(neg)]
             if len(neg_kept) < 1 or len(pos_kept) < 1:
                 continue
-            pos_loss = 1.0 / alpha * torch.log(1 + torch.sum(torch.exp(-alpha * (pos_kept - lam))))
-            neg_loss = 1.0 / beta * torch.log(1 + torch.sum(torch.exp(beta * (neg_kept - lam))))
-            losses.append(pos_loss + neg_loss)
+            losses.append(anchor_loss(pos_kept, neg_kept))
         loss = sum(losses) / emb.shape[0] if losses else emb.sum() * 0
         loss.backward()
 
     return step
 
 
-def loop_asms_softcon_step(gp=0.1, gn=0.01, lam=0.7, mu=2.0, nu=40.0):
-    """Per-anchor ASMS mining + soft contrastive loss in the same style."""
+def ms_anchor_loss(pos, neg, alpha=2.0, beta=50.0, lam=0.5):
+    return (1.0 / alpha * torch.log(1 + torch.sum(torch.exp(-alpha * (pos - lam))))
+            + 1.0 / beta * torch.log(1 + torch.sum(torch.exp(beta * (neg - lam)))))
 
-    def step(emb, labels):
-        sim = emb @ emb.T
-        losses = []
-        for i in range(emb.shape[0]):
-            pos = sim[i][labels == labels[i]]
-            pos = pos[pos < 1 - 1e-5]
-            neg = sim[i][labels != labels[i]]
-            if len(pos) == 0 or len(neg) == 0:
-                continue
-            neg_kept = neg[neg + gn > torch.min(pos)]
-            pos_kept = pos[pos - gp < torch.max(neg)]
-            if len(neg_kept) < 1 or len(pos_kept) < 1:
-                continue
-            pos_loss = F.softplus(mu * (lam - pos_kept)).mean() / mu
-            neg_loss = F.softplus(nu * (neg_kept - lam)).mean() / nu
-            losses.append(pos_loss + neg_loss)
-        loss = sum(losses) / emb.shape[0] if losses else emb.sum() * 0
-        loss.backward()
 
-    return step
+def soft_contrastive_anchor_loss(pos, neg, lam=0.7, mu=2.0, nu=40.0):
+    return F.softplus(mu * (lam - pos)).mean() / mu + F.softplus(nu * (neg - lam)).mean() / nu
 
 
 def pml_cases():
@@ -143,31 +126,11 @@ def pml_cases():
 
 def time_step(step, emb, labels, repeats: int, warmup: int, device) -> float:
     def once():
-        e = emb.detach().clone().requires_grad_(True)
-        step(e, labels)
+        step(emb.detach().clone().requires_grad_(True), labels)
 
     for _ in range(warmup):
         once()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        once()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return statistics.median(timed(once, device) for _ in range(repeats)) * 1e3
 
 
 def main(argv=None) -> int:
@@ -191,7 +154,8 @@ def main(argv=None) -> int:
             ms = time_step(dmltune_step(mn, mp, ln, lp), emb, labels, args.repeats, args.warmup, device)
             dml[label] = ms
             rows.append({"impl": "dmltune", "case": label, "B": b, "ms": ms})
-        loops = [("ms + ms", loop_ms_step()), ("asms + soft_contrastive", loop_asms_softcon_step())]
+        loops = [("ms + ms", loop_step(0.1, 0.1, ms_anchor_loss)),
+                 ("asms + soft_contrastive", loop_step(0.1, 0.01, soft_contrastive_anchor_loss))]
         for label, step in loops:
             if b > args.loop_max_b:
                 continue
@@ -205,8 +169,7 @@ def main(argv=None) -> int:
             rows.append(row)
 
     on_gpu = device.type == "cuda"
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if on_gpu else cpu_name()}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, d = {args.dim}, K = {args.k}")
+    print(f"{header(device)}, d = {args.dim}, K = {args.k}")
     print(f"{'impl':<8} {'case':<28} {'B':>5} {'ms/step':>10} {'dmltune ×':>10} {'target':>8}")
     for r in rows:
         target = ""
@@ -220,20 +183,7 @@ def main(argv=None) -> int:
     if not on_gpu:
         print("targets (≤ 1 ms at B = 80, ≥ 3× pml, ≥ 100× loop) apply to an H100 and are not judged on CPU")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "benchmark": "pair_math",
-        "command": " ".join([sys.executable.split("/")[-1]] + sys.argv),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if on_gpu else cpu_name(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "dim": args.dim,
-        "k": args.k,
-        "rows": rows,
-    }, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, "pair_math", device, rows, dim=args.dim, k=args.k)
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import warnings
-import json
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ import torch
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.func's import-time notice
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pair_math import cpu_name  # noqa: E402
+from common import header, sync, write_json  # noqa: E402
 
 from dmltune.config import resolve_config  # noqa: E402
 from dmltune.trainable import Trial  # noqa: E402
@@ -61,13 +60,11 @@ def time_steps(trial: Trial, steps: int, warmup: int) -> float:
 
     for i in range(warmup):
         run(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     start = time.perf_counter()
     for i in range(steps):
         run(i)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return (time.perf_counter() - start) / steps
 
 
@@ -109,9 +106,7 @@ def main(argv=None) -> int:
         row["ratio_to_plain"] = row["ms_per_step"] / rows[0]["ms_per_step"]
 
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{args.backbone} at {args.size} px, B = {args.batch_size}, dim {args.dim}")
+    print(f"{header(device)}, {args.backbone} at {args.size} px, B = {args.batch_size}, dim {args.dim}")
     print(f"{'what':<28} {'ms/step':>9} {'img/s':>9} {'× plain':>8}")
     for r in rows:
         print(f"{r['what']:<28} {r['ms_per_step']:>9.1f} {r['img_per_s']:>9.0f} {r['ratio_to_plain']:>8.2f}")
@@ -119,13 +114,8 @@ def main(argv=None) -> int:
         print(f"targets: plain ≥ 2,800 img/s {'ok' if rows[0]['img_per_s'] >= 2800 else 'MISS'}; "
               f"head ≤ 1.3× {'ok' if rows[1]['ratio_to_plain'] <= 1.3 else 'MISS'}; "
               f"full ≤ 4× {'ok' if rows[2]['ratio_to_plain'] <= 4 else 'MISS'}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "train_step", "command": " ".join(["python"] + sys.argv),
-                               "device": str(device), "device_name": name, "torch": torch.__version__,
-                               "backbone": args.backbone, "size": args.size, "batch_size": args.batch_size,
-                               "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_json(args.out, "train_step", device, rows, backbone=args.backbone, size=args.size,
+               batch_size=args.batch_size)
     return 0
 
 
