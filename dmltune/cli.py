@@ -66,6 +66,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if last.get("status") == "ok" else 1
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .study import load_study
+    from .study.runner import plan_lines
+
+    study = load_study(args.study, args.set)
+    print(f"{args.study}: valid")
+    print("\n".join(plan_lines(study)))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .study import load_study
+    from .study.runner import plan_lines, run_study
+
+    study = load_study(args.study, args.set)
+    print("\n".join(plan_lines(study)), flush=True)
+    if args.dry_run:
+        return 0
+    folder = run_study(study, address=args.address)
+    print(f"results: {folder / 'trials.parquet'} (and trials.csv)")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .study import load_study
+    from .study.runner import STUDY_RECORD, plan_lines, run_study
+
+    record = Path(args.study_dir) / STUDY_RECORD
+    if not record.is_file():
+        raise ConfigError(f"{record} not found; resume takes the folder a study wrote (storage/name)")
+    study = load_study(record)
+    if study.directory != Path(args.study_dir).resolve():
+        study.directory = Path(args.study_dir).resolve()
+    print("\n".join(plan_lines(study)), flush=True)
+    run_study(study, address=args.address)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -80,6 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list miners, losses, backbones and datasets with their parameters")
     p.add_argument("kind", nargs="?", help="only this kind (miners, losses, backbones, datasets)")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", help="validate a study file, then run every arm with Ray Tune")
+    p.add_argument("study", help="study YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a setting")
+    p.add_argument("--address", help="Ray cluster to join (auto or HOST:PORT); default: start Ray in-process")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the plan only")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="finish an interrupted study without re-running completed trials")
+    p.add_argument("study_dir", help="the study's folder (storage/name)")
+    p.add_argument("--address", help="Ray cluster to join; default: start Ray in-process")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("validate", help="check a study file and print its plan; nothing runs")
+    p.add_argument("study", help="study YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a setting")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("train", help="train one configuration standalone, one line per epoch")
     p.add_argument("config", help="YAML file with the sections dataset, model, miner, loss, train, eval, seed")

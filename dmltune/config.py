@@ -82,7 +82,10 @@ def _named_section(config: Mapping, key: str, name_key: str, registry, where: st
     if name_key not in section:
         raise ConfigError(f"{where}: '{key}' needs a '{name_key}'; choose one of {', '.join(registry)}")
     name = section.pop(name_key)
-    component = registry.lookup(name)
+    try:
+        component = registry.lookup(name)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {key}.{name_key}: {err}") from None
     resolved = component.validate(section, where=f"{where}: {key} '{name}'")
     return {name_key: name, **resolved}
 

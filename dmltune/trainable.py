@@ -389,3 +389,9 @@ def _meta_step(trial: Trial, sim, y, mined, progress, meta_idx, feats) -> None:
     hyper = trial.meta.hypergradient_via_similarities(
         sim, sim_loss, params, lambda theta_hat: meta_loss_of(meta_embed(theta_hat)), sim_tangent)
     trial.meta.apply(hyper)
+
+
+def tune_trainable(config: Mapping[str, Any]) -> None:
+    """The function Ray Tune runs: ``train`` without a return value (a returned dict would be
+    reported to Tune a second time as an extra result)."""
+    train(config)

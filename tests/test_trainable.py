@@ -9,7 +9,7 @@ import torch
 from dmltune.config import resolve_config
 from dmltune.registry import ConfigError
 from dmltune.reporting import ConsoleReporter
-from dmltune.trainable import build_optimizer, train
+from dmltune.trainable import build_optimizer, train, tune_trainable
 
 BASE = {
     "seed": 3,
@@ -158,7 +158,7 @@ def test_inside_ray_tune(tmp_path):
         cfg = config(train__epochs=2)
         cfg["seed"] = tune.grid_search([0, 1])
         tuner = tune.Tuner(
-            tune.with_resources(train, {"cpu": 1}),
+            tune.with_resources(tune_trainable, {"cpu": 1}),
             param_space=cfg,
             tune_config=tune.TuneConfig(metric="val/map@r", mode="max"),
             run_config=tune.RunConfig(storage_path=str(tmp_path), name="t", verbose=0),
@@ -169,6 +169,7 @@ def test_inside_ray_tune(tmp_path):
             assert result.metrics["epoch"] == 2 and result.metrics["status"] == "ok"
             assert result.checkpoint is not None
             assert "test/recall@1" in result.metrics
+            assert len(result.metrics_dataframe) == 2  # one report per epoch, nothing extra
     finally:
         ray.shutdown()
 

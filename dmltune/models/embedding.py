@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Component, Param
+from ..registry import Component, ConfigError, Param
 from .backbones import BACKBONES
 
 POOLINGS = ("avg", "max", "avg+max")
@@ -83,7 +83,10 @@ MODEL = Component("section", "model", EmbeddingModel, MODEL_PARAMS, "the embeddi
 def resolve_model(params, where: str = "model") -> dict:
     """The model parameters with defaults filled in; unknown backbones or values raise ConfigError."""
     resolved = MODEL.validate(params, where=where)
-    BACKBONES.lookup(resolved["backbone"])
+    try:
+        BACKBONES.lookup(resolved["backbone"])
+    except ConfigError as err:
+        raise ConfigError(f"{where}.backbone: {err}") from None
     return resolved
 
 

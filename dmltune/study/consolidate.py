@@ -1,0 +1,84 @@
+"""The study's results table: one row per trial × reported epoch, from every arm's Tune experiment.
+
+Columns: ``arm``, ``experiment``, ``trial_id``, ``seed``, ``trial_status`` (Tune's: TERMINATED,
+ERROR, ...), ``status`` (the trainable's: ok, diverged; ``error`` for a failed trial), ``error``
+(first line of the failure), every reported metric (epoch, loss, val/…, test/…, gpu_s, wall_s, …)
+and the trial's configuration flattened into ``config/…`` columns. Written as ``trials.parquet``
+and ``trials.csv`` in the study folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+TABLE = "trials"
+
+
+def flatten(tree: dict, prefix: str = "config/") -> dict:
+    """``{"miner": {"gamma_pos": 0.1}}`` → ``{"config/miner.gamma_pos": 0.1}``; lists become text."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value) if isinstance(value, list) else value
+    return out
+
+
+def _error_summary(trial) -> str:
+    path = getattr(trial, "error_file", None) or ""
+    if path and Path(path).is_file():
+        lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+        return lines[-1][:500] if lines else "error"
+    return "error" if trial.status == "ERROR" else ""
+
+
+def experiment_rows(folder: Path, arm: str) -> list[pd.DataFrame]:
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(folder))
+    frames = analysis.trial_dataframes
+    out = []
+    for trial in analysis.trials:
+        df = frames.get(trial.trial_id, frames.get(trial.path))
+        df = df.copy() if df is not None and len(df) else pd.DataFrame([{}])
+        df = df.drop(columns=[c for c in df.columns if c.startswith("config/")])  # replaced by ours below
+        if "training_iteration" in df:  # a restored experiment can list its last result twice
+            df = df.drop_duplicates(subset="training_iteration", keep="last")
+        error = _error_summary(trial)
+        meta = {"arm": arm, "experiment": folder.name, "trial_id": trial.trial_id,
+                "seed": trial.config.get("seed"), "trial_status": trial.status, "error": error,
+                **flatten({k: v for k, v in trial.config.items() if k != "seed"})}
+        for key, value in meta.items():
+            df[key] = [value] * len(df)
+        if "status" not in df:
+            df["status"] = None
+        df["status"] = df["status"].fillna("error" if trial.status == "ERROR" else "incomplete")
+        if trial.status == "ERROR":
+            df["status"] = "error"
+        out.append(df)
+    return out
+
+
+def consolidate(study) -> pd.DataFrame:
+    frames = []
+    for arm in study.arms:
+        base = study.directory / arm.name
+        folders = [base] if arm.search["mode"] == "grid" else sorted(base.glob("seed_*"))
+        for folder in folders:
+            if folder.is_dir():
+                frames.extend(experiment_rows(folder, arm.name))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    first = ["arm", "experiment", "trial_id", "seed", "trial_status", "status", "error", "epoch"]
+    table = table[[c for c in first if c in table] + [c for c in table.columns if c not in first]]
+    if "epoch" in table:
+        table = table.sort_values(["arm", "experiment", "trial_id", "epoch"], kind="stable").reset_index(drop=True)
+    for column in table.columns:  # mixed-type columns (e.g. an empty error next to text) as strings
+        if table[column].dtype == object:
+            table[column] = table[column].map(lambda v: v if v is None or isinstance(v, str) else str(v))
+    table.to_parquet(study.directory / f"{TABLE}.parquet", index=False)
+    table.to_csv(study.directory / f"{TABLE}.csv", index=False)
+    return table

@@ -1,0 +1,208 @@
+"""Study files: parsing and validation, before any trial starts.
+
+A study file holds shared settings (dataset, model, train, eval), the seeds, per-trial resources,
+and a list of arms. Each arm sets its miner and loss (and may override shared settings), with any
+value either fixed or a search domain, and a search mode (grid, random, optuna) with an optional
+ASHA scheduler. ``load_study`` returns a validated :class:`Study` or raises a one-line ConfigError
+naming the arm and key.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import resolve_config
+from ..config_files import apply_overrides, read_yaml
+from ..registry import Component, ConfigError, Param
+from .domains import Domain, find_domains, replace_at
+
+TOP_KEYS = ("name", "description", "storage", "seeds", "resources", "concurrency", "dataset", "model",
+            "train", "eval", "arms")
+SHARED = ("dataset", "model", "train", "eval")
+ARM_KEYS = ("name", "miner", "loss", "search") + SHARED
+
+SEARCH = Component("section", "search", dict, (
+    Param("mode", str, "grid", choices=("grid", "random", "optuna"), help="how the arm's domains are explored"),
+    Param("num_samples", int, 1, low=1, high=100000, help="trials per seed (random, optuna)"),
+    Param("scheduler", dict, None, nullable=True, help="{asha: {max_t, grace_period, reduction_factor}}"),
+))
+ASHA = Component("section", "asha", dict, (
+    Param("max_t", int, None, low=1, nullable=True, help="time budget in epochs (required)"),
+    Param("grace_period", int, 1, low=1, help="epochs before a trial may be stopped"),
+    Param("reduction_factor", float, 3.0, low=1.01, high=100.0, help="ASHA's η"),
+))
+
+
+@dataclass
+class Arm:
+    name: str
+    config: dict                     # trainable config; search domains still inside; no seed
+    search: dict
+    domains: list[tuple[tuple, Domain]] = field(default_factory=list)
+
+    @property
+    def trials_per_seed(self) -> int:
+        if self.search["mode"] != "grid":
+            return self.search["num_samples"]
+        n = 1
+        for _, d in self.domains:
+            n *= len(d.values)
+        return n
+
+
+@dataclass
+class Study:
+    name: str
+    directory: Path                  # storage / name
+    seeds: list[int]
+    resources: dict
+    concurrency: int | None
+    arms: list[Arm]
+    source: dict                     # the study as given (after --set), for the record
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not _is_domain(value):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _is_domain(value) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("grid", "choice", "uniform", "loguniform")
+
+
+def _arm_search(arm: dict, where: str, epochs: int) -> dict:
+    search = SEARCH.validate(arm.get("search") or {}, where=f"{where}: search")
+    scheduler = search["scheduler"]
+    if scheduler is not None:
+        if set(scheduler) != {"asha"}:
+            raise ConfigError(f"{where}: search.scheduler must be {{asha: {{...}}}}; got {sorted(scheduler)} (only ASHA is supported)")
+        asha = ASHA.validate(scheduler["asha"] or {}, where=f"{where}: search.scheduler.asha")
+        if asha["max_t"] is None:
+            raise ConfigError(f"{where}: search.scheduler.asha needs max_t, the time budget in epochs (e.g. max_t: {epochs})")
+        if asha["grace_period"] > asha["max_t"]:
+            raise ConfigError(f"{where}: search.scheduler.asha.grace_period exceeds max_t; lower it")
+        search["scheduler"] = {"asha": asha}
+    return search
+
+
+def _check_resources(study: dict) -> dict:
+    res = study.get("resources") or {}
+    if not isinstance(res, dict) or set(res) - {"cpu", "gpu"}:
+        raise ConfigError(f"study: resources must be {{cpu: N, gpu: fraction}}, got {res!r}")
+    cpu = res.get("cpu", 1)
+    if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu <= 0:
+        raise ConfigError(f"study: resources.cpu must be a positive number, got {cpu!r}")
+    out = {"cpu": cpu}
+    if "gpu" in res:
+        gpu = res["gpu"]
+        if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or not 0 < gpu <= 1:
+            raise ConfigError(f"study: resources.gpu must be a GPU fraction in (0, 1], got {gpu!r}; "
+                              "leave it out for CPU-only trials")
+        out["gpu"] = float(gpu)
+    return out
+
+
+def _validate_arm_values(arm: Arm, where: str) -> None:
+    """Every candidate value of every domain, and the fixed values, against the declared parameters."""
+    base = arm.config
+    for path, domain in arm.domains:
+        base = replace_at(base, path, domain.candidates()[0])
+    resolve_config({**base, "seed": 0}, where=where)
+    for path, domain in arm.domains:
+        for value in domain.candidates():
+            try:
+                resolve_config({**replace_at(base, path, value), "seed": 0}, where=where)
+            except ConfigError as err:
+                raise ConfigError(f"{err} (in {domain.kind} {list(domain.values)} of {'.'.join(path)})") from None
+
+
+def _check_data(arm: Arm, where: str, cache: dict) -> None:
+    """The dataset exists and has enough training classes for a batch (loaded once per dataset)."""
+    from ..data import load_dataset
+
+    dataset = {k: v for k, v in arm.config["dataset"].items() if k != "transform"}
+    if any(_is_domain(v) for v in dataset.values()):
+        return
+    key = repr(sorted(dataset.items()))
+    if key not in cache:
+        params = dict(dataset)
+        cache[key] = load_dataset(params.pop("name"), **params)
+    splits = cache[key]
+    train = arm.config.get("train", {})
+    batch, k = train.get("batch_size", 80), train.get("k", 5)
+    if isinstance(batch, int) and isinstance(k, int) and k and splits.train.num_classes < batch // k:
+        raise ConfigError(f"{where}: a batch needs {batch // k} classes (train.batch_size {batch} / train.k {k}) "
+                          f"but {splits.name} has {splits.train.num_classes} training classes; lower the batch size or raise k")
+
+
+def parse_study(raw: dict, check_data: bool = True) -> Study:
+    unknown = set(raw) - set(TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"study: unknown key(s) {sorted(unknown)}; valid keys: {', '.join(TOP_KEYS)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"study: 'name' must be a simple name (letters, digits, _ . -), got {name!r}")
+    seeds = raw.get("seeds", [0])
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ConfigError(f"study: 'seeds' must be a non-empty list of non-negative integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"study: 'seeds' lists a seed twice: {seeds}")
+    concurrency = raw.get("concurrency")
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
+        raise ConfigError(f"study: 'concurrency' must be a positive integer, got {concurrency!r}")
+    storage = Path(str(raw.get("storage", "results"))).expanduser().resolve()  # relative to the working directory
+    arms_raw = raw.get("arms")
+    if not isinstance(arms_raw, list) or not arms_raw:
+        raise ConfigError("study: 'arms' must be a non-empty list of arms")
+    shared = {k: raw[k] for k in SHARED if k in raw}
+    arms, seen, data_cache = [], set(), {}
+    for i, arm_raw in enumerate(arms_raw):
+        if not isinstance(arm_raw, dict):
+            raise ConfigError(f"study: arm #{i + 1} must be a mapping with name, miner, loss")
+        arm_name = arm_raw.get("name")
+        where = f"arm '{arm_name}'" if arm_name else f"arm #{i + 1}"
+        if not isinstance(arm_name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", arm_name):
+            raise ConfigError(f"{where}: 'name' must be a simple name (letters, digits, _ . -), got {arm_name!r}")
+        if arm_name in seen:
+            raise ConfigError(f"{where}: the name is used by another arm; arm names must be unique")
+        seen.add(arm_name)
+        unknown = set(arm_raw) - set(ARM_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; an arm may set {', '.join(ARM_KEYS[1:])}")
+        if "loss" not in arm_raw:
+            raise ConfigError(f"{where}: 'loss' is missing; give {{name: ...}}")
+        config = _merge(shared, {k: v for k, v in arm_raw.items() if k in SHARED})
+        config["miner"] = arm_raw.get("miner") or {"name": "none"}
+        config["loss"] = arm_raw["loss"]
+        epochs = config.get("train", {}).get("epochs", 10)
+        search = _arm_search(arm_raw, where, epochs if isinstance(epochs, int) else 10)
+        arm = Arm(arm_name, config, search, list(find_domains(config)))
+        for path, domain in arm.domains:
+            key = ".".join(path)
+            if search["mode"] == "grid" and domain.kind != "grid":
+                raise ConfigError(f"{where}: {key} is a {domain.kind} domain but search.mode is grid; "
+                                  "use {grid: [...]} or search.mode: random / optuna")
+            if search["mode"] == "optuna" and domain.kind == "grid":
+                raise ConfigError(f"{where}: {key} is a grid but search.mode is optuna; use {{choice: [...]}}")
+        _validate_arm_values(arm, where)
+        if check_data:
+            _check_data(arm, where, data_cache)
+        arms.append(arm)
+    return Study(name, storage / name, seeds, _check_resources(raw), concurrency, arms, raw)
+
+
+def load_study(path: str | Path, overrides=(), check_data: bool = True) -> Study:
+    """Read, override (``--set``) and validate a study file."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), overrides)
+    return parse_study(raw, check_data)
+

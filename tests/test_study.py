@@ -1,0 +1,130 @@
+"""Study files: validation before anything runs, the plan, a real run, consolidation and resume."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from dmltune.registry import ConfigError
+from dmltune.study import parse_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STUDY = {
+    "name": "tiny",
+    "seeds": [0, 1],
+    "resources": {"cpu": 1},
+    "dataset": {"name": "digits", "val_fraction": 0.4},
+    "model": {"backbone": "small_cnn", "dim": 8, "freeze_bn": False},
+    "train": {"epochs": 2, "batch_size": 24, "k": 8, "lr": 0.001, "batches_per_epoch": 3},
+    "eval": {"metric": "map@r", "nmi": False},
+    "arms": [
+        {"name": "fixed", "miner": {"name": "asms", "gamma_pos": {"grid": [0.05, 0.2]}}, "loss": {"name": "soft_contrastive"}},
+        {"name": "adaptive", "miner": {"name": "at_asms"}, "loss": {"name": "soft_contrastive"}},
+    ],
+}
+
+
+def study(**changes):
+    raw = copy.deepcopy(STUDY)
+    for dotted, value in changes.items():
+        node = raw
+        *path, last = dotted.split("__")
+        for key in path:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def test_valid_study_and_its_plan(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parsed = parse_study(study())
+    assert [a.name for a in parsed.arms] == ["fixed", "adaptive"]
+    assert parsed.arms[0].trials_per_seed == 2 and parsed.arms[1].trials_per_seed == 1
+    assert parsed.directory == tmp_path / "results" / "tiny"
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"arms__0__miner": {"name": "asmss"}}, "arm 'fixed'"),
+    ({"arms__0__miner": {"name": "asms", "gama_pos": 0.1}}, "did you mean 'gamma_pos'"),
+    ({"arms__0__miner": {"name": "asms", "gamma_pos": "0.1"}}, "'gamma_pos' must be a number"),
+    ({"arms__0__miner": {"name": "asms", "gamma_pos": {"grid": [0.1, 3.0]}}}, "in grid [0.1, 3.0] of miner.gamma_pos"),
+    ({"arms__0__miner": {"name": "asms", "gamma_pos": {"grid": []}}}, "non-empty list"),
+    ({"arms__1__name": "fixed"}, "arm names must be unique"),
+    ({"train__batch_size": 20}, "not divisible by train.k"),
+    ({"train__k": 1}, "'k' = 1 is outside"),
+    ({"resources": {"cpu": 1, "gpu": 0}}, "GPU fraction in (0, 1]"),
+    ({"resources": {"cpu": 1, "gpu": 1.5}}, "GPU fraction in (0, 1]"),
+    ({"dataset": {"name": "cub200", "root": "/nonexistent/CUB"}}, "/nonexistent/CUB/images.txt not found"),
+    ({"arms__0__search": {"mode": "bayes"}}, "'mode' = 'bayes' is not valid"),
+    ({"arms__1__search": {"mode": "random", "scheduler": {"asha": {"grace_period": 1}}}}, "needs max_t"),
+    ({"arms__1__search": {"mode": "random", "scheduler": {"hyperband": {}}}}, "only ASHA"),
+    ({"arms__1__loss": {"name": "soft_contrastive", "lam": {"meta": {"init": 0.9, "clamp": [0.1, 0.5]}}}}, "outside clamp"),
+    ({"arms__0__miner": {"name": "asms", "gamma_pos": {"uniform": [0.0, 0.2]}}}, "search.mode is grid"),
+    ({"arms__0__search": {"mode": "optuna"}}, "use {choice: [...]}"),
+    ({"arms__0__miner": {"name": "asms", "gamma_pos": {"uniform": [0.3, 0.2]}}, "arms__0__search": {"mode": "random"}}, "low < high"),
+    ({"seeds": []}, "non-empty list"),
+    ({"arms": []}, "non-empty list of arms"),
+    ({"optimiser": "adam"}, "unknown key"),
+    ({"arms__0__lr": 0.1}, "unknown key(s) ['lr']"),
+    ({"train__batch_size": 48}, "a batch needs 6 classes"),
+])
+def test_bad_studies_are_refused_in_one_line_naming_the_key(changes, fragment):
+    with pytest.raises(ConfigError) as info:
+        parse_study(study(**changes))
+    message = str(info.value)
+    assert fragment in message, message
+    assert "\n" not in message
+
+
+def test_validate_command_exit_codes(tmp_path):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml.safe_dump(study()))
+    bad.write_text(yaml.safe_dump(study(arms__0__miner={"name": "asms", "gamma_neg": -1})))
+    run = [sys.executable, "-m", "dmltune", "validate"]
+    ok = subprocess.run(run + [str(good)], capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0 and "total" in ok.stdout and "4 trials" in ok.stdout
+    ko = subprocess.run(run + [str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    assert ko.returncode == 2 and ko.stderr.count("\n") == 1 and "arm 'fixed'" in ko.stderr
+    overridden = subprocess.run(run + [str(bad), "--set", "arms=[{name: a, loss: {name: ms}}]"],
+                                capture_output=True, text=True, cwd=tmp_path)
+    assert overridden.returncode == 0
+
+
+def test_shipped_quickstart_is_valid():
+    from dmltune.study import load_study
+
+    parsed = load_study(ROOT / "studies" / "quickstart.yaml")
+    assert {a.name for a in parsed.arms} >= {"ms_simp", "softcon_asms_grid", "softcon_at_asms", "ddtas"}
+
+
+@pytest.mark.slow
+def test_run_consolidate_and_resume(tmp_path):
+    raw = study()
+    raw["arms"].append({"name": "tpe", "miner": {"name": "asms", "gamma_pos": {"uniform": [0.01, 0.3]}},
+                        "loss": {"name": "soft_contrastive"}, "search": {"mode": "optuna", "num_samples": 2}})
+    raw["seeds"] = [0]
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "dmltune", "run", str(path)]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "[5/5]" in first.stdout
+    table = pd.read_parquet(tmp_path / "results" / "tiny" / "trials.parquet")
+    assert table.groupby("arm").trial_id.nunique().to_dict() == {"fixed": 2, "adaptive": 1, "tpe": 2}
+    assert set(table.epoch) == {1, 2} and len(table) == 10
+    assert (table.status == "ok").all() and table["config/miner.gamma_pos"].notna().sum() >= 8
+    ids = set(table.trial_id)
+    again = subprocess.run([sys.executable, "-m", "dmltune", "resume", str(tmp_path / "results" / "tiny")],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    after = pd.read_parquet(tmp_path / "results" / "tiny" / "trials.parquet")
+    assert set(after.trial_id) == ids and len(after) == len(table)  # nothing ran again
+    pd.testing.assert_frame_equal(after, table)
