@@ -128,3 +128,18 @@ def test_run_consolidate_and_resume(tmp_path):
     after = pd.read_parquet(tmp_path / "results" / "tiny" / "trials.parquet")
     assert set(after.trial_id) == ids and len(after) == len(table)  # nothing ran again
     pd.testing.assert_frame_equal(after, table)
+
+
+@pytest.mark.parametrize("name, arms", [
+    ("fixed_vs_dynamic", 7), ("fixed_vs_dynamic_fashion", 7), ("ddtas_table1", 12), ("dynamic_sampling_ablation", 10),
+])
+def test_shipped_paper_studies_are_valid(name, arms, monkeypatch):
+    from dmltune.study import load_study
+
+    monkeypatch.delenv("DMLTUNE_CUB200", raising=False)
+    path = ROOT / "studies" / f"{name}.yaml"
+    parsed = load_study(path, check_data=False)
+    assert len(parsed.arms) == arms and parsed.seeds == [0, 1, 2]
+    if parsed.arms[0].config["dataset"]["name"] == "cub200":
+        with pytest.raises(ConfigError, match="needs dataset.root"):
+            load_study(path)  # a clear error when the data is absent
