@@ -48,10 +48,12 @@ class TuneReporter:
             yield Path(d)
 
     def report(self, metrics: Mapping, checkpoint_dir: Path | None = None) -> None:
+        import ray
         from ray import tune
 
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        tune.report(dict(metrics), checkpoint=checkpoint)
+        node = ray.get_runtime_context().get_node_id()  # which machine ran it, for cluster studies
+        tune.report({**metrics, "node_id": node}, checkpoint=checkpoint)
 
     def gpu_fraction(self) -> float:
         from ray import tune

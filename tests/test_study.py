@@ -143,3 +143,38 @@ def test_shipped_paper_studies_are_valid(name, arms, monkeypatch):
     if parsed.arms[0].config["dataset"]["name"] == "cub200":
         with pytest.raises(ConfigError, match="needs dataset.root"):
             load_study(path)  # a clear error when the data is absent
+
+
+@pytest.mark.slow
+def test_study_on_a_two_node_cluster(tmp_path, monkeypatch):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from dmltune.study.runner import run_study
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    raw = study(train__epochs=1)
+    raw["arms"] = [{"name": "grid", "miner": {"name": "asms", "gamma_pos": {"grid": [0.0, 0.1, 0.2]}},
+                    "loss": {"name": "soft_contrastive"}}]
+    raw["concurrency"] = 2
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        folder = run_study(parse_study(raw))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    table = pd.read_parquet(folder / "trials.parquet")
+    assert table.trial_id.nunique() == 6 and (table.status == "ok").all()
+    assert table.node_id.nunique() == 2  # trials ran on both nodes
+
+
+def test_cluster_configs_pass_rays_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    for path in (ROOT / "cluster.yaml", ROOT / "docs" / "examples" / "cluster_local.yaml"):
+        config = yaml.safe_load(path.read_text())
+        validate_config(prepare_config(config))
+    assert yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"]["gpu_worker"]["resources"]["GPU"] == 1

@@ -36,9 +36,9 @@ def plan_lines(study: Study) -> list[str]:
         n = arm.trials_per_seed * len(study.seeds)
         total += n
         searched = ", ".join(f"{'.'.join(p)} {d.kind} {list(d.values)}" for p, d in arm.domains) or "fixed"
-        sched = " + ASHA" if arm.search["scheduler"] else ""
-        lines.append(f"  {arm.name:<24} {arm.search['mode']}{sched:<7} {n:>4} trials   {searched}")
-    lines.append(f"  {'total':<24} {'':<11} {total:>4} trials")
+        mode = arm.search["mode"] + (" + ASHA" if arm.search["scheduler"] else "")
+        lines.append(f"  {arm.name:<24} {mode:<15} {n:>4} trials   {searched}")
+    lines.append(f"  {'total':<24} {'':<15} {total:>4} trials")
     return lines
 
 
@@ -86,9 +86,8 @@ def _tune_config(study: Study, arm: Arm, metric: str, searcher_seed: int):
 class Progress:
     """One line per finished trial, with a running tally over the whole study."""
 
-    def __init__(self, total: int, metric: str, stream=None):
-        self.total, self.done, self.metric = total, 0, metric
-        self.stream = stream or sys.stdout
+    def __init__(self, total: int, metric: str):
+        self.total, self.done, self.metric = total, 0, metric  # (no stream kept: Tune pickles callbacks)
         self.started = time.perf_counter()
 
     def callback(self, arm_name: str):
@@ -115,10 +114,10 @@ class Progress:
         test_text = f", test R@1 {test:.4f}" if isinstance(test, float) else ""
         elapsed = time.perf_counter() - self.started
         print(f"[{self.done}/{self.total}] {arm_name} seed {trial.config.get('seed')} {status}: "
-              f"{shown}{test_text} ({last.get('epoch', 0)} epochs) · {elapsed:.0f} s", file=self.stream, flush=True)
+              f"{shown}{test_text} ({last.get('epoch', 0)} epochs) · {elapsed:.0f} s", file=sys.stdout, flush=True)
 
 
-def run_study(study: Study, address: str | None = None, stream=None) -> Path:
+def run_study(study: Study, address: str | None = None) -> Path:
     """Run (or finish) every arm, then write the consolidated tables; returns the study folder."""
     import ray
     from ray import tune
@@ -137,7 +136,7 @@ def run_study(study: Study, address: str | None = None, stream=None) -> Path:
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     metric = f"val/{(study.arms[0].config.get('eval') or {}).get('metric', 'map@r')}"
-    progress = Progress(sum(a.trials_per_seed * len(study.seeds) for a in study.arms), metric, stream)
+    progress = Progress(sum(a.trials_per_seed * len(study.seeds) for a in study.arms), metric)
     trainable = tune.with_resources(tune_trainable, {"cpu": study.resources["cpu"], "gpu": study.resources.get("gpu", 0)})
     try:
         for arm in study.arms:

@@ -134,7 +134,10 @@ def _check_data(arm: Arm, where: str, cache: dict) -> None:
     key = repr(sorted(dataset.items()))
     if key not in cache:
         params = dict(dataset)
-        cache[key] = load_dataset(params.pop("name"), **params)
+        try:
+            cache[key] = load_dataset(params.pop("name"), **params)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: dataset: {err}") from None
     splits = cache[key]
     train = arm.config.get("train", {})
     batch, k = train.get("batch_size", 80), train.get("k", 5)
