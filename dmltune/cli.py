@@ -85,8 +85,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     folder = run_study(study, address=args.address)
-    print(f"results: {folder / 'trials.parquet'} (and trials.csv)")
+    print(f"\nresults: {folder / 'trials.parquet'} (and trials.csv)\n")
+    _summarise(study, folder)
     return 0
+
+
+def _summarise(study, folder) -> None:
+    from .study.summary import print_summary
+
+    metric = (study.arms[0].config.get("eval") or {}).get("metric", "map@r")
+    print_summary(folder, metric=f"val/{metric}")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -102,7 +110,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if study.directory != Path(args.study_dir).resolve():
         study.directory = Path(args.study_dir).resolve()
     print("\n".join(plan_lines(study)), flush=True)
-    run_study(study, address=args.address)
+    folder = run_study(study, address=args.address)
+    _summarise(study, folder)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .study.summary import print_summary
+
+    print_summary(args.study_dir, metric=args.metric)
     return 0
 
 
@@ -137,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study YAML file")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a setting")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("report", help="summarise a study folder (per arm: trials, cost, best trial)")
+    p.add_argument("study_dir", help="the study's folder (storage/name)")
+    p.add_argument("--metric", default="val/map@r", help="selection metric column")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("train", help="train one configuration standalone, one line per epoch")
     p.add_argument("config", help="YAML file with the sections dataset, model, miner, loss, train, eval, seed")

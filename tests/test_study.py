@@ -128,6 +128,10 @@ def test_run_consolidate_and_resume(tmp_path):
     after = pd.read_parquet(tmp_path / "results" / "tiny" / "trials.parquet")
     assert set(after.trial_id) == ids and len(after) == len(table)  # nothing ran again
     pd.testing.assert_frame_equal(after, table)
+    assert "adaptive" in again.stdout and "best val/map@r" in again.stdout  # the summary follows
+    report = subprocess.run([sys.executable, "-m", "dmltune", "report", str(tmp_path / "results" / "tiny")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert report.returncode == 0 and "tpe" in report.stdout
 
 
 @pytest.mark.parametrize("name, arms", [

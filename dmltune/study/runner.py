@@ -90,21 +90,21 @@ class Progress:
         self.total, self.done, self.metric = total, 0, metric  # (no stream kept: Tune pickles callbacks)
         self.started = time.perf_counter()
 
-    def callback(self, arm_name: str):
+    def callback(self, arm: Arm):
         from ray.tune import Callback
 
-        progress = self
+        progress, arm_name, paths = self, arm.name, [p for p, _ in arm.domains]
 
         class _Printer(Callback):
             def on_trial_complete(self, iteration, trials, trial, **info):
-                progress.finished(arm_name, trial, "ok")
+                progress.finished(arm_name, paths, trial, "ok")
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                progress.finished(arm_name, trial, "error")
+                progress.finished(arm_name, paths, trial, "error")
 
         return _Printer()
 
-    def finished(self, arm_name, trial, outcome) -> None:
+    def finished(self, arm_name, paths, trial, outcome) -> None:
         self.done += 1
         last = trial.last_result or {}
         status = last.get("status", outcome) if outcome == "ok" else outcome
@@ -113,7 +113,14 @@ class Progress:
         test = last.get("test/recall@1")
         test_text = f", test R@1 {test:.4f}" if isinstance(test, float) else ""
         elapsed = time.perf_counter() - self.started
-        print(f"[{self.done}/{self.total}] {arm_name} seed {trial.config.get('seed')} {status}: "
+        searched = ""
+        for path in paths:
+            node = trial.config
+            for key in path:
+                node = node.get(key, {}) if isinstance(node, dict) else {}
+            value = f"{node:.4g}" if isinstance(node, float) else node
+            searched += f" {path[-1]}={value}"
+        print(f"[{self.done}/{self.total}] {arm_name}{searched} seed {trial.config.get('seed')} {status}: "
               f"{shown}{test_text} ({last.get('epoch', 0)} epochs) · {elapsed:.0f} s", file=sys.stdout, flush=True)
 
 
@@ -143,7 +150,7 @@ def run_study(study: Study, address: str | None = None) -> Path:
             for folder, seed_space, searcher_seed in _experiments(study, arm):
                 run_config = tune.RunConfig(
                     storage_path=str(folder.parent), name=folder.name, verbose=0,
-                    callbacks=[progress.callback(arm.name)],
+                    callbacks=[progress.callback(arm)],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(max_failures=0))
                 if tune.Tuner.can_restore(str(folder)):
