@@ -129,6 +129,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a setting (repeatable; the value is YAML)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmltune", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="validate a study file, then run every arm with Ray Tune")
     p.add_argument("study", help="study YAML file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a setting")
+    _add_overrides(p)
     p.add_argument("--address", help="Ray cluster to join (auto or HOST:PORT); default: start Ray in-process")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan only")
     p.set_defaults(func=cmd_run)
@@ -151,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a study file and print its plan; nothing runs")
     p.add_argument("study", help="study YAML file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a setting")
+    _add_overrides(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("report", help="summarise a study folder (per arm: trials, cost, best trial)")
@@ -161,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one configuration standalone, one line per epoch")
     p.add_argument("config", help="YAML file with the sections dataset, model, miner, loss, train, eval, seed")
-    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a setting")
+    _add_overrides(p)
     p.add_argument("--checkpoint-dir", help="keep checkpoints here; rerunning the same command resumes")
     p.set_defaults(func=cmd_train)
 
