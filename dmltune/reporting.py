@@ -36,6 +36,8 @@ def in_tune_session() -> bool:
 class TuneReporter:
     """Report to Ray Tune; checkpoints travel through Tune's own mechanism."""
 
+    keeps_checkpoints = True
+
     @contextlib.contextmanager
     def restore_dir(self) -> Iterator[Path | None]:
         from ray import tune
@@ -71,6 +73,7 @@ class ConsoleReporter:
     def __init__(self, checkpoint_root: str | os.PathLike | None = None, selection_metric: str = "map@r",
                  stream=None):
         self.checkpoint_root = Path(checkpoint_root) if checkpoint_root else None
+        self.keeps_checkpoints = self.checkpoint_root is not None
         self.metric = selection_metric
         self.stream = stream or sys.stdout
         self.history: list[dict] = []

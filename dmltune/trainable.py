@@ -26,7 +26,7 @@ from .config import resolve_config
 from .meta_lambda import MetaLambda
 from .pairs import get_loss, get_miner
 from .pairs.masks import full_precision
-from .reporting import make_reporter
+from .reporting import in_tune_session, make_reporter
 from .training_state import (
     load_checkpoint,
     rng_state,
@@ -37,13 +37,26 @@ from .training_state import (
 
 
 def pick_device(requested: str) -> torch.device:
-    """``auto``: the GPU Ray assigned to this trial (or the first one standalone), else the CPU."""
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        from .registry import ConfigError
+    """``auto``: the GPU Ray assigned to this trial (or the first one standalone), else the CPU.
 
-        raise ConfigError("train.device = 'cuda' but no CUDA GPU is visible; use device: auto or cpu")
+    Inside a Tune trial that was given no GPU, ``auto`` means the CPU even on a GPU machine: Ray may
+    not hide the node's GPUs from such a trial, and using one would take it from trials that own it.
+    """
+    from .registry import ConfigError
+
+    if requested == "cpu":
+        return torch.device("cpu")
+    if in_tune_session():
+        import ray
+
+        if not ray.get_gpu_ids():
+            if requested == "cuda":
+                raise ConfigError("train.device = 'cuda' but the trial holds no GPU; give the study resources.gpu")
+            return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if requested == "cuda":
+            raise ConfigError("train.device = 'cuda' but no CUDA GPU is visible; use device: auto or cpu")
+        return torch.device("cpu")
     return torch.device("cuda", torch.cuda.current_device())
 
 
@@ -313,7 +326,8 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
             report.update(trial.evaluator.metrics(trial.model, "test", trial.autocast))
         wall_total += time.perf_counter() - started
         report.update(epoch_s=time.perf_counter() - started, wall_s=wall_total, gpu_s=wall_total * gpu_fraction)
-        if epoch == tr["epochs"] or (tr["checkpoint_every"] and epoch % tr["checkpoint_every"] == 0):
+        due = epoch == tr["epochs"] or (tr["checkpoint_every"] and epoch % tr["checkpoint_every"] == 0)
+        if due and reporter.keeps_checkpoints:
             with tempfile.TemporaryDirectory(prefix="dmltune-ckpt-") as tmp:
                 save_checkpoint(Path(tmp), {**trial.state_dict(), "epoch": epoch, "wall_s": wall_total,
                                             "last_val": last_val})
