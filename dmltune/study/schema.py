@@ -188,7 +188,11 @@ def parse_study(raw: dict, check_data: bool = True) -> Study:
         config["loss"] = arm_raw["loss"]
         epochs = config.get("train", {}).get("epochs", 10)
         search = _arm_search(arm_raw, where, epochs if isinstance(epochs, int) else 10)
-        arm = Arm(arm_name, config, search, list(find_domains(config)))
+        try:
+            domains = list(find_domains(config))
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        arm = Arm(arm_name, config, search, domains)
         for path, domain in arm.domains:
             key = ".".join(path)
             if search["mode"] == "grid" and domain.kind != "grid":
