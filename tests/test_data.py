@@ -82,6 +82,7 @@ def test_cars196_reads_the_mat_annotations(tmp_path):
     assert splits.train.classes == list(range(1, 99)) and splits.test.classes == list(range(99, 197))
     assert len(splits.train) == 196 and splits.val.num_classes == 0
     assert splits.train.paths[0] == str(tmp_path / "car_ims" / "000001.jpg")
+    assert splits.native_size is None  # files of varying size
 
 
 def test_sop_uses_its_two_files(tmp_path):
@@ -142,7 +143,7 @@ def test_fashion_mnist_idx_files(tmp_path):
     write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 255, (10, 28, 28)))  # not gzipped
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(10))
     splits = load_dataset("fashion_mnist", root=str(tmp_path), val_fraction=0.0)
-    assert splits.channels == 1 and splits.train.images.shape == (20, 1, 28, 28)
+    assert splits.channels == 1 and splits.native_size == 28 and splits.train.images.shape == (20, 1, 28, 28)
     assert splits.train.classes == [0, 1, 2, 3, 4] and splits.test.classes == [5, 6, 7, 8, 9]
     truncated = tmp_path / "train-labels-idx1-ubyte.gz"
     truncated.write_bytes(gzip.compress(bytes([0, 0, 8, 1]) + (30).to_bytes(4, "big") + bytes(5)))
@@ -158,8 +159,14 @@ def test_real_fashion_mnist_from_debian_package():
 
 
 def test_digits_bundled():
-    splits = load_dataset("digits", val_fraction=0.4, val_seed=1)
+    splits = load_dataset("digits", root=None, val_fraction=0.4, val_seed=1)  # an empty root is accepted
     assert splits.train.images.dtype == np.uint8 and splits.train.images.max() == 255
+    assert splits.channels == 1 and splits.native_size == 8
+    # sklearn's 0..16 grey levels scale to 0..255
+    from sklearn.datasets import load_digits
+    raw = load_digits()
+    first = int(np.flatnonzero(np.isin(raw.target, splits.train.classes))[0])
+    np.testing.assert_array_equal(splits.train.images[0, 0], np.round(raw.images[first] * 255 / 16))
     assert splits.val.num_classes == 2 and splits.train.num_classes == 3 and splits.test.num_classes == 5
     assert_disjoint(splits)
 
@@ -179,6 +186,8 @@ def test_missing_data_and_bad_parameters(name, params, fragment, monkeypatch):
     with pytest.raises(ConfigError) as info:
         load_dataset(name, **params)
     assert fragment in str(info.value) and "\n" not in str(info.value)
+    if "not found" in fragment and name != "fashion_mnist":
+        assert "https://" in str(info.value) and "does not download" in str(info.value)
 
 
 def test_registry_names():
@@ -192,6 +201,19 @@ def test_synthetic_dataset_is_seeded_and_class_disjoint():
     assert a.test.classes == [4, 5, 6, 7] and a.val.num_classes == 2
     assert_disjoint(a)
 
+
+
+@pytest.mark.parametrize("n_classes", [0, 1, 2, 3, 4, 5, 40])
+def test_validation_classes_partition_the_training_classes(n_classes):
+    from dmltune.data.splits import split_train_val
+
+    classes = list(range(100, 100 + n_classes))
+    fit, val = split_train_val(classes, 0.25, seed=0)
+    assert sorted(fit + val) == classes and not set(fit) & set(val)
+    # at least 2 classes on each side when there are enough, never more than the class count
+    expected = 0 if n_classes < 3 else min(max(round(0.25 * n_classes), 2), n_classes - 2)
+    assert len(val) == expected
+    assert split_train_val(classes, 0.0, seed=0) == (classes, [])
 
 # --- sampler ------------------------------------------------------------------------------------
 
@@ -359,3 +381,10 @@ def test_cache_falls_back_to_loader_above_the_budget(tmp_path):
     assert ImageSource(splits.train, 8, "cpu", budget_bytes=1e6).mode == "device"
     in_memory = load_dataset("digits", val_fraction=0.0)
     assert ImageSource(in_memory.train, 8, "cpu", budget_bytes=10).mode == "device"
+
+
+def test_undecodable_image_names_its_path(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(RuntimeError, match="cannot decode image .*broken.jpg"):
+        decode_image(str(bad), 8)

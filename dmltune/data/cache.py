@@ -20,9 +20,14 @@ from .splits import ImageSet
 
 def decode_image(path: str, size: int, channels: int = 3) -> np.ndarray:
     """One image file → uint8 C×size×size: shorter side resized to ``size``, then centre-cropped."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as img:
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, UnidentifiedImageError) as err:
+        raise RuntimeError(f"cannot decode image {path}: {err}") from None
+    with img:
         img = img.convert("RGB" if channels == 3 else "L")
         w, h = img.size
         scale = size / min(w, h)

@@ -44,7 +44,8 @@ _SPLIT_PARAMS = (
 
 def _require(path: Path, dataset: str, how: str) -> Path:
     if not path.exists():
-        raise ConfigError(f"dataset '{dataset}': {path} not found; {how}, and set dataset.root to its folder")
+        raise ConfigError(f"dataset '{dataset}': {path} not found; {how}, and set dataset.root to its folder "
+                          "(dmltune does not download this dataset)")
     return path
 
 
@@ -78,7 +79,8 @@ def cars196(root=None, val_fraction=0.25, val_seed=0) -> DatasetSplits:
     """Stanford Cars196: classes 1–98 train, 99–196 test."""
     from scipy.io import loadmat
 
-    how = "get car_ims.tgz and cars_annos.mat (Stanford Cars, original release) and extract them side by side"
+    how = ("get car_ims.tgz and cars_annos.mat of the original release "
+           "(https://ai.stanford.edu/~jkrause/cars/car_dataset.html) and extract them side by side")
     base = _root(root, "cars196", "DMLTUNE_CARS196", how)
     annos = loadmat(str(_require(base / "cars_annos.mat", "cars196", how)), squeeze_me=True)["annotations"]
     paths = [str(base / str(a["relative_im_path"])) for a in annos]
@@ -236,9 +238,16 @@ def synthetic(classes=20, per_class=10, size=32, channels=3, seed=0, val_fractio
                                  images=images, channels=channels)
 
 
-def load_dataset(name: str, **params) -> DatasetSplits:
-    """The splits of dataset ``name``; unknown names, bad parameters or missing files raise ConfigError."""
-    return DATASETS.build(name, **params)
+def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.25, val_seed: int = 0,
+                 **params) -> DatasetSplits:
+    """The splits of dataset ``name``; unknown names, bad parameters or missing files raise ConfigError.
+
+    ``root`` is passed on only when given, so datasets without files (digits, synthetic) accept
+    ``root=None``; an empty root means the dataset's default (or its environment variable).
+    """
+    if root is not None:
+        params["root"] = root
+    return DATASETS.build(name, val_fraction=val_fraction, val_seed=val_seed, **params)
 
 
 __all__ = ["DATASETS", "ImageSet", "load_dataset", "read_idx"]

@@ -62,6 +62,7 @@ class DatasetSplits:
     query: ImageSet | None = None     # In-Shop: test queries
     gallery: ImageSet | None = None   # In-Shop: test gallery
     channels: int = 3
+    native_size: int | None = None    # side of in-memory images; None for files of varying size
 
     def summary(self) -> str:
         parts = [f"train {len(self.train)} images / {self.train.num_classes} classes",
@@ -78,7 +79,7 @@ def split_train_val(train_classes: Sequence, val_fraction: float, seed: int) -> 
     train_classes = list(train_classes)
     n_val = int(round(val_fraction * len(train_classes)))
     if val_fraction > 0:
-        n_val = min(max(n_val, 2), len(train_classes) - 2)  # retrieval needs ≥ 2 classes on each side
+        n_val = max(min(max(n_val, 2), len(train_classes) - 2), 0)  # retrieval needs ≥ 2 classes on each side
     order = np.random.default_rng(seed).permutation(len(train_classes))
     val = sorted(train_classes[i] for i in order[:n_val])
     rest = [c for c in train_classes if c not in set(val)]
@@ -95,4 +96,5 @@ def class_disjoint_splits(name: str, original_labels, train_classes, test_classe
         val=make_set(original_labels, val, paths, images),
         test=make_set(original_labels, list(test_classes), paths, images),
         channels=channels,
+        native_size=None if images is None else int(images.shape[-1]),
     )

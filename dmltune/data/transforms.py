@@ -83,21 +83,22 @@ class BatchTransform:
         self.generator.set_state(state["generator"])
 
     def __call__(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        # Crops and flips pick whole pixels, so they run on the uint8 batch (a quarter of the bytes);
+        # only the cropped pixels are converted to float and normalised.
         x = images
-        if x.shape[1] == 1 and self.in_channels == 3:
-            x = x.expand(-1, 3, -1, -1)  # grayscale data, RGB backbone
-        if self.order is not None:
-            x = x[:, self.order]
-        x = x.float()
         if train and self.spec.random_resized_crop:
-            x = self._sample(x, *self._random_windows(x))
+            x = self._sample(x.float(), *self._random_windows(x))
         elif train:
             x = self._crop_and_flip(x)
         elif x.shape[-1] != self.spec.crop or x.shape[-2] != self.spec.crop:
             top = (x.shape[-2] - self.spec.crop) // 2
             left = (x.shape[-1] - self.spec.crop) // 2
             x = x[..., top:top + self.spec.crop, left:left + self.spec.crop]
-        return x * self.scale - self.shift
+        if x.shape[1] == 1 and self.in_channels == 3:
+            x = x.expand(-1, 3, -1, -1)  # grayscale data, RGB backbone
+        if self.order is not None:
+            x = x[:, self.order]
+        return x.float() * self.scale - self.shift
 
     def _random_windows(self, x: torch.Tensor):
         """Per-sample random-resized-crop window (left, top, width, height in pixels) and flip sign."""

@@ -23,6 +23,15 @@ GOOGLENET_SPEC = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "channel_orde
 GRAY_SPEC = {"mean": (0.5,), "std": (0.5,), "channel_order": "RGB", "value_range": 1.0}
 
 
+# file names under $TORCH_HOME/hub/checkpoints and where to get them, per backbone with ImageNet weights
+WEIGHT_FILES = {
+    "resnet50": (("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"), "https://download.pytorch.org/models/resnet50-0676ba61.pth"),
+    "resnet18": (("resnet18-f37072fd.pth",), "https://download.pytorch.org/models/resnet18-f37072fd.pth"),
+    "googlenet": (("googlenet-1378be20.pth",), "https://download.pytorch.org/models/googlenet-1378be20.pth"),
+    "bn_inception": (("bn_inception-52deb4733.pth",), "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth"),
+}
+
+
 @dataclass
 class Backbone:
     """A convolutional body returning a feature map of ``feature_dim`` channels."""
@@ -40,11 +49,11 @@ def _needs_rgb(name: str, in_channels: int) -> None:
                           "grayscale data is expanded to 3 channels by the data transform")
 
 
-def _torchvision(name, builder, files, pretrained, weights, in_channels, spec=IMAGENET_SPEC, **kwargs) -> Backbone:
+def _torchvision(name, builder, pretrained, weights, in_channels, spec=IMAGENET_SPEC, **kwargs) -> Backbone:
     _needs_rgb(name, in_channels)
     net = builder(weights=None, **kwargs)
     if pretrained or weights:
-        path = find_weights(name, files, f"https://download.pytorch.org/models/{files[0]}", weights)
+        path = find_weights(name, *WEIGHT_FILES[name], weights)
         load_backbone_weights(net, load_state_dict_file(path), path, drop_prefixes=("fc.", "aux1.", "aux2."))
     feature_dim = net.fc.in_features
     # keep everything up to (not including) global pooling and the classifier
@@ -58,7 +67,7 @@ def resnet50(pretrained=False, weights=None, in_channels=3) -> Backbone:
     """torchvision ResNet-50 (2048-d features)."""
     from torchvision.models import resnet50 as build
 
-    return _torchvision("resnet50", build, ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"), pretrained, weights, in_channels)
+    return _torchvision("resnet50", build, pretrained, weights, in_channels)
 
 
 @BACKBONES.register("resnet18")
@@ -66,7 +75,7 @@ def resnet18(pretrained=False, weights=None, in_channels=3) -> Backbone:
     """torchvision ResNet-18 (512-d features)."""
     from torchvision.models import resnet18 as build
 
-    return _torchvision("resnet18", build, ("resnet18-f37072fd.pth",), pretrained, weights, in_channels)
+    return _torchvision("resnet18", build, pretrained, weights, in_channels)
 
 
 @BACKBONES.register("googlenet")
@@ -74,8 +83,8 @@ def googlenet(pretrained=False, weights=None, in_channels=3) -> Backbone:
     """torchvision GoogLeNet / Inception v1 (1024-d features), without auxiliary heads."""
     from torchvision.models import googlenet as build
 
-    return _torchvision("googlenet", build, ("googlenet-1378be20.pth",), pretrained, weights, in_channels,
-                        spec=GOOGLENET_SPEC, aux_logits=False, transform_input=False, init_weights=False)
+    return _torchvision("googlenet", build, pretrained, weights, in_channels, spec=GOOGLENET_SPEC,
+                        aux_logits=False, transform_input=False, init_weights=False)
 
 
 @BACKBONES.register("bn_inception")
@@ -84,8 +93,7 @@ def bninception(pretrained=False, weights=None, in_channels=3) -> Backbone:
     _needs_rgb("bn_inception", in_channels)
     body = bn_inception.BNInception()
     if pretrained or weights:
-        path = find_weights("bn_inception", ("bn_inception-52deb4733.pth",),
-                            "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth", weights)
+        path = find_weights("bn_inception", *WEIGHT_FILES["bn_inception"], weights)
         load_backbone_weights(body, load_state_dict_file(path), path, drop_prefixes=("last_linear.", "fc."))
     return Backbone(body, bn_inception.FEATURE_DIM, bn_inception.INPUT_SPEC, 224)
 

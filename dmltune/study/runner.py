@@ -31,6 +31,9 @@ def plan_lines(study: Study) -> list[str]:
     lines = [f"study {study.name} → {study.directory}",
              f"seeds {study.seeds}; per trial {study.resources['cpu']} CPU" + (f", {gpu} GPU" if gpu else "")
              + (f"; at most {study.concurrency} at once" if study.concurrency else "")]
+    roots = sorted({str(a.config["dataset"].get("root")) for a in study.arms if a.config["dataset"].get("root")})
+    for root in roots:
+        lines.append(f"data: {root}")
     total = 0
     for arm in study.arms:
         n = arm.trials_per_seed * len(study.seeds)
@@ -124,12 +127,26 @@ class Progress:
               f"{shown}{test_text} ({last.get('epoch', 0)} epochs) · {elapsed:.0f} s", file=sys.stdout, flush=True)
 
 
+def check_storage(folder: Path) -> None:
+    """The study folder can be created and written, or a one-line error says why."""
+    from ..registry import ConfigError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"storage {folder} is not writable ({err.strerror or type(err).__name__}); "
+                          "set storage to a folder you can write (--set storage=PATH)") from None
+
+
 def run_study(study: Study, address: str | None = None) -> Path:
     """Run (or finish) every arm, then write the consolidated tables; returns the study folder."""
     import ray
     from ray import tune
 
-    study.directory.mkdir(parents=True, exist_ok=True)
+    check_storage(study.directory)
     record = study.directory / STUDY_RECORD
     if not record.exists():
         record.write_text(yaml.safe_dump(study.source, sort_keys=False))
@@ -152,7 +169,7 @@ def run_study(study: Study, address: str | None = None) -> Path:
                     storage_path=str(folder.parent), name=folder.name, verbose=0,
                     callbacks=[progress.callback(arm)],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    failure_config=tune.FailureConfig(max_failures=0))
+                    failure_config=tune.FailureConfig(max_failures=study.retries))
                 if tune.Tuner.can_restore(str(folder)):
                     tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
                                                resume_errored=False)

@@ -19,8 +19,8 @@ from ..config_files import apply_overrides, read_yaml
 from ..registry import Component, ConfigError, Param
 from .domains import Domain, find_domains, replace_at
 
-TOP_KEYS = ("name", "description", "storage", "seeds", "resources", "concurrency", "dataset", "model",
-            "train", "eval", "arms")
+TOP_KEYS = ("name", "description", "storage", "seeds", "resources", "concurrency", "retries", "dataset",
+            "model", "train", "eval", "arms")
 SHARED = ("dataset", "model", "train", "eval")
 ARM_KEYS = ("name", "miner", "loss", "search") + SHARED
 
@@ -61,6 +61,7 @@ class Study:
     resources: dict
     concurrency: int | None
     arms: list[Arm]
+    retries: int                     # times a failed trial is restarted from its last checkpoint
     source: dict                     # the study as given (after --set), for the record
 
 
@@ -91,6 +92,14 @@ def _arm_search(arm: dict, where: str, epochs: int) -> dict:
             raise ConfigError(f"{where}: search.scheduler.asha.grace_period exceeds max_t; lower it")
         search["scheduler"] = {"asha": asha}
     return search
+
+
+def _resolve_paths(config: dict) -> None:
+    """Dataset roots and weights files as absolute paths: trials run in other working directories."""
+    for section, key in (("dataset", "root"), ("model", "weights")):
+        value = (config.get(section) or {}).get(key)
+        if isinstance(value, str) and value:
+            config[section][key] = str(Path(value).expanduser().resolve())
 
 
 def _check_resources(study: dict) -> dict:
@@ -139,11 +148,32 @@ def _check_data(arm: Arm, where: str, cache: dict) -> None:
         except ConfigError as err:
             raise ConfigError(f"{where}: dataset: {err}") from None
     splits = cache[key]
+    model = arm.config.get("model") or {}
+    if model.get("pretrained") is True or model.get("weights"):
+        from ..models.backbones import BACKBONES
+
+        backbone = model.get("backbone", "resnet50")
+        if backbone in BACKBONES and not any(_is_domain(v) for v in model.values()):
+            try:  # the weights file exists (building the network without loading it would cost too much here)
+                _weights_present(backbone, model)
+            except ConfigError as err:
+                raise ConfigError(f"{where}: model: {err}") from None
     train = arm.config.get("train", {})
     batch, k = train.get("batch_size", 80), train.get("k", 5)
     if isinstance(batch, int) and isinstance(k, int) and k and splits.train.num_classes < batch // k:
         raise ConfigError(f"{where}: a batch needs {batch // k} classes (train.batch_size {batch} / train.k {k}) "
                           f"but {splits.name} has {splits.train.num_classes} training classes; lower the batch size or raise k")
+
+
+def _weights_present(backbone: str, model: dict) -> None:
+    from ..models.backbones import WEIGHT_FILES
+    from ..models.weights import find_weights
+
+    if backbone in WEIGHT_FILES:
+        files, url = WEIGHT_FILES[backbone]
+        find_weights(backbone, files, url, model.get("weights"))
+    elif model.get("weights"):
+        find_weights(backbone, (), "", model["weights"])
 
 
 def parse_study(raw: dict, check_data: bool = True) -> Study:
@@ -184,6 +214,7 @@ def parse_study(raw: dict, check_data: bool = True) -> Study:
         if "loss" not in arm_raw:
             raise ConfigError(f"{where}: 'loss' is missing; give {{name: ...}}")
         config = _merge(shared, {k: v for k, v in arm_raw.items() if k in SHARED})
+        _resolve_paths(config)
         config["miner"] = arm_raw.get("miner") or {"name": "none"}
         config["loss"] = arm_raw["loss"]
         epochs = config.get("train", {}).get("epochs", 10)
@@ -204,7 +235,11 @@ def parse_study(raw: dict, check_data: bool = True) -> Study:
         if check_data:
             _check_data(arm, where, data_cache)
         arms.append(arm)
-    return Study(name, storage / name, seeds, _check_resources(raw), concurrency, arms, raw)
+    retries = raw.get("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+        raise ConfigError(f"study: 'retries' must be an integer from 0 to 100, got {retries!r}")
+    return Study(name=name, directory=storage / name, seeds=seeds, resources=_check_resources(raw),
+                 concurrency=concurrency, arms=arms, retries=retries, source=raw)
 
 
 def load_study(path: str | Path, overrides=(), check_data: bool = True) -> Study:

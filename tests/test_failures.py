@@ -1,0 +1,92 @@
+"""Failures say what happened and lose nothing: storage, corrupt files, failing trials."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from dmltune.registry import ConfigError
+from dmltune.study.summary import read_trials
+from dmltune.training_state import CheckpointError, load_checkpoint, save_checkpoint
+
+STUDY = {
+    "name": "f",
+    "seeds": [0],
+    "resources": {"cpu": 1},
+    "retries": 1,
+    "model": {"backbone": "small_cnn", "dim": 8, "freeze_bn": False},
+    "train": {"epochs": 1, "batch_size": 6, "k": 2, "lr": 0.001, "batches_per_epoch": 2, "workers": 0},
+    "eval": {"metric": "map@r", "nmi": False},
+}
+
+
+def write_study(tmp_path, **changes):
+    raw = {**STUDY, **changes}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_unwritable_storage_is_refused_before_any_trial(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the storage folder should go")
+    path = write_study(tmp_path, storage=str(blocker / "results"), dataset={"name": "digits", "val_fraction": 0.4},
+                       train={**STUDY["train"], "batch_size": 24, "k": 8},
+                       arms=[{"name": "a", "loss": {"name": "ms"}}])
+    proc = subprocess.run([sys.executable, "-m", "dmltune", "run", str(path)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "not writable" in proc.stderr and str(blocker) in proc.stderr and proc.stderr.count("\n") == 1
+    assert "[1/" not in proc.stdout  # no trial started
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    save_checkpoint(tmp_path, {"epoch": 3, "model": {"w": torch.ones(2)}})
+    assert load_checkpoint(tmp_path)["epoch"] == 3
+    (tmp_path / "trial_state.pt").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match=str(tmp_path / "trial_state.pt")):
+        load_checkpoint(tmp_path)
+
+
+def test_truncated_results_table_names_the_file(tmp_path):
+    (tmp_path / "trials.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(ConfigError, match="trials.parquet cannot be read"):
+        read_trials(tmp_path)
+    with pytest.raises(ConfigError, match="run or resume the study first"):
+        read_trials(tmp_path / "elsewhere")
+
+
+def make_folder_dataset(root, corrupt):
+    for c in range(6):
+        for j in range(3):
+            folder = root / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (12, 10), (c * 40, j * 60, 90)).save(folder / f"{j}.png")
+    if corrupt:
+        (root / "class_0" / "1.png").write_bytes(b"not an image at all")
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    make_folder_dataset(good, corrupt=False)
+    make_folder_dataset(bad, corrupt=True)
+    transform = {"preset": "8px", "resize": 8, "crop": 8}
+    path = write_study(tmp_path, dataset={"name": "folder", "val_fraction": 0.0, "transform": transform},
+                       arms=[{"name": "broken", "loss": {"name": "ms"}, "dataset": {"root": str(bad)}},
+                             {"name": "fine", "loss": {"name": "ms"}, "dataset": {"root": str(good)}}])
+    proc = subprocess.run([sys.executable, "-m", "dmltune", "run", str(path)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_parquet(tmp_path / "results" / "f" / "trials.parquet")
+    broken = table[table.arm == "broken"]
+    fine = table[table.arm == "fine"]
+    assert (broken.status == "error").all() and (broken.trial_status == "ERROR").all()
+    assert broken.error.str.contains("cannot decode image").all()
+    assert broken.error.str.contains("1.png").all()
+    assert (fine.status == "ok").all() and fine.epoch.max() == 1
+    assert "broken" in proc.stdout and "error" in proc.stdout
