@@ -90,3 +90,52 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert broken.error.str.contains("1.png").all()
     assert (fine.status == "ok").all() and fine.epoch.max() == 1
     assert "broken" in proc.stdout and "error" in proc.stdout
+
+
+@pytest.mark.slow
+def test_killed_driver_then_resume_loses_nothing(tmp_path):
+    import os
+    import signal
+    import time
+
+    raw = {**STUDY, "dataset": {"name": "digits", "val_fraction": 0.4}, "concurrency": 1, "retries": 0,
+           "train": {**STUDY["train"], "epochs": 6, "batch_size": 24, "k": 8, "batches_per_epoch": 8,
+                     "checkpoint_every": 1},
+           "arms": [{"name": "grid", "miner": {"name": "asms", "gamma_pos": {"grid": [0.0, 0.1, 0.2]}},
+                     "loss": {"name": "soft_contrastive"}}]}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    folder = tmp_path / "results" / "f"
+    driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", str(path)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        for line in driver.stdout:  # wait until one trial has finished ...
+            if line.startswith("[1/3]"):
+                break
+        deadline = time.time() + 120
+        while time.time() < deadline:  # ... and the next one has written a checkpoint
+            partial = [d for d in folder.glob("grid/*/checkpoint_00000[1-4]")]
+            done = [d for d in folder.glob("grid/*/checkpoint_000005")]
+            if partial and len({p.parent for p in partial} - {d.parent for d in done}):
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        driver.wait()
+    finished_before = {d.parent.name for d in folder.glob("grid/*/checkpoint_000005")}
+    assert len(finished_before) == 1
+    finished_log = folder / "grid" / next(iter(finished_before)) / "result.json"
+    log_before = (finished_log.stat().st_mtime_ns, finished_log.read_text())
+    resumed = subprocess.run([sys.executable, "-m", "dmltune", "resume", str(folder)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    table = pd.read_parquet(folder / "trials.parquet")
+    assert table.trial_id.nunique() == 3 and (table.status == "ok").all()
+    per_trial = table.groupby("trial_id").epoch.apply(sorted)
+    assert all(epochs == [1, 2, 3, 4, 5, 6] for epochs in per_trial)  # complete, no epoch twice
+    restored = table[table.iterations_since_restore < table.training_iteration]
+    assert restored.trial_id.nunique() >= 1  # the interrupted trial continued from its checkpoint
+    finished_trial = table[table.trial_id.isin(
+        [t for t in table.trial_id.unique() if any(t in name for name in finished_before)])]
+    assert (finished_trial.iterations_since_restore == finished_trial.training_iteration).all()
+    assert (finished_log.stat().st_mtime_ns, finished_log.read_text()) == log_before  # not run again
