@@ -232,7 +232,9 @@ class Trial:
         loss.backward()
         self.optimizer.step()
         self.iteration += 1
-        return loss.detach(), mined
+        # NaN embeddings would pass unnoticed: mining keeps no pair and the loss is an exact zero
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(sim.detach()).all()
+        return loss.detach(), mined, finite
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch; the report's training part (averages over the epoch)."""
@@ -251,9 +253,9 @@ class Trial:
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         stat_sum, mined, images_seen = None, None, 0
         for images, idx in self.source.batches(self.sampler):
-            loss, mined = self.step(images, idx, progress, next(meta_batches) if meta_batches else None)
+            loss, mined, finite = self.step(images, idx, progress, next(meta_batches) if meta_batches else None)
             loss_sum = loss_sum + loss
-            nonfinite |= ~torch.isfinite(loss)
+            nonfinite |= ~finite
             stat_sum = mined.stat_values if stat_sum is None else stat_sum + mined.stat_values
             if self.meta is not None:
                 lam_sum = lam_sum + self.meta.lam
@@ -269,7 +271,8 @@ class Trial:
         elif self.loss_fn.has_lambda:
             out["lam"] = float(self.loss_fn.lam)
         if bool(nonfinite):
-            out.update(status="diverged", reason=f"the loss became NaN or infinite during epoch {epoch}")
+            out.update(status="diverged",
+                       reason=f"the loss or the embeddings became NaN or infinite during epoch {epoch}")
         out["images_per_s"] = images_seen / max(time.perf_counter() - started, 1e-9)
         return out
 

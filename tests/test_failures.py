@@ -139,3 +139,29 @@ def test_killed_driver_then_resume_loses_nothing(tmp_path):
         [t for t in table.trial_id.unique() if any(t in name for name in finished_before)])]
     assert (finished_trial.iterations_since_restore == finished_trial.training_iteration).all()
     assert (finished_log.stat().st_mtime_ns, finished_log.read_text()) == log_before  # not run again
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path):
+    from dmltune.models import build_model
+
+    poisoned = build_model(backbone="small_cnn", dim=8, in_channels=1).backbone.state_dict()
+    first = next(k for k in poisoned if k.endswith("weight"))
+    poisoned[first] = torch.full_like(poisoned[first], float("nan"))  # a NaN weights file: every loss is NaN
+    weights = tmp_path / "nan_weights.pth"
+    torch.save(poisoned, weights)
+    raw = {**STUDY, "dataset": {"name": "digits", "val_fraction": 0.4},
+           "train": {**STUDY["train"], "epochs": 2, "batch_size": 24, "k": 8},
+           "arms": [{"name": "nan", "loss": {"name": "ms"}, "model": {"weights": str(weights)}},
+                    {"name": "fine", "loss": {"name": "ms"}}]}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "dmltune", "run", str(path)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_parquet(tmp_path / "results" / "f" / "trials.parquet")
+    nan, fine = table[table.arm == "nan"], table[table.arm == "fine"]
+    assert list(nan.status) == ["diverged"] and nan.reason.str.contains("NaN").all()
+    assert nan.trial_status.eq("TERMINATED").all()  # ended cleanly, not crashed
+    assert (fine.status == "ok").all() and fine.epoch.max() == 2
+    assert "nan seed 0 diverged" in proc.stdout
