@@ -66,3 +66,15 @@ def test_a_study_file_cannot_execute_code(tmp_path):
                      + "arms:\n  - name: a\n    loss: {name: ms}\n")
     load_study(study, overrides=["description=__import__('os').system('touch /tmp/dmltune_pwned')"])
     assert not marker.exists()
+
+
+def test_source_uses_only_safe_loaders():
+    import re
+
+    package = Path(__file__).resolve().parents[1] / "dmltune"
+    for path in package.rglob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"(?<![\w.])(eval|exec)\(", text), f"{path}: eval/exec"
+        assert "yaml.load(" not in text and "yaml.unsafe_load" not in text, f"{path}: use yaml.safe_load"
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, f"{path}: {call}"
