@@ -165,3 +165,46 @@ def test_a_diverging_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert nan.trial_status.eq("TERMINATED").all()  # ended cleanly, not crashed
     assert (fine.status == "ok").all() and fine.epoch.max() == 2
     assert "nan seed 0 diverged" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_crashed_trial_is_retried_from_its_checkpoint(tmp_path):
+    import os
+    import signal
+    import time
+
+    raw = {**STUDY, "dataset": {"name": "digits", "val_fraction": 0.4}, "retries": 1,
+           "train": {**STUDY["train"], "epochs": 12, "batch_size": 24, "k": 8, "batches_per_epoch": 40,
+                     "checkpoint_every": 1},
+           "eval": {**STUDY["eval"], "every": 6},
+           "arms": [{"name": "a", "loss": {"name": "ms"}}]}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    folder = tmp_path / "results" / "f"
+    driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", str(path)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killed = False
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not killed:
+            if [d for d in folder.glob("a/*/checkpoint_0000*") if 2 <= int(d.name[-6:]) <= 8]:
+                # the trial's worker: a child of this driver's raylet (workers get their own group)
+                ps = subprocess.run(["ps", "-eo", "pid,ppid,pgid,args"], capture_output=True, text=True).stdout
+                rows = [row.split(None, 3) for row in ps.splitlines()[1:]]
+                ours = {int(pid) for pid, _, pgid, _ in rows if int(pgid) == driver.pid}
+                for pid, ppid, _, args in rows:
+                    if int(ppid) in ours and args.startswith("ray::ImplicitFunc"):
+                        os.kill(int(pid), signal.SIGKILL)  # the trial crashes mid-run
+                        killed = True
+            time.sleep(0.1)
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert killed, "the trial finished before it could be killed"
+    assert driver.returncode == 0, output[-3000:]
+    table = pd.read_parquet(folder / "trials.parquet")
+    assert table.trial_id.nunique() == 1 and (table.status == "ok").all()
+    assert sorted(table.epoch) == list(range(1, 13))  # every epoch once, none lost, none twice
+    restored = table[table.iterations_since_restore < table.training_iteration]
+    assert len(restored) > 0 and restored.epoch.min() >= 3  # continued from a checkpoint, not from scratch
