@@ -5,7 +5,9 @@
 Each row times, from L2-normalised embeddings (requires grad): S = E Eᵀ, mining, the loss and the
 backward pass. "loop" is a per-anchor Python loop in the style of the authors' MS-loss code (boolean
 indexing per anchor, mining with the ε rule, losses appended then summed); "pml" is
-pytorch-metric-learning with its own miner and loss. Prints a table and writes JSON.
+pytorch-metric-learning with its own miner and loss. At each B all rows are timed round-robin
+(warm-up, then one call of every row per round) and each row reports the median and the
+interquartile range of its repeats. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -124,13 +126,29 @@ def pml_cases():
     ]
 
 
-def time_step(step, emb, labels, repeats: int, warmup: int, device) -> float:
-    def once():
-        step(emb.detach().clone().requires_grad_(True), labels)
+def time_interleaved(entries, emb, labels, warmup: int, device) -> list[list[float]]:
+    """Milliseconds of each entry's repeats, taken round-robin (one call of every entry per round)
+    so that a change of load on a shared machine hits all implementations alike and the speed-up
+    ratios stay fair. ``entries`` are (step, repeats, warmup or None for the default) tuples."""
 
-    for _ in range(warmup):
-        once()
-    return statistics.median(timed(once, device) for _ in range(repeats)) * 1e3
+    def once(step):
+        return timed(lambda: step(emb.detach().clone().requires_grad_(True), labels), device) * 1e3
+
+    for step, _, own_warmup in entries:
+        for _ in range(warmup if own_warmup is None else own_warmup):
+            once(step)
+    times = [[] for _ in entries]
+    for round_ in range(max(reps for _, reps, _ in entries)):
+        for (step, reps, _), out in zip(entries, times):
+            if round_ < reps:
+                out.append(once(step))
+    return times
+
+
+def summary(times: list[float]) -> dict:
+    """Median and interquartile range (ms) of one entry's repeats."""
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+    return {"ms": statistics.median(times), "ms_q1": q1, "ms_q3": q3, "repeats": len(times)}
 
 
 def main(argv=None) -> int:
@@ -147,30 +165,29 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
 
     rows = []
+    loop_repeats = max(3, args.repeats // 4)
     for b in args.sizes:
         emb, labels = make_batch(b, args.dim, args.k, device)
+        entries = [("dmltune", label, dmltune_step(mn, mp, ln, lp), args.repeats, None)
+                   for label, mn, mp, ln, lp in DMLTUNE_CASES]
+        if b <= args.loop_max_b:
+            entries += [("loop", "ms + ms", loop_step(0.1, 0.1, ms_anchor_loss), loop_repeats, 1),
+                        ("loop", "asms + soft_contrastive", loop_step(0.1, 0.01, soft_contrastive_anchor_loss),
+                         loop_repeats, 1)]
+        entries += [("pml", label, step, args.repeats, None) for label, step in pml_cases()]
+        times = time_interleaved([e[2:] for e in entries], emb, labels, args.warmup, device)
         dml = {}
-        for label, mn, mp, ln, lp in DMLTUNE_CASES:
-            ms = time_step(dmltune_step(mn, mp, ln, lp), emb, labels, args.repeats, args.warmup, device)
-            dml[label] = ms
-            rows.append({"impl": "dmltune", "case": label, "B": b, "ms": ms})
-        loops = [("ms + ms", loop_step(0.1, 0.1, ms_anchor_loss)),
-                 ("asms + soft_contrastive", loop_step(0.1, 0.01, soft_contrastive_anchor_loss))]
-        for label, step in loops:
-            if b > args.loop_max_b:
-                continue
-            reps = max(3, args.repeats // 4)
-            ms = time_step(step, emb, labels, reps, 1, device)
-            rows.append({"impl": "loop", "case": label, "B": b, "ms": ms, "dmltune_speedup": ms / dml[label]})
-        for label, step in pml_cases():
-            ms = time_step(step, emb, labels, args.repeats, args.warmup, device)
-            row = {"impl": "pml", "case": label, "B": b, "ms": ms}
-            row["dmltune_speedup"] = ms / dml[label]
+        for (impl, label, *_), t in zip(entries, times):
+            row = {"impl": impl, "case": label, "B": b, **summary(t)}
+            if impl == "dmltune":
+                dml[label] = row["ms"]
+            else:
+                row["dmltune_speedup"] = row["ms"] / dml[label]
             rows.append(row)
 
     on_gpu = device.type == "cuda"
     print(f"{header(device)}, d = {args.dim}, K = {args.k}")
-    print(f"{'impl':<8} {'case':<28} {'B':>5} {'ms/step':>10} {'dmltune ×':>10} {'target':>8}")
+    print(f"{'impl':<8} {'case':<28} {'B':>5} {'ms/step':>10} {'IQR %':>6} {'dmltune ×':>10} {'target':>8}")
     for r in rows:
         target = ""
         if on_gpu and r["impl"] == "dmltune" and r["B"] == 80:
@@ -179,11 +196,16 @@ def main(argv=None) -> int:
             need = 3.0 if r["impl"] == "pml" else 100.0
             target = "ok" if r["dmltune_speedup"] >= need else "MISS"
         speed = f"{r['dmltune_speedup']:.1f}" if "dmltune_speedup" in r else ""
-        print(f"{r['impl']:<8} {r['case']:<28} {r['B']:>5} {r['ms']:>10.3f} {speed:>10} {target:>8}")
+        iqr = 100 * (r["ms_q3"] - r["ms_q1"]) / r["ms"]
+        print(f"{r['impl']:<8} {r['case']:<28} {r['B']:>5} {r['ms']:>10.3f} {iqr:>6.0f} {speed:>10} {target:>8}")
+    skipped = [b for b in args.sizes if b > args.loop_max_b]
+    if skipped:
+        print(f"per-anchor loop skipped at B = {skipped} (above --loop-max-b {args.loop_max_b})")
     if not on_gpu:
         print("targets (≤ 1 ms at B = 80, ≥ 3× pml, ≥ 100× loop) apply to an H100 and are not judged on CPU")
 
-    write_json(args.out, "pair_math", device, rows, dim=args.dim, k=args.k)
+    write_json(args.out, "pair_math", device, rows, dim=args.dim, k=args.k,
+               loop_skipped_at=skipped)
     return 0
 
 
