@@ -1,5 +1,7 @@
 """Backbones and the embedding model: shapes, frozen BatchNorm, pooling, local weights only."""
 
+import math
+
 import pytest
 import torch
 
@@ -61,6 +63,15 @@ def test_frozen_batchnorm_survives_train_mode_and_steps():
     assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bn_layers(model)))
 
 
+def test_frozen_batchnorm_can_still_train_its_affine_parameters():
+    model = build_model(backbone="small_cnn", dim=8, freeze_bn=True, train_bn_affine=True).train()
+    layer = bn_layers(model)[0]
+    before = layer.running_mean.clone()
+    model(tiny_input(model, 8) * 3 + 1).sum().backward()
+    assert not layer.training and torch.equal(before, layer.running_mean)
+    assert layer.weight.requires_grad and layer.weight.grad is not None
+
+
 def test_unfrozen_batchnorm_updates_statistics():
     model = build_model(backbone="small_cnn", dim=8, freeze_bn=False).train()
     before = bn_layers(model)[0].running_mean.clone()
@@ -113,6 +124,52 @@ def test_local_weights_load_from_hub_folder_and_explicit_path(tmp_path, monkeypa
         torch.testing.assert_close(other.features(x), expected)
 
 
+def test_googlenet_weights_drop_the_auxiliary_heads(tmp_path):
+    from torchvision.models import googlenet
+
+    torch.manual_seed(2)
+    reference = googlenet(weights=None, aux_logits=True, transform_input=False, init_weights=True).eval()
+    path = tmp_path / "googlenet-1378be20.pth"
+    torch.save(reference.state_dict(), path)  # as torchvision's file: aux1.*, aux2.* and fc.* included
+    model = build_model(backbone="googlenet", dim=8, weights=str(path)).eval()
+    assert model.input_spec["mean"] == (0.5, 0.5, 0.5) and model.input_spec["std"] == (0.5, 0.5, 0.5)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        reference.fc = torch.nn.Identity()
+        reference.dropout = torch.nn.Identity()
+        torch.testing.assert_close(model.features(x), reference(x))
+
+
+def test_hub_folder_accepts_either_torchvision_resnet50_file(tmp_path, monkeypatch):
+    from dmltune.models.backbones import WEIGHT_FILES
+    from dmltune.models.weights import find_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    folder = tmp_path / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    names, url = WEIGHT_FILES["resnet50"]
+    assert names == ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")  # V1 (the papers'), then V2
+    (folder / "resnet50-11ad3fa6.pth").touch()
+    assert find_weights("resnet50", names, url, None) == folder / "resnet50-11ad3fa6.pth"
+    (folder / "resnet50-0676ba61.pth").touch()
+    assert find_weights("resnet50", names, url, None) == folder / "resnet50-0676ba61.pth"
+
+
+def test_channels_last_and_bfloat16_autocast():
+    torch.manual_seed(0)
+    model = build_model(backbone="small_cnn", dim=8, in_channels=3).eval()
+    x = tiny_input(model, 4)
+    with torch.no_grad():
+        expected = model(x)
+        fast = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+        torch.testing.assert_close(fast, expected, rtol=1e-4, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert low.shape == (4, 8) and torch.isfinite(low).all()
+    torch.testing.assert_close(low.float().norm(dim=1), torch.ones(4), rtol=0, atol=2e-2)
+    assert (low.float() * expected).sum(dim=1).min() > 0.95
+
+
 def test_wrong_weights_file_is_a_config_error(tmp_path):
     path = tmp_path / "wrong.pth"
     torch.save({"conv1.weight": torch.zeros(3)}, path)
@@ -123,44 +180,60 @@ def test_wrong_weights_file_is_a_config_error(tmp_path):
         build_model(backbone="resnet18", weights=str(path))
 
 
-# Facts of the public bn_inception-52deb4733.pth checkpoint (Caffe port): 11,295,240 parameters in
-# all (1024 → 1000 classifier included), layer names as below, BatchNorm vectors per conv.
-BN_INCEPTION_SHAPES = {
-    "conv1_7x7_s2.weight": (64, 3, 7, 7),
-    "conv1_7x7_s2_bn.running_var": (64,),
-    "conv2_3x3.weight": (192, 64, 3, 3),
-    "inception_3a_1x1.weight": (64, 192, 1, 1),
-    "inception_3a_pool_proj.weight": (32, 192, 1, 1),
-    "inception_3c_3x3.weight": (160, 128, 3, 3),
-    "inception_3c_double_3x3_2.bias": (96,),
-    "inception_4d_double_3x3_reduce.weight": (160, 608, 1, 1),
-    "inception_4e_double_3x3_2_bn.weight": (256,),
-    "inception_5a_1x1.weight": (352, 1056, 1, 1),
-    "inception_5b_pool_proj.weight": (128, 1024, 1, 1),
-    "inception_5b_double_3x3_2_bn.running_mean": (224,),
-}
+# The convolutions of BN-Inception as laid out in Cadene's pretrainedmodels bninception.py (the
+# layout of bn_inception-52deb4733.pth), transcribed from that file: name, out, in, kernel. Each
+# convolution has a bias and is followed by "<name>_bn" (BatchNorm, 4 vectors of length out).
+REFERENCE_CONVS = """
+conv1_7x7_s2 64 3 7 | conv2_3x3_reduce 64 64 1 | conv2_3x3 192 64 3
+3a: 1x1 64 192 1 | 3x3_reduce 64 192 1 | 3x3 64 64 3 | double_3x3_reduce 64 192 1 | double_3x3_1 96 64 3 | double_3x3_2 96 96 3 | pool_proj 32 192 1
+3b: 1x1 64 256 1 | 3x3_reduce 64 256 1 | 3x3 96 64 3 | double_3x3_reduce 64 256 1 | double_3x3_1 96 64 3 | double_3x3_2 96 96 3 | pool_proj 64 256 1
+3c: 3x3_reduce 128 320 1 | 3x3 160 128 3 | double_3x3_reduce 64 320 1 | double_3x3_1 96 64 3 | double_3x3_2 96 96 3
+4a: 1x1 224 576 1 | 3x3_reduce 64 576 1 | 3x3 96 64 3 | double_3x3_reduce 96 576 1 | double_3x3_1 128 96 3 | double_3x3_2 128 128 3 | pool_proj 128 576 1
+4b: 1x1 192 576 1 | 3x3_reduce 96 576 1 | 3x3 128 96 3 | double_3x3_reduce 96 576 1 | double_3x3_1 128 96 3 | double_3x3_2 128 128 3 | pool_proj 128 576 1
+4c: 1x1 160 576 1 | 3x3_reduce 128 576 1 | 3x3 160 128 3 | double_3x3_reduce 128 576 1 | double_3x3_1 160 128 3 | double_3x3_2 160 160 3 | pool_proj 128 576 1
+4d: 1x1 96 608 1 | 3x3_reduce 128 608 1 | 3x3 192 128 3 | double_3x3_reduce 160 608 1 | double_3x3_1 192 160 3 | double_3x3_2 192 192 3 | pool_proj 128 608 1
+4e: 3x3_reduce 128 608 1 | 3x3 192 128 3 | double_3x3_reduce 192 608 1 | double_3x3_1 256 192 3 | double_3x3_2 256 256 3
+5a: 1x1 352 1056 1 | 3x3_reduce 192 1056 1 | 3x3 320 192 3 | double_3x3_reduce 160 1056 1 | double_3x3_1 224 160 3 | double_3x3_2 224 224 3 | pool_proj 128 1056 1
+5b: 1x1 352 1024 1 | 3x3_reduce 192 1024 1 | 3x3 320 192 3 | double_3x3_reduce 192 1024 1 | double_3x3_1 224 192 3 | double_3x3_2 224 224 3 | pool_proj 128 1024 1
+"""
+
+
+def reference_shapes() -> dict[str, tuple[int, ...]]:
+    """Key → shape of the checkpoint (BatchNorm vectors stored 1×C, as in the Caffe port)."""
+    shapes = {}
+    for line in REFERENCE_CONVS.strip().splitlines():
+        prefix, _, units = line.rpartition(": ")
+        for unit in units.split(" | "):
+            name, cout, cin, k = unit.split()
+            name = f"inception_{prefix}_{name}" if prefix else name
+            cout, cin, k = int(cout), int(cin), int(k)
+            shapes[name + ".weight"] = (cout, cin, k, k)
+            shapes[name + ".bias"] = (cout,)
+            for field in ("weight", "bias", "running_mean", "running_var"):
+                shapes[f"{name}_bn.{field}"] = (1, cout)
+    shapes["last_linear.weight"] = (1000, 1024)
+    shapes["last_linear.bias"] = (1000,)
+    return shapes
 
 
 def reference_like_checkpoint():
-    """A state dict with the checkpoint's key set and shapes: BN vectors stored as 1×C, a classifier."""
-    state = {}
-    for key, value in BNInception().state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            continue  # the Caffe port predates this buffer
-        value = torch.randn_like(value.float())
-        state[key] = value.reshape(1, -1) if value.dim() == 1 and "_bn." in key else value
-    state["last_linear.weight"] = torch.randn(1000, 1024)
-    state["last_linear.bias"] = torch.randn(1000)
-    return state
+    torch.manual_seed(0)
+    return {k: torch.randn(shape) for k, shape in reference_shapes().items()}
 
 
 def test_bn_inception_matches_the_reference_layout():
+    expected = reference_shapes()
+    assert len(expected) == 69 * 6 + 2
+    # 11.3M parameters in all, the figure usually quoted for BN-Inception (running stats excluded)
+    assert sum(math.prod(s) for k, s in expected.items() if "running" not in k) == 11_295_240
     body = BNInception()
-    shapes = {k: tuple(v.shape) for k, v in body.state_dict().items()}
-    for key, shape in BN_INCEPTION_SHAPES.items():
-        assert shapes[key] == shape, key
-    assert "inception_3c_1x1.weight" not in shapes and "inception_3c_pool_proj.weight" not in shapes
-    assert sum(p.numel() for p in body.parameters()) + 1024 * 1000 + 1000 == 11_295_240
+    own = {k: tuple(v.shape) for k, v in body.state_dict().items() if not k.endswith("num_batches_tracked")}
+    flat = {k: (s[1],) if "_bn." in k else s for k, s in expected.items() if not k.startswith("last_linear")}
+    assert own == flat
+    assert all(m.eps == 1e-5 for m in body.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():  # 7×7 at 224 (the reference ends in a 7×7 average pooling); at 227 only
+        for side in (224, 227):  # ceil-mode pooling keeps the branches' sizes equal
+            assert body.eval()(torch.zeros(1, 3, side, side)).shape == (1, 1024, 7, 7)
 
 
 def test_bn_inception_checkpoint_loads_strictly(tmp_path):
@@ -185,6 +258,9 @@ def test_bn_inception_checkpoint_loads_strictly(tmp_path):
     ({"backbone": "resnet18", "dim": 0}, "outside its valid range"),
     ({"backbone": "resnet18", "in_channels": 1}, "takes 3-channel images"),
     ({"backbone": "small_cnn", "pretrained": True}, "no pretrained weights"),
+    ({"backbone": "small_cnn", "in_channels": 2}, "1- or 3-channel"),
+    ({"backbone": "small_cnn", "in_channels": 4}, "outside its valid range"),
+    ({"backbone": "small_cnn", "freeze_bn": "yes"}, "must be true or false"),
     ({"backbone": "resnet18", "embedding": 5}, "has no parameter 'embedding'"),
 ])
 def test_bad_model_parameters(params, fragment):
@@ -195,4 +271,7 @@ def test_bad_model_parameters(params, fragment):
 
 def test_registry_lists_the_issue_backbones():
     assert set(BACKBONES) == {"resnet50", "resnet18", "googlenet", "bn_inception", "small_cnn"}
+    for name in BACKBONES:
+        assert BACKBONES[name].param_names == ["pretrained", "weights", "in_channels"]
+    assert BACKBONES["small_cnn"].defaults["in_channels"] == 1
     assert isinstance(build_model(backbone="small_cnn"), EmbeddingModel)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..registry import ConfigError, Registry
+from ..registry import ConfigError, Param, Registry
 from . import bn_inception
 from .weights import find_weights, load_backbone_weights, load_state_dict_file
 
@@ -23,13 +23,24 @@ GOOGLENET_SPEC = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "channel_orde
 GRAY_SPEC = {"mean": (0.5,), "std": (0.5,), "channel_order": "RGB", "value_range": 1.0}
 
 
-# file names under $TORCH_HOME/hub/checkpoints and where to get them, per backbone with ImageNet weights
+# File names under $TORCH_HOME/hub/checkpoints (torchvision's own, so a cache filled by torchvision
+# is found) and where to get them, per backbone with ImageNet weights; the first file found is used.
+# ResNet-50: IMAGENET1K_V1 first (the weights DML papers used), torchvision's newer V2 file also accepted.
 WEIGHT_FILES = {
     "resnet50": (("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth"), "https://download.pytorch.org/models/resnet50-0676ba61.pth"),
     "resnet18": (("resnet18-f37072fd.pth",), "https://download.pytorch.org/models/resnet18-f37072fd.pth"),
     "googlenet": (("googlenet-1378be20.pth",), "https://download.pytorch.org/models/googlenet-1378be20.pth"),
     "bn_inception": (("bn_inception-52deb4733.pth",), "http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth"),
 }
+
+
+def _params(in_channels: int = 3, in_channels_help: str = "image channels; must be 3") -> tuple[Param, ...]:
+    """The parameters every backbone factory accepts."""
+    return (
+        Param("pretrained", bool, False, help="load ImageNet weights from $TORCH_HOME/hub/checkpoints"),
+        Param("weights", str, None, nullable=True, help="explicit path of a weights file"),
+        Param("in_channels", int, in_channels, low=1, high=3, help=in_channels_help),
+    )
 
 
 @dataclass
@@ -62,7 +73,7 @@ def _torchvision(name, builder, pretrained, weights, in_channels, spec=IMAGENET_
     return Backbone(body, feature_dim, spec, 224)
 
 
-@BACKBONES.register("resnet50")
+@BACKBONES.register("resnet50", *_params())
 def resnet50(pretrained=False, weights=None, in_channels=3) -> Backbone:
     """torchvision ResNet-50 (2048-d features)."""
     from torchvision.models import resnet50 as build
@@ -70,7 +81,7 @@ def resnet50(pretrained=False, weights=None, in_channels=3) -> Backbone:
     return _torchvision("resnet50", build, pretrained, weights, in_channels)
 
 
-@BACKBONES.register("resnet18")
+@BACKBONES.register("resnet18", *_params())
 def resnet18(pretrained=False, weights=None, in_channels=3) -> Backbone:
     """torchvision ResNet-18 (512-d features)."""
     from torchvision.models import resnet18 as build
@@ -78,7 +89,7 @@ def resnet18(pretrained=False, weights=None, in_channels=3) -> Backbone:
     return _torchvision("resnet18", build, pretrained, weights, in_channels)
 
 
-@BACKBONES.register("googlenet")
+@BACKBONES.register("googlenet", *_params())
 def googlenet(pretrained=False, weights=None, in_channels=3) -> Backbone:
     """torchvision GoogLeNet / Inception v1 (1024-d features), without auxiliary heads."""
     from torchvision.models import googlenet as build
@@ -87,7 +98,7 @@ def googlenet(pretrained=False, weights=None, in_channels=3) -> Backbone:
                         aux_logits=False, transform_input=False, init_weights=False)
 
 
-@BACKBONES.register("bn_inception")
+@BACKBONES.register("bn_inception", *_params())
 def bninception(pretrained=False, weights=None, in_channels=3) -> Backbone:
     """BN-Inception (1024-d features); BGR 0–255 input, as in most DML papers."""
     _needs_rgb("bn_inception", in_channels)
@@ -98,11 +109,13 @@ def bninception(pretrained=False, weights=None, in_channels=3) -> Backbone:
     return Backbone(body, bn_inception.FEATURE_DIM, bn_inception.INPUT_SPEC, 224)
 
 
-@BACKBONES.register("small_cnn")
+@BACKBONES.register("small_cnn", *_params(1, "image channels, 1 (grayscale) or 3"))
 def small_cnn(pretrained=False, weights=None, in_channels=1) -> Backbone:
     """Four conv-BN-ReLU blocks (128-d features) for 28×28 or 8×8 images, 1 or 3 channels."""
     if pretrained and not weights:
         raise ConfigError("backbone 'small_cnn' has no pretrained weights; set model.pretrained=false or give model.weights")
+    if in_channels not in (1, 3):
+        raise ConfigError(f"backbone 'small_cnn' takes 1- or 3-channel images, got in_channels = {in_channels}")
     widths = (32, 64, 128, 128)
     layers, cin = [], in_channels
     for i, width in enumerate(widths):

@@ -26,13 +26,30 @@ def global_pool(x: torch.Tensor, mode: str) -> torch.Tensor:
     return x.mean(dim=(2, 3)) + x.amax(dim=(2, 3))
 
 
+def _batchnorms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 class EmbeddingModel(nn.Module):
+    """Backbone body (feature map) → global pooling → ``head`` (Linear F→dim) → L2 normalisation.
+
+    Attributes the training code relies on: ``backbone``, ``head``, ``input_spec`` (the network
+    expects ``(x01[channel_order] · value_range − mean) / std``), ``input_size`` (recommended square
+    input side), ``in_channels`` and ``feature_dim`` (F).
+
+    With ``freeze_bn`` every BatchNorm of the backbone stays in eval mode, also after ``.train()``,
+    so its running statistics never change; its scale and shift are not trained either unless
+    ``train_bn_affine`` is set.
+    """
+
     def __init__(self, backbone: str = "resnet50", dim: int = 512, pretrained: bool = False,
-                 weights: str | None = None, freeze_bn: bool = True, pooling: str = "avg",
-                 in_channels: int | None = None):
+                 weights: str | None = None, freeze_bn: bool = True, train_bn_affine: bool = False,
+                 pooling: str = "avg", in_channels: int | None = None):
         super().__init__()
-        spec = BACKBONES.lookup(backbone).factory(
-            pretrained=pretrained, weights=weights, **({"in_channels": in_channels} if in_channels else {}))
+        if pooling not in POOLINGS:
+            raise ConfigError(f"model: pooling {pooling!r} is not valid; choose one of {', '.join(POOLINGS)}")
+        choice = {"in_channels": in_channels} if in_channels is not None else {}
+        spec = BACKBONES.lookup(backbone).build(pretrained=pretrained, weights=weights, **choice)
         self.backbone_name = backbone
         self.backbone = spec.body
         self.head = nn.Linear(spec.feature_dim, dim)
@@ -42,25 +59,25 @@ class EmbeddingModel(nn.Module):
         self.input_size = spec.input_size
         self.in_channels = spec.in_channels
         self.feature_dim = spec.feature_dim
-        if freeze_bn:
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    for p in m.parameters():
-                        p.requires_grad_(False)
+        if freeze_bn and not train_bn_affine:
+            for m in _batchnorms(self.backbone):
+                for p in m.parameters():
+                    p.requires_grad_(False)
         self.train()
 
     def train(self, mode: bool = True) -> "EmbeddingModel":
         super().train(mode)
         if self.freeze_bn:  # BatchNorm keeps its running statistics, in training too
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            for m in _batchnorms(self.backbone):
+                m.eval()
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features, B×F."""
         return global_pool(self.backbone(x), self.pooling)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Head and L2 normalisation: B×F features → B×dim unit vectors."""
         return F.normalize(self.head(features), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +89,8 @@ MODEL_PARAMS = (
     Param("dim", int, 512, low=2, high=8192, help="embedding dimension"),
     Param("pretrained", bool, False, help="load ImageNet weights from local files (never downloaded)"),
     Param("weights", str, None, nullable=True, help="explicit path of a weights file"),
-    Param("freeze_bn", bool, True, help="keep BatchNorm statistics and affine parameters fixed"),
+    Param("freeze_bn", bool, True, help="keep the backbone's BatchNorm in eval mode (statistics fixed)"),
+    Param("train_bn_affine", bool, False, help="with freeze_bn: still train BatchNorm's scale and shift"),
     Param("pooling", str, "avg", choices=POOLINGS, help="global pooling of the last feature map"),
     Param("in_channels", int, None, low=1, high=3, nullable=True, help="input channels (small_cnn); empty = the data's"),
 )
@@ -90,6 +108,10 @@ def resolve_model(params, where: str = "model") -> dict:
     return resolved
 
 
-def build_model(**params) -> EmbeddingModel:
-    """An :class:`EmbeddingModel` from validated parameters."""
-    return EmbeddingModel(**resolve_model(params))
+def build_model(backbone: str = "resnet50", **params) -> EmbeddingModel:
+    """An :class:`EmbeddingModel` from the model section's parameters (see ``MODEL_PARAMS``).
+
+    Every value is validated first; a mistake raises ConfigError. ``pretrained`` and ``weights``
+    read local files only (:mod:`dmltune.models.weights`).
+    """
+    return EmbeddingModel(**resolve_model({"backbone": backbone, **params}))
