@@ -50,6 +50,8 @@ EVAL_PARAMS = (
     Param("ks", list, [1, 2, 4, 8], help="K values of Recall@K"),
     Param("nmi", bool, True, help="compute NMI (k-means) as well"),
     Param("batch_size", int, 256, low=1, help="images per forward pass when embedding"),
+    Param("similarity_bins", int, 40, low=0, high=400,
+          help="record histograms of validation pair similarities in this many bins (0 = off)"),
 )
 
 TRAIN = Component("section", "train", dict, TRAIN_PARAMS)

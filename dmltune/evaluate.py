@@ -177,3 +177,40 @@ def _ranking_metrics(query, q_labels, gallery, g_labels, same_set, ks, wanted, b
             ap = (precision_at_i * relevant).sum(dim=1) / r_safe
             out["map@r"] = ap[scored].mean().item() if n_scored else float("nan")
     return out
+
+
+def similarity_histograms(embeddings, labels, bins: int = 40, max_anchors: int = 2000,
+                          chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Histograms of the cosine similarities of positive and of negative pairs of an embedded set.
+
+    Bins split [-1, 1] into ``bins`` equal intervals. Each histogram is normalised to sum to 1 (all
+    zeros when there is no such pair). Pairs are (anchor, other) with anchor ≠ other; at most
+    ``max_anchors`` anchors, evenly spaced over the set, are used, so the cost stays bounded on
+    large validation sets. Returns ``(positive, negative)``, each a float64 tensor of ``bins``.
+    """
+    emb = _as_tensor(embeddings, torch.float32)
+    y = _as_tensor(labels).to(emb.device)
+    n = emb.shape[0]
+    pos = torch.zeros(bins, dtype=torch.float64, device=emb.device)
+    neg = torch.zeros_like(pos)
+    if n < 2:
+        return pos.cpu(), neg.cpu()
+    anchors = torch.linspace(0, n - 1, min(n, max_anchors), device=emb.device).round().long().unique()
+    for start in range(0, len(anchors), chunk):
+        rows = anchors[start:start + chunk]
+        sim = (emb[rows] @ emb.T).clamp(-1.0, 1.0)
+        same = y[rows, None] == y[None, :]
+        other = torch.ones_like(same)
+        other[torch.arange(len(rows), device=emb.device), rows] = False
+        pos += torch.histc(sim[same & other], bins=bins, min=-1.0, max=1.0).double()
+        neg += torch.histc(sim[~same], bins=bins, min=-1.0, max=1.0).double()
+    pos, neg = pos / pos.sum().clamp_min(1), neg / neg.sum().clamp_min(1)
+    return pos.cpu(), neg.cpu()
+
+
+def histogram_columns(prefix: str, positive: torch.Tensor, negative: torch.Tensor) -> dict[str, float]:
+    """``{prefix}/pos/00 … {prefix}/neg/NN`` report columns of :func:`similarity_histograms`."""
+    out = {}
+    for kind, values in (("pos", positive), ("neg", negative)):
+        out.update({f"{prefix}/{kind}/{i:02d}": float(v) for i, v in enumerate(values.tolist())})
+    return out

@@ -107,7 +107,7 @@ class Evaluator:
         return torch.cat(out)
 
     def metrics(self, model, which: str, autocast) -> dict[str, float]:
-        from .evaluate import evaluate
+        from .evaluate import evaluate, histogram_columns, similarity_histograms
 
         wanted = ("recall", "map@r", "r_precision") + (("nmi",) if self.cfg["nmi"] else ())
         if which == "test" and self.query is not None:
@@ -118,7 +118,11 @@ class Evaluator:
             source = self.val if which == "val" else self.test
             if source is None:
                 return {}
-            result = evaluate(self.embed(model, source, autocast), source.labels(), ks=self.cfg["ks"], metrics=wanted)
+            emb = self.embed(model, source, autocast)
+            result = evaluate(emb, source.labels(), ks=self.cfg["ks"], metrics=wanted)
+            if which == "val" and self.cfg["similarity_bins"]:
+                hist = similarity_histograms(emb, source.labels(), bins=self.cfg["similarity_bins"])
+                return {**{f"val/{k}": v for k, v in result.items()}, **histogram_columns("val_simhist", *hist)}
         return {f"{which}/{k}": v for k, v in result.items()}
 
 

@@ -161,3 +161,39 @@ def test_protocol_recall_lists():
     assert RECALL_KS["sop"] == (1, 10, 100, 1000)
     assert RECALL_KS["inshop"] == (1, 10, 20, 30, 40, 50)
     assert RECALL_KS["cub200"] == RECALL_KS["cars196"] == (1, 2, 4, 8, 16, 32)
+
+
+def _histogram_oracle(emb, labels, bins, anchors):
+    """Per-anchor loop: every (anchor, other) pair's similarity into its bin."""
+    pos, neg = [0.0] * bins, [0.0] * bins
+    for i in anchors:
+        for j in range(len(labels)):
+            if i == j:
+                continue
+            s = float(emb[i] @ emb[j])
+            b = min(int((s + 1) / 2 * bins), bins - 1)
+            (pos if labels[i] == labels[j] else neg)[b] += 1
+    total_p, total_n = sum(pos) or 1, sum(neg) or 1
+    return [p / total_p for p in pos], [n / total_n for n in neg]
+
+
+@pytest.mark.parametrize("n, max_anchors", [(60, 2000), (60, 17)])
+def test_similarity_histograms_match_a_pair_loop(n, max_anchors):
+    from dmltune.evaluate import similarity_histograms
+
+    g = torch.Generator().manual_seed(n)
+    emb = F.normalize(torch.randn(n, 6, generator=g, dtype=torch.float64), dim=1).float()
+    labels = torch.randint(0, 5, (n,), generator=g)
+    pos, neg = similarity_histograms(emb, labels, bins=10, max_anchors=max_anchors, chunk=7)
+    anchors = torch.linspace(0, n - 1, min(n, max_anchors)).round().long().unique().tolist()
+    want_pos, want_neg = _histogram_oracle(emb, labels.tolist(), 10, anchors)
+    torch.testing.assert_close(pos, torch.tensor(want_pos, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(neg, torch.tensor(want_neg, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_similarity_histograms_without_positive_pairs_are_zero():
+    from dmltune.evaluate import similarity_histograms
+
+    emb = F.normalize(torch.randn(5, 3), dim=1)
+    pos, neg = similarity_histograms(emb, torch.arange(5), bins=4)
+    assert pos.sum() == 0 and neg.sum() == pytest.approx(1.0)

@@ -62,6 +62,10 @@ def test_standalone_run_reports_every_epoch(tmp_path, capsys):
     assert last["gpu_s"] == 0.0 and last["status"] == "ok"
     assert 0 <= last["test/recall@1"] <= 1
     assert len(capsys.readouterr().out.strip().splitlines()) == 4
+    pos = [last[f"val_simhist/pos/{i:02d}"] for i in range(40)]
+    neg = [last[f"val_simhist/neg/{i:02d}"] for i in range(40)]
+    assert sum(pos) == pytest.approx(1.0) and sum(neg) == pytest.approx(1.0)
+    assert "val_simhist/pos/00" not in train(config(eval__similarity_bins=0, train__epochs=1))
 
 
 @pytest.mark.parametrize("meta", [None, "head"])
