@@ -91,10 +91,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _summarise(study, folder) -> None:
-    from .study.summary import print_summary
+    """Write the study's report (analysis, tables, figures) and print its summary."""
+    from .analysis.report import console_summary, write_report
 
-    metric = (study.arms[0].config.get("eval") or {}).get("metric", "map@r")
-    print_summary(folder, metric=f"val/{metric}")
+    path, analysis = write_report(folder)
+    print(console_summary(analysis))
+    print(f"\nreport: {path}")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -116,9 +118,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .study.summary import print_summary
+    from .analysis.report import console_summary, write_report
 
-    print_summary(args.study_dir, metric=args.metric)
+    overrides = {"reference": args.reference, "delta": args.delta, "bootstrap": args.bootstrap}
+    path, analysis = write_report(args.study_dir, overrides, metric=args.metric)
+    print(console_summary(analysis))
+    print(f"\nreport: {path}")
     return 0
 
 
@@ -159,9 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("report", help="summarise a study folder (per arm: trials, cost, best trial)")
+    p = sub.add_parser("report", help="analyse a study folder: write report.md, figures/ and tables/ into it")
     p.add_argument("study_dir", help="the study's folder (storage/name)")
-    p.add_argument("--metric", default="val/map@r", help="selection metric column")
+    p.add_argument("--metric", help="selection metric, e.g. map@r or recall@1 (default: the study's eval.metric)")
+    p.add_argument("--reference", help="arm to compare with (default: the study's analysis.reference, "
+                   "else the last single-configuration arm)")
+    p.add_argument("--delta", type=float, help="a trial matches at reference − delta (default 0.01)")
+    p.add_argument("--bootstrap", type=int, help="random orderings of the trials (default 1000)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("train", help="train one configuration standalone, one line per epoch")

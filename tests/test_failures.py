@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from dmltune.registry import ConfigError
-from dmltune.study.summary import read_trials
+from dmltune.analysis import read_study_table
 from dmltune.training_state import CheckpointError, load_checkpoint, save_checkpoint
 
 STUDY = {
@@ -55,9 +55,9 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
 def test_truncated_results_table_names_the_file(tmp_path):
     (tmp_path / "trials.parquet").write_bytes(b"PAR1 truncated")
     with pytest.raises(ConfigError, match="trials.parquet cannot be read"):
-        read_trials(tmp_path)
+        read_study_table(tmp_path)
     with pytest.raises(ConfigError, match="run or resume the study first"):
-        read_trials(tmp_path / "elsewhere")
+        read_study_table(tmp_path / "elsewhere")
 
 
 def make_folder_dataset(root, corrupt):

@@ -128,10 +128,16 @@ def test_run_consolidate_and_resume(tmp_path):
     after = pd.read_parquet(tmp_path / "results" / "tiny" / "trials.parquet")
     assert set(after.trial_id) == ids and len(after) == len(table)  # nothing ran again
     pd.testing.assert_frame_equal(after, table)
-    assert "adaptive" in again.stdout and "best val/map@r" in again.stdout  # the summary follows
-    report = subprocess.run([sys.executable, "-m", "dmltune", "report", str(tmp_path / "results" / "tiny")],
+    assert "adaptive" in again.stdout and "to match adaptive" in again.stdout  # the summary follows
+    folder = tmp_path / "results" / "tiny"
+    text = (folder / "report.md").read_text()  # run and resume write the report
+    assert "## Tuning cost to match adaptive" in text and "| tpe |" in text
+    for name in ("best_so_far", "heatmaps", "test_metric", "similarity_histograms", "mined_pairs"):
+        assert (folder / "figures" / f"{name}.png").is_file(), name
+    report = subprocess.run([sys.executable, "-m", "dmltune", "report", str(folder), "--reference", "fixed"],
                             capture_output=True, text=True, cwd=tmp_path)
-    assert report.returncode == 0 and "tpe" in report.stdout
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "to match fixed" in report.stdout and "tpe" in report.stdout
 
 
 @pytest.mark.parametrize("name, arms", [

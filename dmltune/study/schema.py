@@ -20,7 +20,7 @@ from ..registry import Component, ConfigError, Param
 from .domains import Domain, find_domains, replace_at
 
 TOP_KEYS = ("name", "description", "storage", "seeds", "resources", "concurrency", "retries", "dataset",
-            "model", "train", "eval", "arms")
+            "model", "train", "eval", "arms", "analysis")
 SHARED = ("dataset", "model", "train", "eval")
 ARM_KEYS = ("name", "miner", "loss", "search") + SHARED
 
@@ -176,6 +176,20 @@ def _weights_present(backbone: str, model: dict) -> None:
         find_weights(backbone, (), "", model["weights"])
 
 
+def _check_analysis(section, arm_names: list[str]) -> None:
+    """The ``analysis`` section (reference arm, delta, ...) is valid, so the report cannot fail late."""
+    from ..analysis.settings import ANALYSIS
+
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        raise ConfigError(f"study: 'analysis' must be a mapping like {{reference: ARM, delta: 0.01}}, got {section!r}")
+    settings = ANALYSIS.validate(section, where="study: analysis")
+    if settings["reference"] is not None and settings["reference"] not in arm_names:
+        raise ConfigError(f"study: analysis.reference {settings['reference']!r} is not an arm; "
+                          f"choose one of {', '.join(arm_names)}")
+
+
 def parse_study(raw: dict, check_data: bool = True) -> Study:
     unknown = set(raw) - set(TOP_KEYS)
     if unknown:
@@ -235,6 +249,7 @@ def parse_study(raw: dict, check_data: bool = True) -> Study:
         if check_data:
             _check_data(arm, where, data_cache)
         arms.append(arm)
+    _check_analysis(raw.get("analysis"), [a.name for a in arms])
     retries = raw.get("retries", 0)
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
         raise ConfigError(f"study: 'retries' must be an integer from 0 to 100, got {retries!r}")

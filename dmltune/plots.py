@@ -1,0 +1,244 @@
+"""Comparison plots of an analysed study (matplotlib, PNG and SVG).
+
+Every function takes an :class:`~dmltune.analysis.Analysis` and returns a matplotlib ``Figure``
+(``None`` when the study has nothing to draw for it, e.g. no searched arm for the heatmaps).
+Figures are built without pyplot, so they work in scripts, in Ray workers and inline in notebooks.
+``save_figures`` writes all of them as ``figures/<name>.png`` and ``.svg``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .analysis import Analysis, best_so_far, configurations
+from .analysis.trials import KEY, short_name
+
+FIGURES = ("best_so_far", "heatmaps", "trajectories", "mined_pairs", "test_metric", "similarity_histograms")
+
+
+def _metric_name(column: str) -> str:
+    return column.split("/", 1)[1]
+
+
+def _arm_colours(analysis: Analysis) -> dict[str, tuple]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {arm: cmap(i % 10) for i, arm in enumerate(analysis.table.arms)}
+
+
+def _grid(n: int, width: float = 4.2, height: float = 3.4):
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def best_so_far_figure(analysis: Analysis, points: int = 200) -> Figure:
+    """1. Best validation value so far against cumulative cost: searched arms as the median over
+    random orderings of their trials with a percentile band; single-configuration arms as a point
+    at the mean cost of one run, with the confidence interval over seeds."""
+    st, s = analysis.table, analysis.settings
+    colours = _arm_colours(analysis)
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for arm in st.arms:
+        rows = st.arm_rows(arm)
+        sel = analysis.selections[arm]
+        if st.dims[arm]:
+            total = rows.cost_h.sum()
+            grid = np.linspace(0, total, points) if total > 0 else np.zeros(1)
+            curve = best_so_far(st, arm, grid, min(s["bootstrap"], 500), s["confidence"], s["seed"])
+            ax.plot(curve.cost_h, curve["median"], color=colours[arm], label=f"{arm} (search)", drawstyle="steps-post")
+            ax.fill_between(curve.cost_h, curve.low, curve.high, color=colours[arm], alpha=0.2, step="post")
+        elif math.isfinite(sel.val.mean):
+            per_run = rows.cost_h.mean()
+            ax.errorbar([per_run], [sel.val.mean], yerr=[0 if math.isnan(sel.val.half) else sel.val.half],
+                        fmt="o", color=colours[arm], capsize=4, label=arm)
+    if math.isfinite(analysis.target):
+        ax.axhline(analysis.target, color="grey", ls="--", lw=1,
+                   label=f"{analysis.reference} − δ ({analysis.target:.4f})")
+    ax.set_xlabel(f"cumulative {st.cost_unit}")
+    ax.set_ylabel(f"best validation {_metric_name(st.metric)} so far")
+    ax.set_title("Tuning cost: best-so-far validation metric")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def heatmaps_figure(analysis: Analysis) -> Figure | None:
+    """2. Validation mean over each searched arm's grid (first two searched parameters; any further
+    ones take their best value), the reference's value marked on the colour bar."""
+    st = analysis.table
+    arms = [a for a in analysis.searched_arms if a != analysis.reference]
+    if not arms:
+        return None
+    ref = analysis.selections[analysis.reference].val.mean
+    fig, axes = _grid(len(arms), 4.8, 3.8)
+    for ax, arm in zip(axes, arms):
+        dims = st.dims[arm]
+        table = configurations(st, arm, analysis.settings["confidence"])
+        rows_dim, cols_dim = dims[0], (dims[1] if len(dims) > 1 else None)
+        if cols_dim is None:
+            table = table.assign(_col="")
+            cols_dim = "_col"
+        pivot = table.pivot_table(index=rows_dim, columns=cols_dim, values="val_mean", aggfunc="max")
+        values = pivot.to_numpy(dtype=float)
+        finite = values[np.isfinite(values)]
+        low = min([*finite, ref] if math.isfinite(ref) else finite, default=0.0)
+        high = max([*finite, ref] if math.isfinite(ref) else finite, default=1.0)
+        image = ax.imshow(values, cmap="viridis", vmin=low, vmax=high if high > low else low + 1e-9,
+                          aspect="auto", origin="lower")
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, "–" if not np.isfinite(v) else f"{v:.3f}", ha="center", va="center", fontsize=8,
+                    color="white" if np.isfinite(v) and v < (low + high) / 2 else "black")
+        ax.set_xticks(range(len(pivot.columns)), [f"{c:g}" if isinstance(c, float) else str(c) for c in pivot.columns])
+        ax.set_yticks(range(len(pivot.index)), [f"{c:g}" if isinstance(c, float) else str(c) for c in pivot.index])
+        ax.set_ylabel(short_name(rows_dim))
+        ax.set_xlabel("" if cols_dim == "_col" else short_name(cols_dim))
+        ax.set_title(arm, fontsize=10)
+        bar = fig.colorbar(image, ax=ax)
+        label = f"validation {_metric_name(st.metric)} (mean over seeds)"
+        if math.isfinite(ref):
+            bar.ax.axhline(ref, color="red", lw=2)
+            label += f"\nred line: {analysis.reference} {ref:.3f}"
+        bar.set_label(label, fontsize=8)
+    return fig
+
+
+def _selected_epochs(analysis: Analysis, arm: str) -> pd.DataFrame:
+    """Per-epoch reports of the trials selected for an arm."""
+    st, chosen = analysis.table, analysis.selections[arm].trials
+    if chosen.empty:
+        return st.per_epoch.iloc[0:0]
+    keys = chosen[KEY].drop_duplicates()
+    return st.per_epoch.merge(keys, on=KEY, how="inner")
+
+
+def _per_epoch_mean(analysis: Analysis, column: str) -> dict[str, pd.Series]:
+    out = {}
+    for arm in analysis.table.arms:
+        rows = _selected_epochs(analysis, arm)
+        if column in rows and rows[column].notna().any():
+            out[arm] = rows.groupby("epoch")[column].mean()
+    return out
+
+
+def trajectories_figure(analysis: Analysis) -> Figure | None:
+    """3. λ and the tolerances γ̂_pos, γ̂_neg per epoch (selected configuration, mean over seeds)."""
+    panels = [(c, label) for c, label in (("lam", "λ (loss threshold)"), ("gamma_pos", "γ̂_pos"), ("gamma_neg", "γ̂_neg"))
+              if _per_epoch_mean(analysis, c)]
+    if not panels:
+        return None
+    colours = _arm_colours(analysis)
+    fig, axes = _grid(len(panels))
+    for ax, (column, label) in zip(axes, panels):
+        for arm, series in _per_epoch_mean(analysis, column).items():
+            ax.plot(series.index, series.to_numpy(), marker=".", color=colours[arm], label=arm)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.suptitle("Thresholds over training (epoch means)")
+    return fig
+
+
+def mined_pairs_figure(analysis: Analysis) -> Figure | None:
+    """4. Positive and negative pairs kept by the miner per batch, per epoch (as DDTAS's Fig. 4)."""
+    panels = [(c, label) for c, label in (("pos_after", "mined positive pairs per batch"),
+                                          ("neg_after", "mined negative pairs per batch"))
+              if _per_epoch_mean(analysis, c)]
+    if not panels:
+        return None
+    colours = _arm_colours(analysis)
+    fig, axes = _grid(len(panels), 5, 3.6)
+    for ax, (column, label) in zip(axes, panels):
+        for arm, series in _per_epoch_mean(analysis, column).items():
+            ax.plot(series.index, series.to_numpy(), marker=".", color=colours[arm], label=arm)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_yscale("symlog")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def test_metric_figure(analysis: Analysis) -> Figure | None:
+    """5. Test metric of each arm's selected configuration, mean with its confidence interval."""
+    st = analysis.table
+    rows = analysis.summary
+    if rows.test.notna().sum() == 0:
+        return None
+    colours = _arm_colours(analysis)
+    fig = Figure(figsize=(7, 0.5 * len(rows) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    for i, row in enumerate(rows.itertuples()):
+        if not math.isfinite(row.test):
+            continue
+        half = 0 if math.isnan(row.test_half) else row.test_half
+        ax.errorbar([row.test], [i], xerr=[half], fmt="s" if row.arm == analysis.reference else "o",
+                    color=colours[row.arm], capsize=4)
+        ax.text(row.test, i + 0.18, f"{row.test:.4f}", ha="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows.arm)
+    ax.invert_yaxis()
+    conf = int(round(100 * analysis.settings["confidence"]))
+    ax.set_xlabel(f"test {_metric_name(st.test_metric)} at the configuration selected on validation "
+                  f"(mean, {conf}% CI over seeds)")
+    return fig
+
+
+_HIST = re.compile(r"^val_simhist/(pos|neg)/(\d+)$")
+
+
+def similarity_histograms_figure(analysis: Analysis) -> Figure | None:
+    """6. Cosine similarities of positive and negative validation pairs at the last evaluation of
+    each arm's selected trials (mean over seeds), if the trials recorded them."""
+    columns = sorted((c for c in analysis.table.per_epoch.columns if _HIST.match(c)),
+                     key=lambda c: (_HIST.match(c)[1], int(_HIST.match(c)[2])))
+    if not columns:
+        return None
+    arms = [a for a in analysis.table.arms if not analysis.selections[a].trials.empty
+            and analysis.selections[a].trials.reindex(columns=columns).notna().any(axis=None)]
+    if not arms:
+        return None
+    fig, axes = _grid(len(arms), 4, 3)
+    for ax, arm in zip(axes, arms):
+        chosen = analysis.selections[arm].trials
+        for kind, colour in (("pos", "tab:green"), ("neg", "tab:red")):
+            cols = [c for c in columns if _HIST.match(c)[1] == kind]
+            share = chosen[cols].mean().to_numpy(dtype=float)
+            edges = np.linspace(-1, 1, len(cols) + 1)
+            ax.stairs(share, edges, color=colour, fill=True, alpha=0.35,
+                      label="positive pairs" if kind == "pos" else "negative pairs")
+        ax.set_title(f"{arm}", fontsize=10)
+        ax.set_xlabel("cosine similarity")
+        ax.set_ylabel("share of pairs")
+        ax.legend(fontsize=7)
+    fig.suptitle("Validation pair similarities at the last evaluation of the selected trials")
+    return fig
+
+
+DRAW = {"best_so_far": best_so_far_figure, "heatmaps": heatmaps_figure, "trajectories": trajectories_figure,
+        "mined_pairs": mined_pairs_figure, "test_metric": test_metric_figure,
+        "similarity_histograms": similarity_histograms_figure}
+
+
+def save_figures(analysis: Analysis, folder: str | Path) -> dict[str, Path]:
+    """Draw every figure that has data; write ``<name>.png`` and ``<name>.svg``; return the PNG paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in FIGURES:
+        fig = DRAW[name](analysis)
+        if fig is None:
+            continue
+        for ext in ("png", "svg"):
+            fig.savefig(folder / f"{name}.{ext}", dpi=120)
+        written[name] = folder / f"{name}.png"
+    return written

@@ -1,0 +1,86 @@
+"""Results tables with known answers, in the format the study runner writes (trials.parquet)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+BINS = 8
+
+
+def trial_rows(arm, experiment, trial_id, seed, val, test, *, epochs=3, status="ok", gpu_s=3600.0,
+               config=None, lam=None, gamma=None):
+    """Per-epoch reports of one trial; the final epoch carries ``val`` and ``test``."""
+    rows = []
+    for epoch in range(1, epochs + 1):
+        last = epoch == epochs
+        row = {"arm": arm, "experiment": experiment, "trial_id": trial_id, "seed": seed,
+               "trial_status": "ERROR" if status == "error" else "TERMINATED", "status": status,
+               "error": "boom" if status == "error" else "", "epoch": epoch, "loss": 1.0 / epoch,
+               "val/map@r": val - 0.01 * (epochs - epoch) if val is not None else np.nan,
+               "val_epoch": epoch, "wall_s": gpu_s * epoch / epochs, "gpu_s": gpu_s * epoch / epochs,
+               "pos_after": 10.0 + epoch, "neg_after": 100.0 - epoch, "pos_before": 20.0, "neg_before": 200.0}
+        if last and test is not None:
+            row["test/map@r"] = test
+            row["test/recall@1"] = test + 0.2
+        if lam is not None:
+            row["lam"] = lam + 0.01 * epoch
+        if gamma is not None:
+            row["gamma_pos"], row["gamma_neg"] = gamma + 0.01 * epoch, gamma / 2
+        hist = np.linspace(1, 2, BINS)
+        for i in range(BINS):
+            row[f"val_simhist/pos/{i:02d}"] = hist[i] / hist.sum()
+            row[f"val_simhist/neg/{i:02d}"] = hist[::-1][i] / hist.sum()
+        row.update({f"config/{k}": v for k, v in (config or {}).items()})
+        rows.append(row)
+    return rows
+
+
+def grid_arm(name, values, seeds=(0, 1, 2), noise=None, status=None, gpu_s=3600.0):
+    """A 2-D grid arm: ``values[(gp, gn)]`` is the validation value of that cell (same for every
+    seed unless ``noise[(gp, gn, seed)]`` shifts it); test = val − 0.1. ``status[(gp, gn, seed)]``
+    marks errored / diverged trials."""
+    rows, i = [], 0
+    for (gp, gn), v in values.items():
+        for s in seeds:
+            st = (status or {}).get((gp, gn, s), "ok")
+            val = None if st == "error" else v + (noise or {}).get((gp, gn, s), 0.0)
+            if st == "diverged":
+                val = np.nan
+            rows += trial_rows(name, name, f"{name}_{i:05d}", s, val, None if val is None or np.isnan(val) else val - 0.1,
+                               status=st, gpu_s=gpu_s, epochs=1 if st != "ok" else 3,
+                               config={"miner.name": "asms", "miner.gamma_pos": gp, "miner.gamma_neg": gn},
+                               gamma=gp)
+            i += 1
+    return rows
+
+
+def single_arm(name, vals, gpu_s=3600.0, lam=0.5):
+    return [r for s, v in enumerate(vals)
+            for r in trial_rows(name, name, f"{name}_{s:05d}", s, v, v - 0.1, gpu_s=gpu_s,
+                                config={"miner.name": "at_asms"}, lam=lam, gamma=0.1)]
+
+
+def example_table() -> pd.DataFrame:
+    """A fixed 3 × 2 grid (one cell matches the reference), a single fixed arm and the reference."""
+    grid = {(0.05, 0.0): 0.40, (0.05, 0.05): 0.45, (0.1, 0.0): 0.52,
+            (0.1, 0.05): 0.47, (0.2, 0.0): 0.30, (0.2, 0.05): 0.35}
+    rows = grid_arm("asms_grid", grid) + single_arm("ms_simp", [0.41, 0.43, 0.42], lam=None) \
+        + single_arm("ddtas", [0.50, 0.52, 0.51])
+    return pd.DataFrame(rows)
+
+
+def write_study_dir(folder: Path, table: pd.DataFrame | None = None, analysis: dict | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    table = example_table() if table is None else table
+    table.to_parquet(folder / "trials.parquet", index=False)
+    arms = list(dict.fromkeys(table.arm))
+    source = {"name": folder.name, "seeds": [0, 1, 2], "eval": {"metric": "map@r"},
+              "arms": [{"name": a} for a in arms]}
+    if analysis:
+        source["analysis"] = analysis
+    (folder / "study.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
+    return folder
