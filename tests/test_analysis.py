@@ -115,6 +115,8 @@ def test_cost_to_match_is_the_expected_first_hit_over_random_orderings():
     assert cost.trials_low == 1 and cost.trials_high <= 12 - 3 + 1     # the latest first hit is at position 10
     every = cost_to_match(st, "g", target=0.0, replicates=100)
     assert every.trials_mean == 1 and every.trials_high == 1 and every.cost_mean == pytest.approx(1.0)
+    exact = cost_to_match(st, "g", target=0.6, replicates=100)  # reaching the target exactly is a match
+    assert exact.reached and exact.matching == 3
     never = cost_to_match(st, "g", target=0.61)
     assert not never.reached and math.isnan(never.trials_mean) and never.budget_h == pytest.approx(12.0)
 
