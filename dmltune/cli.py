@@ -15,22 +15,12 @@ from .registry import ConfigError, Registry
 
 
 def _registries() -> list[Registry]:
+    from .data import DATASETS
+    from .generation import GENERATORS
+    from .models import BACKBONES
     from .pairs import LOSSES, MINERS
 
-    registries = [MINERS, LOSSES]
-    try:  # components that later parts of the package register
-        from .models import BACKBONES
-
-        registries.append(BACKBONES)
-    except ImportError:
-        pass
-    try:
-        from .data import DATASETS
-
-        registries.append(DATASETS)
-    except ImportError:
-        pass
-    return registries
+    return [MINERS, LOSSES, GENERATORS, BACKBONES, DATASETS]
 
 
 def format_registry(registry: Registry) -> str:

@@ -58,7 +58,7 @@ TRAIN = Component("section", "train", dict, TRAIN_PARAMS)
 EVAL = Component("section", "eval", dict, EVAL_PARAMS)
 META = Component("section", "loss.lam.meta", dict, META_PARAMS)
 
-SECTIONS = ("seed", "dataset", "model", "miner", "loss", "train", "eval")
+SECTIONS = ("seed", "dataset", "model", "miner", "loss", "generation", "train", "eval")
 
 
 def _dataset_section(config: Mapping, where: str) -> dict:
@@ -129,6 +129,7 @@ def _loss_section(config: Mapping, where: str) -> dict:
 
 def resolve_config(config: Mapping[str, Any], where: str = "config") -> dict:
     """Defaults filled in and every value checked; raises ConfigError naming ``where`` and the key."""
+    from .generation import GENERATORS
     from .models import resolve_model
     from .pairs import MINERS
 
@@ -145,6 +146,8 @@ def resolve_config(config: Mapping[str, Any], where: str = "config") -> dict:
         "miner": _named_section(config, "miner", "name", MINERS, where)
         if config.get("miner") else {"name": "none"},
         "loss": _loss_section(config, where),
+        "generation": _named_section(config, "generation", "name", GENERATORS, where)
+        if config.get("generation") else {"name": "none"},
         "train": TRAIN.validate(config.get("train") or {}, where=f"{where}: train"),
         "eval": EVAL.validate(config.get("eval") or {}, where=f"{where}: eval"),
     }

@@ -212,29 +212,104 @@ class Trial:
                                    meta_cfg["clamp"], meta_cfg["every"], device=device, update=meta_cfg["update"])
             self.meta_sampler = _meta_sampler(splits.train.labels, cfg, len(self.sampler))
             self.meta_loss_fn = _meta_loss_fn(cfg, self.loss_fn)
+        self.generation = None
+        if cfg["generation"]["name"] != "none":
+            self._build_generation(cfg)
         self.iteration = 0
+
+    def _build_generation(self, cfg: dict) -> None:
+        """Generated examples (MIRAGE): the component, its two optimisers and its own random stream,
+        so the model's training sees no other change in randomness."""
+        from .generation import build_generation
+
+        params = {k: v for k, v in cfg["generation"].items() if k != "name"}
+        classes = torch.unique(self.train_labels)
+        self.generation = build_generation(cfg["generation"]["name"], params, len(classes), self.model.feature_dim,
+                                           cfg["model"]["dim"], self.device, class_labels=classes)
+        if params.get("prototype_init", "class_mean") == "class_mean":
+            self._init_prototypes_from_class_means()
+        self.gen_optimizer, self.disc_optimizer = self.generation.build_optimizers()
+        self.gen_rng = torch.Generator(device=self.device).manual_seed(cfg["seed"] + 104729)
+        head = self.model.head
+
+        def embed_without_model_grads(features):  # the generator's objective must not move the model
+            weights = {name: p.detach() for name, p in head.named_parameters()}
+            return torch.nn.functional.normalize(functional_call(head, weights, (features,)), dim=1)
+
+        self._frozen_embed = embed_without_model_grads
+
+    @torch.no_grad()
+    def _init_prototypes_from_class_means(self, images_total: int = 4096) -> None:
+        """Embed up to 8 training images per class (at most ``images_total`` in all, at least one per
+        class) with the initial model and start each training prototype at its class mean."""
+        labels = self.train_labels
+        per_class = max(1, min(8, images_total // max(1, len(torch.unique(labels)))))
+        order = torch.argsort(labels, stable=True)
+        sorted_labels = labels[order]
+        starts = torch.searchsorted(sorted_labels, sorted_labels, right=False)
+        rank = torch.arange(len(order), device=labels.device) - starts
+        chosen = order[rank < per_class].cpu()
+        was_training = self.model.training
+        self.model.eval()
+        out = []
+        for part in chosen.split(256):
+            x = _to_model_input(self.transform(self.source.batch(part.tolist()), train=False), self.device)
+            with self.autocast():
+                out.append(full_precision(self.model(x)))
+        self.model.train(was_training)
+        self.generation.init_prototypes(torch.cat(out), labels[chosen.to(labels.device)])
+
+    def _generation_step(self, feats, emb, y, gen_emb, gen_y) -> torch.Tensor:
+        """After the model's update: the generator side (G + prototypes), then the discriminator."""
+        gen = self.generation
+        g_loss = gen.generator_loss(feats.detach().float(), self._frozen_embed, self.gen_rng)
+        if self.gen_optimizer is not None:
+            g_loss.backward()
+            self.gen_optimizer.step()
+        d_loss = gen.discriminator_loss(emb.detach(), y, gen_emb.detach(), gen_y)
+        if self.disc_optimizer is not None:
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.disc_optimizer.step()
+        return torch.stack([g_loss.detach(), d_loss.detach()])
 
     def step(self, images: torch.Tensor, idx, progress: float, meta_idx=None):
         """One iteration on a uint8 batch: transform, forward, mine, (meta-λ), loss, backward, update."""
         device = self.device
         x = _to_model_input(self.transform(images, train=True), device)
         y = self.train_labels[torch.as_tensor(idx, device=device)]
+        gen = self.generation
         with self.autocast():
             feats = self.model.features(x)
             emb = self.model.embed(feats)
+            if gen is not None:  # generated examples join the batch with their (virtual) class labels
+                gen_emb, gen_y = gen.generate(self.model.embed, gen.num_generated(len(y)), self.gen_rng, labels_from=y)
         emb = full_precision(emb)
-        sim = emb @ emb.T
-        mined = self.miner(sim, y)
+        batch_emb, batch_y = emb, y
+        if gen is not None:
+            gen_emb = full_precision(gen_emb)
+            proxy_emb, proxy_y = gen.proxy_batch(torch.cat([y, gen_y]))
+            batch_emb = torch.cat([emb, gen_emb, full_precision(proxy_emb)])
+            batch_y = torch.cat([y, gen_y, proxy_y])
+        sim = batch_emb @ batch_emb.T
+        mined = self.miner(sim, batch_y)
         lam = None
         if self.meta is not None:
             if meta_idx is not None and self.meta.due(self.iteration):
                 self.last_input = x
-                _meta_step(self, sim, y, mined, progress, meta_idx, feats)
+                real = len(y)  # the look-ahead works on the real examples only
+                real_sim = sim[:real, :real] if gen is not None else sim
+                real_mined = self.miner(real_sim, y) if gen is not None else mined
+                _meta_step(self, real_sim, y, real_mined, progress, meta_idx, feats)
             lam = self.meta.lam
-        loss = self.loss_fn(sim, y, mined, progress=progress, lam=lam)
+        loss = self.loss_fn(sim, batch_y, mined, progress=progress, lam=lam)
         self.optimizer.zero_grad(set_to_none=True)
+        if gen is not None and self.gen_optimizer is not None:
+            self.gen_optimizer.zero_grad(set_to_none=True)  # the metric loss also trains the prototypes
         loss.backward()
         self.optimizer.step()
+        if gen is not None:
+            self.gen_losses = self._generation_step(feats, emb, y, gen_emb, gen_y)
         self.iteration += 1
         # NaN embeddings would pass unnoticed: mining keeps no pair and the loss is an exact zero
         finite = torch.isfinite(loss.detach()) & torch.isfinite(sim.detach()).all()
@@ -256,9 +331,12 @@ class Trial:
         lam_sum = torch.zeros((), device=device)
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         stat_sum, mined, images_seen = None, None, 0
+        gen_sum = torch.zeros(2, device=device)
         for images, idx in self.source.batches(self.sampler):
             loss, mined, finite = self.step(images, idx, progress, next(meta_batches) if meta_batches else None)
             loss_sum = loss_sum + loss
+            if self.generation is not None:
+                gen_sum = gen_sum + self.gen_losses
             nonfinite |= ~finite
             stat_sum = mined.stat_values if stat_sum is None else stat_sum + mined.stat_values
             if self.meta is not None:
@@ -274,6 +352,8 @@ class Trial:
                        lam_hypergrad=self.meta.last_hypergrad.item())
         elif self.loss_fn.has_lambda:
             out["lam"] = float(self.loss_fn.lam)
+        if self.generation is not None:
+            out["generator_loss"], out["discriminator_loss"] = (gen_sum / n).tolist()
         if bool(nonfinite):
             out.update(status="diverged",
                        reason=f"the loss or the embeddings became NaN or infinite during epoch {epoch}")
@@ -284,7 +364,15 @@ class Trial:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
                 "transform": self.transform.state_dict(), "rng": rng_state(),
-                "meta": self.meta.state_dict() if self.meta is not None else {}}
+                "meta": self.meta.state_dict() if self.meta is not None else {},
+                "generation": self._generation_state()}
+
+    def _generation_state(self) -> dict:
+        if self.generation is None:
+            return {}
+        return {"module": self.generation.state_dict(), "rng": self.gen_rng.get_state(),
+                "optimizers": [o.state_dict() if o is not None else None
+                               for o in (self.gen_optimizer, self.disc_optimizer)]}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -295,6 +383,13 @@ class Trial:
         set_rng_state(state["rng"])
         if self.meta is not None:
             self.meta.load_state_dict(state["meta"])
+        if self.generation is not None:
+            gen = state["generation"]
+            self.generation.load_state_dict(gen["module"])
+            self.gen_rng.set_state(gen["rng"].cpu() if hasattr(gen["rng"], "cpu") else gen["rng"])
+            for optimizer, saved in zip((self.gen_optimizer, self.disc_optimizer), gen["optimizers"]):
+                if optimizer is not None:
+                    optimizer.load_state_dict(saved)
 
 
 def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, reporter=None) -> dict:
@@ -327,6 +422,8 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
             return report
         if ev["every"] and (epoch % ev["every"] == 0 or epoch == tr["epochs"]):
             last_val = {**trial.evaluator.metrics(trial.model, "val", trial.autocast), "val_epoch": epoch}
+            if trial.generation is not None:
+                last_val["buffer_share"] = trial.generation.buffer_area_share()
         report.update(last_val)
         report.setdefault(selection, float("nan"))
         if epoch == tr["epochs"] or (ev["test_every"] and epoch % ev["test_every"] == 0):

@@ -141,7 +141,7 @@ def test_run_consolidate_and_resume(tmp_path):
 
 
 @pytest.mark.parametrize("name, arms", [
-    ("fixed_vs_dynamic", 7), ("fixed_vs_dynamic_fashion", 7), ("ddtas_table1", 12), ("dynamic_sampling_ablation", 10),
+    ("fixed_vs_dynamic", 8), ("fixed_vs_dynamic_fashion", 8), ("ddtas_table1", 12), ("dynamic_sampling_ablation", 10),
 ])
 def test_shipped_paper_studies_are_valid(name, arms, monkeypatch):
     from dmltune.study import load_study

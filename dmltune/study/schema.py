@@ -20,8 +20,8 @@ from ..registry import Component, ConfigError, Param
 from .domains import Domain, find_domains, replace_at
 
 TOP_KEYS = ("name", "description", "storage", "seeds", "resources", "concurrency", "retries", "dataset",
-            "model", "train", "eval", "arms", "analysis")
-SHARED = ("dataset", "model", "train", "eval")
+            "model", "generation", "train", "eval", "arms", "analysis")
+SHARED = ("dataset", "model", "generation", "train", "eval")
 ARM_KEYS = ("name", "miner", "loss", "search") + SHARED
 
 SEARCH = Component("section", "search", dict, (
