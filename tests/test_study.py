@@ -188,3 +188,20 @@ def test_cluster_configs_pass_rays_validation():
         config = yaml.safe_load(path.read_text())
         validate_config(prepare_config(config))
     assert yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"]["gpu_worker"]["resources"]["GPU"] == 1
+
+
+def test_gpu_auto_gives_each_arm_its_backbones_share(tmp_path, monkeypatch):
+    from dmltune.study.runner import plan_lines
+
+    monkeypatch.chdir(tmp_path)
+    raw = study()
+    raw["resources"] = {"cpu": 1, "gpu": "auto"}
+    raw["arms"][1]["model"] = {"backbone": "resnet18", "dim": 8}
+    parsed = parse_study(raw, check_data=False)
+    assert [a.gpu(parsed.resources["gpu"]) for a in parsed.arms] == [0.125, 0.25]  # small_cnn, resnet18
+    assert parsed.arms[0].gpu(0.5) == 0.5 and parsed.arms[0].gpu(None) == 0.0
+    plan = "\n".join(plan_lines(parsed))
+    assert "GPU share by backbone" in plan and "(0.25 GPU per trial)" in plan
+    raw["resources"]["gpu"] = "half"
+    with pytest.raises(ConfigError, match="GPU fraction in \\(0, 1\\] or auto"):
+        parse_study(raw, check_data=False)

@@ -34,6 +34,18 @@ WEIGHT_FILES = {
 }
 
 
+# GPU share of one trial when a study asks for `resources: {gpu: auto}` (trials packed per GPU):
+# launch-bound or small networks leave most of an H100 idle at B = 80, so several trials share one;
+# ResNet-50 / BN-Inception at 224 px keep a GPU busy with two trials. Unmeasured on a GPU so far
+# (docs/performance.md); override with a number in the study file.
+DEFAULT_GPU_FRACTION = {"resnet50": 0.5, "bn_inception": 0.5, "googlenet": 0.25, "resnet18": 0.25, "small_cnn": 0.125}
+
+
+def default_gpu_fraction(backbone: str) -> float:
+    """GPU share per trial for ``resources: {gpu: auto}``; 1.0 for a backbone without an entry."""
+    return DEFAULT_GPU_FRACTION.get(backbone, 1.0)
+
+
 def _params(in_channels: int = 3, in_channels_help: str = "image channels; must be 3") -> tuple[Param, ...]:
     """The parameters every backbone factory accepts."""
     return (

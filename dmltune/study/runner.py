@@ -29,7 +29,7 @@ STUDY_RECORD = "study.yaml"
 def plan_lines(study: Study) -> list[str]:
     gpu = study.resources.get("gpu")
     lines = [f"study {study.name} → {study.directory}",
-             f"seeds {study.seeds}; per trial {study.resources['cpu']} CPU" + (f", {gpu} GPU" if gpu else "")
+             f"seeds {study.seeds}; per trial {study.resources['cpu']} CPU" + ((", GPU share by backbone" if gpu == "auto" else f", {gpu} GPU") if gpu else "")
              + (f"; at most {study.concurrency} at once" if study.concurrency else "")]
     roots = sorted({str(a.config["dataset"].get("root")) for a in study.arms if a.config["dataset"].get("root")})
     for root in roots:
@@ -40,7 +40,8 @@ def plan_lines(study: Study) -> list[str]:
         total += n
         searched = ", ".join(f"{'.'.join(p)} {d.kind} {list(d.values)}" for p, d in arm.domains) or "fixed"
         mode = arm.search["mode"] + (" + ASHA" if arm.search["scheduler"] else "")
-        lines.append(f"  {arm.name:<24} {mode:<15} {n:>4} trials   {searched}")
+        share = f"   ({arm.gpu(gpu):g} GPU per trial)" if gpu == "auto" else ""
+        lines.append(f"  {arm.name:<24} {mode:<15} {n:>4} trials   {searched}{share}")
     lines.append(f"  {'total':<24} {'':<15} {total:>4} trials")
     return lines
 
@@ -161,9 +162,10 @@ def run_study(study: Study, address: str | None = None) -> Path:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     metric = f"val/{(study.arms[0].config.get('eval') or {}).get('metric', 'map@r')}"
     progress = Progress(sum(a.trials_per_seed * len(study.seeds) for a in study.arms), metric)
-    trainable = tune.with_resources(tune_trainable, {"cpu": study.resources["cpu"], "gpu": study.resources.get("gpu", 0)})
     try:
         for arm in study.arms:
+            trainable = tune.with_resources(tune_trainable, {"cpu": study.resources["cpu"],
+                                                             "gpu": arm.gpu(study.resources.get("gpu", 0))})
             for folder, seed_space, searcher_seed in _experiments(study, arm):
                 run_config = tune.RunConfig(
                     storage_path=str(folder.parent), name=folder.name, verbose=0,

@@ -43,6 +43,14 @@ class Arm:
     search: dict
     domains: list[tuple[tuple, Domain]] = field(default_factory=list)
 
+    def gpu(self, requested) -> float:
+        """This arm's GPU share per trial: the study's number, or the backbone's default for ``auto``."""
+        if requested != "auto":
+            return float(requested or 0)
+        from ..models.backbones import default_gpu_fraction
+
+        return default_gpu_fraction((self.config.get("model") or {}).get("backbone", "resnet50"))
+
     @property
     def trials_per_seed(self) -> int:
         if self.search["mode"] != "grid":
@@ -112,8 +120,11 @@ def _check_resources(study: dict) -> dict:
     out = {"cpu": cpu}
     if "gpu" in res:
         gpu = res["gpu"]
+        if gpu == "auto":  # a fraction per arm, from its backbone (see Arm.gpu)
+            out["gpu"] = "auto"
+            return out
         if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or not 0 < gpu <= 1:
-            raise ConfigError(f"study: resources.gpu must be a GPU fraction in (0, 1], got {gpu!r}; "
+            raise ConfigError(f"study: resources.gpu must be a GPU fraction in (0, 1] or auto, got {gpu!r}; "
                               "leave it out for CPU-only trials")
         out["gpu"] = float(gpu)
     return out
