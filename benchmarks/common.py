@@ -51,3 +51,19 @@ def write_json(path: str, benchmark: str, device: torch.device, rows: list, **ex
                                "torch": torch.__version__, "threads": torch.get_num_threads(),
                                **extra, "rows": rows}, indent=2))
     print(f"wrote {out}")
+
+
+def fit_timed(trainable, space: dict, storage, name: str, reuse_actors: bool = False, what: str = "run"):
+    """Run a Ray Tune experiment quietly; return its results and the wall time of ``tuner.fit()``.
+    Any errored trial raises, naming ``what``."""
+    from ray import tune
+
+    tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(reuse_actors=reuse_actors),
+                       run_config=tune.RunConfig(storage_path=str(storage), name=f"{name}_{time.time_ns()}", verbose=0))
+    start = time.perf_counter()
+    results = tuner.fit()
+    fit_s = time.perf_counter() - start
+    errors = [str(r.error) for r in results if r.error]
+    if errors:
+        raise RuntimeError(f"{what} failed: {errors[0]}")
+    return results, fit_s

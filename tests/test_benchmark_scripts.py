@@ -1,9 +1,12 @@
 """The benchmark scripts still run (tiny sizes) and write the JSON they promise."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,8 +27,21 @@ def test_pair_math_benchmark_runs_and_writes_json(tmp_path):
 
 
 def run_script(name, *args):
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], check=True, capture_output=True,
-                   text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert done.returncode == 0, f"{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+
+def load_script(name):
+    """A benchmark script imported as a module (its folder on sys.path for ``common``)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name[:-3]}", ROOT / "benchmarks" / name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def test_eval_benchmark_runs(tmp_path):
@@ -43,10 +59,73 @@ def test_data_benchmark_runs(tmp_path):
     assert len(rows) == 4 and all(row["img_per_s"] > 0 for row in rows)
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_runs(tmp_path):
     out = tmp_path / "train_step.json"
-    run_script("train_step.py", "--device", "cpu", "--batch-size", "10", "--dim", "8", "--steps", "1",
-               "--warmup", "1", "--rounds", "1", "--out", str(out))
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["what"] for r in rows] == ["plain step", "meta-λ, head look-ahead", "meta-λ, full look-ahead"]
+    run_script("train_step.py", "--device", "cpu", "--backbones", "small_cnn@28", "--batch-size", "10", "--dim", "8",
+               "--steps", "1", "--warmup", "1", "--rounds", "1", "--ref-workers", "0", "--out", str(out))
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert [r["what"] for r in rows] == ["plain step", "meta-λ, head look-ahead", "meta-λ, full look-ahead",
+                                         "reference (PIL loader, fp32, MS loop)", "bare model step"]
     assert rows[0]["ratio_to_plain"] == 1.0
+    assert all(r["img_per_s"] > 0 and r["backbone"] == "small_cnn" for r in rows)
+    assert all(r["speedup_vs_reference"] > 0 and r["fraction_of_bare"] > 0 for r in rows if r["impl"] == "dmltune")
+    assert data["ms_reference"] == {"epsilon": 0.1, "alpha": 2.0, "beta": 50.0, "lam": 0.5}
+    assert data["targets"] == {}  # judged on CUDA only
+
+
+@pytest.mark.slow
+def test_train_step_reference_loop_at_imagenet_style_size(tmp_path):
+    """Images ≥ 64 px: JPEG files through Resize + RandomResizedCrop in DataLoader workers."""
+    out = tmp_path / "train_step.json"
+    run_script("train_step.py", "--device", "cpu", "--backbones", "resnet18@64", "--batch-size", "10", "--dim", "8",
+               "--steps", "1", "--warmup", "0", "--rounds", "1", "--ref-workers", "1", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["impl"] for r in rows} == {"dmltune", "reference", "bare"}
+    assert all(r["size"] == 64 and r["ms_per_step"] > 0 for r in rows)
+
+
+def test_ms_loop_loss_matches_dmltune_ms():
+    """The reference's per-anchor MS miner + loss equals dmltune's vectorised ms + ms."""
+    import torch
+
+    from dmltune.pairs import get_loss, get_miner
+
+    train_step = load_script("train_step.py")
+    g = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(40, 16, generator=g), dim=1)
+    labels = torch.arange(8).repeat_interleave(5)
+    sim = emb @ emb.T
+    ref = train_step.ms_loop_loss(sim, labels, **train_step.MS)
+    miner = get_miner("ms", epsilon=train_step.MS["epsilon"])
+    loss = get_loss("ms", alpha=train_step.MS["alpha"], beta=train_step.MS["beta"], lam=train_step.MS["lam"])
+    assert torch.allclose(ref, loss(sim, labels, miner(sim, labels), progress=0.0), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_packing_benchmark_runs(tmp_path):
+    out = tmp_path / "packing.json"
+    run_script("packing.py", "--device", "cpu", "--quick", "--cpus", "1", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "packing" and data["targets"] == {}
+    (row,) = data["rows"]
+    assert row["case"] == "small" and row["concurrent"] == 1 and row["speedup_vs_one"] == 1.0
+    for key in ("fit_s", "img_per_s_fit", "img_per_s_train", "sum_trial_img_per_s", "overlap", "trials_per_hour",
+                "peak_rss_gib", "images", "train_window_s"):
+        assert row[key] > 0, key
+    assert row["images"] == 1 * 2 * 100  # 1 epoch × 2 batches × B = 100
+
+
+@pytest.mark.slow
+def test_study_overhead_benchmark_runs(tmp_path):
+    out = tmp_path / "study_overhead.json"
+    run_script("study_overhead.py", "--quick", "--cpus", "1", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["trainable"], r["reuse_actors"]) for r in rows} == {
+        (kind, reuse) for kind in ("noop_1", "noop_k", "dmltune") for reuse in (False, True)}
+    for row in rows:
+        assert row["fit_s"] > 0 and row["work_s"] >= 0 and "overhead_per_trial_s" in row
+    dml = [r for r in rows if r["trainable"] == "dmltune"]
+    assert all(r["work_s"] > 0 and r["import_s"] >= 0 for r in dml)
+    assert all("marginal_per_report_ms" in r for r in rows if r["trainable"] == "noop_k")
