@@ -402,12 +402,18 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
     tr, ev = cfg["train"], cfg["eval"]
     reporter = reporter or make_reporter(checkpoint_root, ev["metric"])
     trial = Trial(cfg)
-    start_epoch, wall_total, last_val = 1, 0.0, {}
+    start_epoch, wall_total, last_val, replay = 1, 0.0, {}, None
     with reporter.restore_dir() as restore:
         if restore is not None:
             state = load_checkpoint(restore, map_location=trial.device)
             trial.load_state_dict(state)
             start_epoch, wall_total, last_val = state["epoch"] + 1, state["wall_s"], state["last_val"]
+            # in Tune, the checkpoint's epoch is reported again: a driver killed after recording the checkpoint
+            # but before logging its result would otherwise lose that epoch (the table keeps one row
+            # per epoch, so a repeated report changes nothing)
+            replay = state.get("report") if in_tune_session() else None
+    if replay:
+        reporter.report(dict(replay))
 
     gpu_fraction = reporter.gpu_fraction() if trial.device.type == "cuda" else 0.0
     selection = f"val/{ev['metric']}"
@@ -434,7 +440,7 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
         if due and reporter.keeps_checkpoints:
             with tempfile.TemporaryDirectory(prefix="dmltune-ckpt-") as tmp:
                 save_checkpoint(Path(tmp), {**trial.state_dict(), "epoch": epoch, "wall_s": wall_total,
-                                            "last_val": last_val})
+                                            "last_val": last_val, "report": report})
                 reporter.report(report, checkpoint_dir=Path(tmp))
         else:
             reporter.report(report)

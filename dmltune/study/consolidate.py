@@ -46,7 +46,11 @@ def experiment_rows(folder: Path, arm: str) -> list[pd.DataFrame]:
         df = frames.get(trial.trial_id, frames.get(trial.path))
         df = df.copy() if df is not None and len(df) else pd.DataFrame([{}])
         df = df.drop(columns=[c for c in df.columns if c.startswith("config/")])  # replaced by ours below
-        if "training_iteration" in df:  # a restored experiment can list its last result twice
+        # a restored experiment can list a result twice (and, after a checkpoint repair, Tune's
+        # iteration counter restarts below the epoch the trial resumed from): one row per epoch
+        if "epoch" in df:
+            df = df.drop_duplicates(subset="epoch", keep="last")
+        elif "training_iteration" in df:
             df = df.drop_duplicates(subset="training_iteration", keep="last")
         error = _error_summary(trial)
         meta = {"arm": arm, "experiment": folder.name, "trial_id": trial.trial_id,

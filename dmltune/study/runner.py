@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..trainable import tune_trainable
+from .checkpoint_repair import repair_missing_checkpoints
 from .consolidate import consolidate
 from .domains import replace_at
 from .schema import Arm, Study
@@ -173,6 +174,7 @@ def run_study(study: Study, address: str | None = None) -> Path:
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(max_failures=study.retries))
                 if tune.Tuner.can_restore(str(folder)):
+                    repair_missing_checkpoints(folder)
                     tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
                                                resume_errored=False)
                 else:
