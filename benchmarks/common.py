@@ -67,3 +67,22 @@ def fit_timed(trainable, space: dict, storage, name: str, reuse_actors: bool = F
     if errors:
         raise RuntimeError(f"{what} failed: {errors[0]}")
     return results, fit_s
+
+
+def per_anchor_loss(sim, labels, gamma_pos, gamma_neg, anchor_loss):
+    """Mining + loss one anchor at a time, in the style of the authors' code: boolean indexing per
+    anchor, the tolerance rule (MS mining when both tolerances are ε), each anchor's loss appended to
+    a list, then summed and divided by the batch size."""
+    losses = []
+    for i in range(sim.shape[0]):
+        pos = sim[i][labels == labels[i]]
+        pos = pos[pos < 1 - 1e-5]  # drop the self pair
+        neg = sim[i][labels != labels[i]]
+        if len(pos) == 0 or len(neg) == 0:
+            continue
+        neg_kept = neg[neg + gamma_neg > torch.min(pos)]
+        pos_kept = pos[pos - gamma_pos < torch.max(neg)]
+        if len(neg_kept) < 1 or len(pos_kept) < 1:
+            continue
+        losses.append(anchor_loss(pos_kept, neg_kept))
+    return sum(losses) / sim.shape[0] if losses else sim.sum() * 0

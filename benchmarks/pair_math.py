@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, timed, write_json  # noqa: E402
+from common import header, per_anchor_loss, timed, write_json  # noqa: E402
 
 from dmltune.pairs import get_loss, get_miner  # noqa: E402
 
@@ -69,21 +69,7 @@ def loop_step(gamma_pos, gamma_neg, anchor_loss):
     the tolerance rule, the anchor's loss appended to a list, then summed."""
 
     def step(emb, labels):
-        sim = emb @ emb.T
-        losses = []
-        for i in range(emb.shape[0]):
-            pos = sim[i][labels == labels[i]]
-            pos = pos[pos < 1 - 1e-5]
-            neg = sim[i][labels != labels[i]]
-            if len(pos) == 0 or len(neg) == 0:
-                continue
-            neg_kept = neg[neg + gamma_neg > torch.min(pos)]
-            pos_kept = pos[pos - gamma_pos < torch.max(neg)]
-            if len(neg_kept) < 1 or len(pos_kept) < 1:
-                continue
-            losses.append(anchor_loss(pos_kept, neg_kept))
-        loss = sum(losses) / emb.shape[0] if losses else emb.sum() * 0
-        loss.backward()
+        per_anchor_loss(emb @ emb.T, labels, gamma_pos, gamma_neg, anchor_loss).backward()
 
     return step
 

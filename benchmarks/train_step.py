@@ -47,7 +47,7 @@ import torch
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.func's import-time notice
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, sync, write_json  # noqa: E402
+from common import header, per_anchor_loss, sync, write_json  # noqa: E402
 
 from dmltune.config import resolve_config  # noqa: E402
 from dmltune.data import ClassBalancedSampler  # noqa: E402
@@ -191,23 +191,12 @@ def reference_loader(args, model, size, folder: Path):
 
 def ms_loop_loss(sim, labels, epsilon, alpha, beta, lam):
     """MS mining + MS loss, one anchor at a time, as in the MS authors' code."""
-    losses = []
-    for i in range(sim.shape[0]):
-        pos_all = sim[i][labels == labels[i]]
-        pos_all = pos_all[pos_all < 1 - 1e-5]  # drop the self pair
-        neg_all = sim[i][labels != labels[i]]
-        if len(pos_all) == 0 or len(neg_all) == 0:
-            continue
-        neg = neg_all[neg_all + epsilon > torch.min(pos_all)]
-        pos = pos_all[pos_all - epsilon < torch.max(neg_all)]
-        if len(neg) < 1 or len(pos) < 1:
-            continue
-        pos_loss = 1.0 / alpha * torch.log(1 + torch.sum(torch.exp(-alpha * (pos - lam))))
-        neg_loss = 1.0 / beta * torch.log(1 + torch.sum(torch.exp(beta * (neg - lam))))
-        losses.append(pos_loss + neg_loss)
-    if not losses:
-        return sim.sum() * 0
-    return sum(losses) / sim.shape[0]
+
+    def anchor_loss(pos, neg):
+        return (1.0 / alpha * torch.log(1 + torch.sum(torch.exp(-alpha * (pos - lam))))
+                + 1.0 / beta * torch.log(1 + torch.sum(torch.exp(beta * (neg - lam)))))
+
+    return per_anchor_loss(sim, labels, epsilon, epsilon, anchor_loss)
 
 
 def build_like(trial: Trial) -> torch.nn.Module:
