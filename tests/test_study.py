@@ -155,29 +155,37 @@ def test_shipped_paper_studies_are_valid(name, arms, monkeypatch):
             load_study(path)  # a clear error when the data is absent
 
 
+TWO_NODES = """
+import sys, yaml, ray
+from ray.cluster_utils import Cluster
+from dmltune.study import parse_study
+from dmltune.study.runner import run_study
+
+cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1})
+try:
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    print(run_study(parse_study(yaml.safe_load(open(sys.argv[1])))))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
 @pytest.mark.slow
 def test_study_on_a_two_node_cluster(tmp_path, monkeypatch):
-    import ray
-    from ray.cluster_utils import Cluster
-
-    from dmltune.study.runner import run_study
-
-    monkeypatch.chdir(tmp_path)
+    # a fresh interpreter: Ray keeps process-wide state from earlier in-process Tune runs
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     raw = study(train__epochs=1)
     raw["arms"] = [{"name": "grid", "miner": {"name": "asms", "gamma_pos": {"grid": [0.0, 0.1, 0.2]}},
                     "loss": {"name": "soft_contrastive"}}]
     raw["concurrency"] = 2
-    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        folder = run_study(parse_study(raw))
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    table = pd.read_parquet(folder / "trials.parquet")
-    assert table.trial_id.nunique() == 6 and (table.status == "ok").all()
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    run = subprocess.run([sys.executable, "-c", TWO_NODES, "s.yaml"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    table = pd.read_parquet(tmp_path / "results" / "tiny" / "trials.parquet")
+    assert table.trial_id.nunique() == 6 and (table.status == "ok").all(), table.error.unique()
     assert table.node_id.nunique() == 2  # trials ran on both nodes
 
 
