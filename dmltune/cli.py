@@ -110,8 +110,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import console_summary, write_report
 
-    overrides = {"reference": args.reference, "delta": args.delta, "bootstrap": args.bootstrap}
-    path, analysis = write_report(args.study_dir, overrides, metric=args.metric)
+    overrides = {"reference": args.reference, "delta": args.delta, "bootstrap": args.bootstrap,
+                 "confidence": args.confidence}
+    path, analysis = write_report(args.study_dir, overrides, metric=args.metric, figures=not args.no_figures)
     print(console_summary(analysis))
     print(f"\nreport: {path}")
     return 0
@@ -159,8 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", help="selection metric, e.g. map@r or recall@1 (default: the study's eval.metric)")
     p.add_argument("--reference", help="arm to compare with (default: the study's analysis.reference, "
                    "else the last single-configuration arm)")
-    p.add_argument("--delta", type=float, help="a trial matches at reference − delta (default 0.01)")
-    p.add_argument("--bootstrap", type=int, help="random orderings of the trials (default 1000)")
+    p.add_argument("--delta", type=float, help="an arm matches when a configuration's true mean is ≥ reference − delta "
+                   "(default: the study's analysis.delta, else 0.01)")
+    p.add_argument("--confidence", type=float, help="level of every verdict and interval (default 0.95)")
+    p.add_argument("--bootstrap", type=int, help="bootstrap replicates over seeds (default 1000)")
+    p.add_argument("--no-figures", action="store_true", help="write report.md and tables/ without drawing figures")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("train", help="train one configuration standalone, one line per epoch")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .analysis import Analysis, best_so_far, configurations
+from .analysis import Analysis, configurations
 from .analysis.trials import KEY, short_name
 
 FIGURES = ("best_so_far", "heatmaps", "trajectories", "mined_pairs", "test_metric", "similarity_histograms")
@@ -43,33 +43,67 @@ def _grid(n: int, width: float = 4.2, height: float = 3.4):
     return fig, axes[:n]
 
 
-def best_so_far_figure(analysis: Analysis, points: int = 200) -> Figure:
-    """1. Best validation value so far against cumulative cost: searched arms as the median over
-    random orderings of their trials with a percentile band; single-configuration arms as a point
-    at the mean cost of one run, with the confidence interval over seeds."""
-    st, s = analysis.table, analysis.settings
+METRIC_RANGE = (0.0, 1.0)   # every retrieval metric dmltune reports (Recall@K, MAP@R, R-precision, NMI)
+
+
+def metric_limits(values, margin: float = 0.05) -> tuple[float, float]:
+    """Axis limits around the finite values, padded, and never outside the metric's range."""
+    lo_range, hi_range = METRIC_RANGE
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    v = np.clip(v, lo_range, hi_range)
+    if v.size == 0:
+        return METRIC_RANGE
+    lo, hi = float(v.min()), float(v.max())
+    pad = max((hi - lo) * margin, 0.01)
+    return max(lo_range, lo - pad), min(hi_range, hi + pad)
+
+
+def _clipped_error(mean: float, half: float) -> list[list[float]]:
+    """Asymmetric error-bar lengths of mean ± half, clipped to the metric's range."""
+    if not np.isfinite(half):
+        return [[0.0], [0.0]]
+    lo, hi = METRIC_RANGE
+    return [[mean - max(lo, mean - half)], [min(hi, mean + half) - mean]]
+
+
+def best_so_far_figure(analysis: Analysis) -> Figure:
+    """1. Expected best validation value against budget: for every searched arm, E[max_n] over n
+    trials drawn at random from its trials (Tang et al. 2020) against the expected cost of n trials,
+    with its interval from a bootstrap over seeds; single-configuration arms as a point at the mean
+    cost of one run with the confidence interval over seeds. The y-axis stays within the metric's range."""
+    st = analysis.table
     colours = _arm_colours(analysis)
+    eb = analysis.expected_best
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
+    shown = []
     for arm in st.arms:
         rows = st.arm_rows(arm)
         sel = analysis.selections[arm]
-        if st.dims[arm]:
-            total = rows.cost_h.sum()
-            grid = np.linspace(0, total, points) if total > 0 else np.zeros(1)
-            curve = best_so_far(st, arm, grid, min(s["bootstrap"], 500), s["confidence"], s["seed"])
-            ax.plot(curve.cost_h, curve["median"], color=colours[arm], label=f"{arm} (search)", drawstyle="steps-post")
-            ax.fill_between(curve.cost_h, curve.low, curve.high, color=colours[arm], alpha=0.2, step="post")
+        curve = eb[eb.arm == arm]
+        if st.dims[arm] and not curve.empty:
+            x = np.concatenate([[0.0], curve.cost_h.to_numpy(dtype=float)])
+            y = np.concatenate([[np.nan], curve.expected_best.to_numpy(dtype=float)])
+            ax.plot(x, y, color=colours[arm], label=f"{arm} (search)", drawstyle="steps-post")
+            low = np.clip(curve.low.to_numpy(dtype=float), *METRIC_RANGE)
+            high = np.clip(curve.high.to_numpy(dtype=float), *METRIC_RANGE)
+            ax.fill_between(curve.cost_h, low, high, color=colours[arm], alpha=0.2, step="post")
+            shown += [*curve.expected_best, *low, *high]
         elif math.isfinite(sel.val.mean):
             per_run = rows.cost_h.mean()
-            ax.errorbar([per_run], [sel.val.mean], yerr=[0 if math.isnan(sel.val.half) else sel.val.half],
-                        fmt="o", color=colours[arm], capsize=4, label=arm)
+            ax.errorbar([per_run], [sel.val.mean], yerr=_clipped_error(sel.val.mean, sel.val.half),
+                        fmt="o", color=colours[arm], capsize=4,
+                        label=arm + (" (n < 3 seeds)" if sel.val.few_seeds else ""))
+            shown += [sel.val.mean, *(sel.val.mean + np.array([-1, 1]) * np.nan_to_num(sel.val.half))]
     if math.isfinite(analysis.target):
         ax.axhline(analysis.target, color="grey", ls="--", lw=1,
                    label=f"{analysis.reference} − δ ({analysis.target:.4f})")
-    ax.set_xlabel(f"cumulative {st.cost_unit}")
-    ax.set_ylabel(f"best validation {_metric_name(st.metric)} so far")
-    ax.set_title("Tuning cost: best-so-far validation metric")
+        shown.append(analysis.target)
+    ax.set_ylim(*metric_limits(shown))
+    ax.set_xlim(left=0)
+    ax.set_xlabel(f"expected {st.cost_unit} spent (n trials × mean cost per trial)")
+    ax.set_ylabel(f"expected best validation {_metric_name(st.metric)}")
+    ax.set_title("Expected best validation value against budget")
     ax.legend(fontsize=8)
     return fig
 
@@ -85,7 +119,7 @@ def heatmaps_figure(analysis: Analysis) -> Figure | None:
     fig, axes = _grid(len(arms), 4.8, 3.8)
     for ax, arm in zip(axes, arms):
         dims = st.dims[arm]
-        table = configurations(st, arm, analysis.settings["confidence"])
+        table = configurations(st, arm, analysis.settings["confidence"], analysis.settings["failure_value"])
         rows_dim, cols_dim = dims[0], (dims[1] if len(dims) > 1 else None)
         if cols_dim is None:
             table = table.assign(_col="")
@@ -178,13 +212,16 @@ def test_metric_figure(analysis: Analysis) -> Figure | None:
     colours = _arm_colours(analysis)
     fig = Figure(figsize=(7, 0.5 * len(rows) + 1.5), layout="constrained")
     ax = fig.subplots()
+    shown = []
     for i, row in enumerate(rows.itertuples()):
         if not math.isfinite(row.test):
             continue
-        half = 0 if math.isnan(row.test_half) else row.test_half
-        ax.errorbar([row.test], [i], xerr=[half], fmt="s" if row.arm == analysis.reference else "o",
-                    color=colours[row.arm], capsize=4)
-        ax.text(row.test, i + 0.18, f"{row.test:.4f}", ha="center", fontsize=8)
+        ax.errorbar([row.test], [i], xerr=_clipped_error(row.test, row.test_half),
+                    fmt="s" if row.arm == analysis.reference else "o", color=colours[row.arm], capsize=4)
+        few = " (n < 3 seeds)" if 0 < row.seeds < 3 else ""
+        ax.text(row.test, i + 0.18, f"{row.test:.4f}{few}", ha="center", fontsize=8)
+        shown += [row.test, *(row.test + np.array([-1, 1]) * np.nan_to_num(row.test_half))]
+    ax.set_xlim(*metric_limits(shown))
     ax.set_yticks(range(len(rows)), rows.arm)
     ax.invert_yaxis()
     conf = int(round(100 * analysis.settings["confidence"]))

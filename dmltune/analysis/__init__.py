@@ -2,14 +2,19 @@
 
     from dmltune.analysis import analyse, read_study_table
     result = analyse(read_study_table("results/quickstart"))
-    result.summary, result.match, result.sensitivity, result.reverse_gap
+    result.summary, result.verdicts, result.match, result.expected_best, result.sensitivity
 """
 
 from .compare import Analysis, analyse, default_reference
-from .selection import Estimate, configurations, estimate, select
+from .differences import Gap, gap
+from .expected_best import expected_best, expected_max
+from .selection import Estimate, configurations, cross_fitted, estimate, seed_matrix, select
 from .settings import ANALYSIS
 from .trials import StudyTable, read_study_table, study_table
-from .tuning_cost import best_so_far, cost_to_match
+from .tuning_cost import first_match, trials_for_probability
+from .verdict import INCONCLUSIVE, MATCHED, NOT_MATCHED, Verdict, arm_verdict, seeds_needed
 
-__all__ = ["ANALYSIS", "Analysis", "Estimate", "StudyTable", "analyse", "best_so_far", "configurations",
-           "cost_to_match", "default_reference", "estimate", "read_study_table", "select", "study_table"]
+__all__ = ["ANALYSIS", "Analysis", "Estimate", "Gap", "INCONCLUSIVE", "MATCHED", "NOT_MATCHED", "StudyTable",
+           "Verdict", "analyse", "arm_verdict", "configurations", "cross_fitted", "default_reference", "estimate",
+           "expected_best", "expected_max", "first_match", "gap", "read_study_table", "seed_matrix", "seeds_needed",
+           "select", "study_table", "trials_for_probability"]

@@ -1,5 +1,5 @@
-"""The study's answer: per-arm costs and selections, the tuning cost to match the reference, the
-reverse gap, and the sensitivity of every searched arm to its grid."""
+"""The study's answer: per-arm selections, a verdict for every arm against the reference, the
+tuning cost of the arms that match, the reverse gap, and the sensitivity of every searched arm."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 
 from ..registry import ConfigError
-from .selection import Estimate, Selection, configurations, difference, select
+from .differences import gap
+from .selection import Selection, config_labels, configurations, seed_matrix, select
 from .settings import ANALYSIS
 from .trials import StudyTable
-from .tuning_cost import cost_to_match
+from .tuning_cost import cells, first_match, match_costs, percentile_interval, seed_draws, trials_for_probability
+from .verdict import MATCHED, Verdict, arm_verdict
 
 
 @dataclass
@@ -24,13 +26,50 @@ class Analysis:
     target: float                                   # reference validation mean − delta
     selections: dict[str, Selection]
     summary: pd.DataFrame                           # one row per arm
-    match: pd.DataFrame                             # cost to match, one row per other arm
+    verdicts: dict[str, Verdict]                    # every non-reference arm against the reference
+    match: pd.DataFrame                             # tuning cost: one row per non-reference arm
+    calibration: dict                               # the reference against its own target
     sensitivity: pd.DataFrame                       # one row per searched arm
     reverse_gap: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def searched_arms(self) -> list[str]:
         return [a for a in self.table.arms if self.table.dims[a]]
+
+    @property
+    def probability_column(self) -> str:
+        return f"trials_needed_p{round(100 * self.settings['probability'])}"
+
+    @property
+    def expected_best(self) -> pd.DataFrame:
+        """E[max_n] against trials and cost for every arm, with seed-bootstrap intervals."""
+        if "expected_best" not in self._cache:
+            from .expected_best import expected_best
+
+            s = self.settings
+            frames = [expected_best(self.table, arm, s["failure_value"], s["bootstrap"], s["confidence"], s["seed"])
+                      for arm in self.table.arms]
+            frames = [f for f in frames if not f.empty]
+            self._cache["expected_best"] = (pd.concat(frames, ignore_index=True) if frames else
+                                            pd.DataFrame(columns=["arm", "trials", "cost_h", "expected_best",
+                                                                  "low", "high", "seeds"]))
+        return self._cache["expected_best"]
+
+    @property
+    def importance(self) -> pd.DataFrame:
+        """fANOVA importance of each searched parameter (arms searching at least two)."""
+        if "importance" not in self._cache:
+            from .importance import importance
+
+            s = self.settings
+            frames = [importance(self.table, arm, s["failure_value"], s["confidence"], s["seed"])
+                      for arm in self.searched_arms]
+            frames = [f for f in frames if not f.empty]
+            self._cache["importance"] = (pd.concat(frames, ignore_index=True) if frames else
+                                         pd.DataFrame(columns=["arm", "parameter", "importance", "seed_mean",
+                                                               "seed_half", "seeds"]))
+        return self._cache["importance"]
 
 
 def default_reference(st: StudyTable) -> str:
@@ -49,11 +88,13 @@ def resolve_settings(st: StudyTable, overrides: dict | None = None) -> dict:
     return settings
 
 
-def arm_summary(st: StudyTable, selections: dict[str, Selection]) -> pd.DataFrame:
+def arm_summary(st: StudyTable, selections: dict[str, Selection], verdicts: dict[str, Verdict],
+                reference: str) -> pd.DataFrame:
     rows = []
     for arm in st.arms:
         group, sel = st.arm_rows(arm), selections[arm]
         status = group.status.fillna("incomplete")
+        verdict = "reference" if arm == reference else verdicts[arm].verdict
         rows.append({
             "arm": arm, "searched": ", ".join(c.split("/", 1)[1] for c in st.dims[arm]) or "–",
             "configurations": len(configurations(st, arm)) if st.dims[arm] else 1,
@@ -61,59 +102,124 @@ def arm_summary(st: StudyTable, selections: dict[str, Selection]) -> pd.DataFram
             "errors": int((status == "error").sum()), "unfinished": int((~status.isin(["ok", "diverged", "error"])).sum()),
             "gpu_h": group.get("gpu_s", pd.Series(dtype=float)).fillna(0).sum() / 3600,
             "wall_h": group.get("wall_s", pd.Series(dtype=float)).fillna(0).sum() / 3600,
-            "selected": sel.configuration, "val": sel.val.mean, "val_half": sel.val.half,
+            "selected": sel.configuration, "selected_failed": sel.failed,
+            "val": sel.val.mean, "val_half": sel.val.half, "val_n": sel.val.n,
+            "val_crossfit": sel.val_crossfit.mean, "val_crossfit_half": sel.val_crossfit.half,
             "test": sel.test.mean, "test_half": sel.test.half, "seeds": sel.test.n,
+            "few_seeds": bool(0 < max(sel.val.n, sel.test.n) < 3), "verdict": verdict,
         })
     return pd.DataFrame(rows)
 
 
-def sensitivity(st: StudyTable, arm: str, target: float, confidence: float) -> dict:
-    """Spread of the validation mean over an arm's configurations."""
-    means = configurations(st, arm, confidence).val_mean.dropna()
-    if means.empty:
-        return {"arm": arm, "configurations": 0}
-    return {"arm": arm, "configurations": len(means), "worst": means.min(), "median": means.median(),
-            "best": means.max(), "range": means.max() - means.min(), "std": means.std(ddof=0),
-            "matching": float((means >= target).mean())}
+def sensitivity(st: StudyTable, arm: str, verdict: Verdict | None, selection: Selection, settings: dict) -> dict:
+    """Spread of the validation mean over an arm's configurations, how many of them are shown to
+    match or to fall short of the reference, and the arm's tunability."""
+    from .importance import tunability
+
+    conf = settings["confidence"]
+    means = configurations(st, arm, conf, settings["failure_value"]).val_mean.dropna()
+    out = {"arm": arm, "configurations": len(means)}
+    if not means.empty:
+        out.update(worst=means.min(), median=means.median(), best=means.max(), range=means.max() - means.min(),
+                   std=means.std(ddof=0))
+    if verdict is not None and len(verdict.lower):
+        out.update(shown_matching=float((verdict.lower >= -settings["delta"]).mean()),
+                   shown_short=float((verdict.upper < -settings["delta"]).mean()))
+    out.update(tunability(st, arm, selection, settings["failure_value"], conf))
+    return out
+
+
+def cost_row(st: StudyTable, arm: str, verdict: Verdict, ref_values: pd.Series, settings: dict,
+             probability_column: str) -> dict:
+    """Trials and cost to match, with seed-bootstrap intervals; NaN unless the verdict is matched."""
+    seeds = sorted(set(st.arm_rows(arm).seed) | set(ref_values.index), key=str)
+    c = cells(st, arm, seeds, settings["failure_value"])
+    ref = ref_values.reindex(seeds).to_numpy(dtype=float)
+    finished_costs = c.cost.sum()
+    trials_total = int(c.finished.sum())
+    row = {"arm": arm, "verdict": verdict.verdict, "method": verdict.method,
+           "seed_correlation": verdict.seed_correlation, "configurations": verdict.configurations,
+           "trials": trials_total, "seeds": verdict.seeds, "best_configuration": verdict.best_configuration,
+           "gap": verdict.gap, "gap_lower": verdict.gap_lower, "gap_upper": verdict.gap_upper,
+           "matching_trials": math.nan, "expected_trials_to_match": math.nan, "expected_trials_low": math.nan,
+           "expected_trials_high": math.nan, "expected_cost_to_match": math.nan, "expected_cost_low": math.nan,
+           "expected_cost_high": math.nan, probability_column: math.nan, "cost_needed": math.nan,
+           "seeds_needed": verdict.seeds_needed, "budget_h": float(finished_costs), "reason": verdict.reason}
+    if verdict.verdict != MATCHED or not len(seeds):
+        return row
+    trials, cost, hits, finished = match_costs(c, ref, settings["delta"], np.ones((1, len(seeds))))
+    boot_t, boot_c, _, _ = match_costs(c, ref, settings["delta"],
+                                       seed_draws(len(seeds), settings["bootstrap"], settings["seed"]))
+    needed = trials_for_probability(int(finished[0]), int(hits[0]), settings["probability"])
+    per_trial = finished_costs / trials_total if trials_total else math.nan
+    row.update(matching_trials=int(hits[0]), expected_trials_to_match=float(trials[0]),
+               expected_cost_to_match=float(cost[0]), **{probability_column: needed},
+               cost_needed=needed * per_trial)
+    if len(seeds) >= 2:
+        (row["expected_trials_low"], row["expected_trials_high"]) = percentile_interval(boot_t, settings["confidence"])
+        (row["expected_cost_low"], row["expected_cost_high"]) = percentile_interval(boot_c, settings["confidence"])
+    return row
+
+
+def calibration_row(st: StudyTable, ref: str, ref_values: pd.Series, settings: dict, probability_column: str) -> dict:
+    """The reference against its own target, as if it were another arm run on independent seeds
+    (Welch; pairing it with itself would remove all noise): the verdict an arm *identical* to the
+    reference would get with this many seeds, and the seeds that would confirm it."""
+    matrix = ref_values.to_frame().T
+    verdict = arm_verdict(ref, matrix, ref_values, settings["delta"], settings["confidence"], settings["power"],
+                          labels=["(reference)"], pairing=False)
+    if verdict.verdict != MATCHED and math.isnan(verdict.seeds_needed):
+        verdict.seeds_needed = math.nan
+    return cost_row(st, ref, verdict, ref_values, settings, probability_column)
 
 
 def analyse(st: StudyTable, overrides: dict | None = None) -> Analysis:
     settings = resolve_settings(st, overrides)
-    conf, ref = settings["confidence"], settings["reference"]
-    selections = {arm: select(st, arm, conf) for arm in st.arms}
-    ref_val = selections[ref].val.mean
-    target = ref_val - settings["delta"] if math.isfinite(ref_val) else math.nan
-    match = []
+    conf, ref, fail = settings["confidence"], settings["reference"], settings["failure_value"]
+    selections = {arm: select(st, arm, conf, fail) for arm in st.arms}
+    ref_sel = selections[ref]
+    ref_values = ref_sel.values
+    target = ref_sel.val.mean - settings["delta"] if math.isfinite(ref_sel.val.mean) else math.nan
+    column = f"trials_needed_p{round(100 * settings['probability'])}"
+    verdicts, match = {}, []
     for arm in st.arms:
         if arm == ref:
             continue
-        cost = cost_to_match(st, arm, target, settings["bootstrap"], conf, settings["seed"]) \
-            if math.isfinite(target) else None
-        match.append(asdict(cost) if cost else {"arm": arm, "target": target, "reached": False})
+        matrix = seed_matrix(st, arm, fail)
+        names = config_labels(st, arm)
+        labels = [names.get(k, str(k)) for k in matrix.index]
+        verdicts[arm] = arm_verdict(arm, matrix, ref_values, settings["delta"], conf, settings["power"], labels)
+        match.append(cost_row(st, arm, verdicts[arm], ref_values, settings, column))
+    calibration = calibration_row(st, ref, ref_values, settings, column) if len(ref_values) else {}
     searched = [a for a in st.arms if st.dims[a] and a != ref]
-    sens = pd.DataFrame([sensitivity(st, a, target, conf) for a in searched])
-    return Analysis(st, settings, ref, target, selections, arm_summary(st, selections), pd.DataFrame(match),
-                    sens, reverse_gap(st, selections, ref, searched, conf))
+    sens = pd.DataFrame([sensitivity(st, a, verdicts.get(a), selections[a], settings) for a in searched])
+    return Analysis(st, settings, ref, target, selections, arm_summary(st, selections, verdicts, ref), verdicts,
+                    pd.DataFrame(match, columns=None if match else ["arm", "verdict"]), calibration, sens,
+                    reverse_gap(st, selections, ref, searched, conf))
 
 
 def reverse_gap(st: StudyTable, selections: dict[str, Selection], ref: str, searched: list[str],
                 confidence: float) -> dict:
-    """Best fixed (searched) configuration minus the reference, on validation and on test.
+    """Best fixed (searched) configuration minus the reference, on validation and on test, paired
+    over shared seeds where that pays (:func:`~.differences.gap`).
 
     The best fixed configuration is the searched arms' selection with the highest validation mean;
-    a positive gap means tuning the fixed thresholds beat the adaptive arm."""
+    a positive gap means tuning the fixed thresholds beat the adaptive arm. The validation gap carries
+    the selection's winner's curse; the test gap does not (test never takes part in a choice)."""
     candidates = [selections[a] for a in searched if np.isfinite(selections[a].val.mean)]
     if not candidates or not np.isfinite(selections[ref].val.mean):
         return {}
     best = max(candidates, key=lambda s: s.val.mean)
     ref_sel = selections[ref]
 
-    def values(sel: Selection, column: str):
-        return sel.trials[column] if column in sel.trials else pd.Series(dtype=float)
+    def by_seed(sel: Selection, column: str) -> pd.Series:
+        if column not in sel.trials or sel.trials.empty:
+            return pd.Series(dtype=float)
+        return sel.trials.groupby("seed")[column].mean().astype(float)
 
     return {"best_arm": best.arm, "best_configuration": best.configuration,
-            "val": difference(values(best, st.metric), values(ref_sel, st.metric), confidence),
-            "test": difference(values(best, st.test_metric), values(ref_sel, st.test_metric), confidence)}
+            "val": gap(best.values, ref_sel.values, confidence),
+            "test": gap(by_seed(best, st.test_metric), by_seed(ref_sel, st.test_metric), confidence)}
 
 
-__all__ = ["Analysis", "Estimate", "analyse", "default_reference", "resolve_settings"]
+__all__ = ["Analysis", "analyse", "default_reference", "resolve_settings"]

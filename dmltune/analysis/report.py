@@ -1,7 +1,9 @@
-"""``report.md``: a study's tables and figures in one Markdown file inside the study folder.
+"""``report.md``: a study's verdicts, tables and figures in one Markdown file inside the study folder.
 
-Also written: ``figures/<name>.png|svg`` and ``tables/*.csv`` (per-arm summary, tuning cost to
-match, sensitivity, and every searched arm's full grid of configurations).
+Also written: ``figures/<name>.png|svg`` (unless ``figures=False``) and ``tables/*.csv``: the per-arm
+summary, the tuning cost (one row per non-reference arm, with its verdict), the reference's
+calibration row, the expected best value against budget, sensitivity, importance, and every searched
+arm's full grid of configurations.
 """
 
 from __future__ import annotations
@@ -10,36 +12,28 @@ import math
 from pathlib import Path
 
 from .compare import Analysis, analyse
+from .formatting import FEW_SEEDS_FOOTNOTE, bracket, cost, count, few_seeds_mark, number
 from .selection import Estimate, configurations
 from .trials import read_study_table
 
 FIGURE_NOTES = {
-    "best_so_far": "Best validation value found so far against the cost paid, if the searched arm's trials had "
-                   "run one after another in random order (line: median over orderings; band: the interval). "
-                   "Single-configuration arms are points at the cost of one run, with the interval over seeds. "
-                   "The dashed line is the reference − δ: where a curve crosses it, the search has matched.",
-    "heatmaps": "Validation mean over seeds for every cell of each searched grid; the red line on the colour bar "
-                "is the reference arm's value. A sharp peak means the fixed thresholds need careful tuning.",
+    "best_so_far": "Expected best validation value after spending a budget, if the arm's trials were drawn at "
+                   "random without replacement (E[max_n], Tang et al. 2020), against the expected cost of n trials; "
+                   "the band is its interval from a bootstrap over seeds. Single-configuration arms are points at "
+                   "the cost of one run with the interval over seeds. The dashed line is the reference − δ.",
+    "heatmaps": "Validation mean over seeds (failures counted at the failure value) for every cell of each searched "
+                "grid; the red line on the colour bar is the reference arm's value. A sharp peak means the fixed "
+                "thresholds need careful tuning.",
     "trajectories": "λ and the tolerances γ̂ per epoch for each arm's selected configuration (mean over seeds); "
                     "flat lines are fixed values, moving ones are adapted during training.",
     "mined_pairs": "Positive and negative pairs the miner keeps per batch, per epoch (as in DDTAS's Fig. 4).",
-    "test_metric": "Test metric at the configuration selected on validation, with its confidence interval over seeds.",
+    "test_metric": "Test metric at the configuration selected on validation, with its confidence interval over seeds "
+                   "(clipped to the metric's range).",
     "similarity_histograms": "Cosine similarities of positive (green) and negative (red) validation pairs at the last "
                              "evaluation of the selected trials; less overlap means easier retrieval.",
 }
 
-
-def _fmt(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _hours(value) -> str:
-    """Hours with three significant digits (CPU studies spend thousandths of an hour)."""
-    return "–" if value is None or not math.isfinite(value) else f"{value:.3g}"
+VERDICT_TEXT = {"matched": "**matched**", "not_matched": "**not matched**", "inconclusive": "inconclusive"}
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -55,6 +49,49 @@ def _interval(mean, half, n=None, digits=4) -> str:
     return Estimate(mean, half, n if n is not None else (2 if math.isfinite(half) else 1)).text(digits)
 
 
+def _gap(r: dict) -> str:
+    if not math.isfinite(r.get("gap", math.nan)):
+        return "–"
+    lo = "−∞" if not math.isfinite(r["gap_lower"]) else f"{r['gap_lower']:+.4f}"
+    hi = "+∞" if not math.isfinite(r["gap_upper"]) else f"{r['gap_upper']:+.4f}"
+    return f"{r['gap']:+.4f} [{lo}, {hi}]{few_seeds_mark(r.get('seeds'))}"
+
+
+def _seeds_needed(r: dict) -> str:
+    if r["verdict"] != "inconclusive":
+        return "–"
+    value = r.get("seeds_needed", math.nan)
+    if isinstance(value, float) and math.isinf(value):
+        return "more than 10,000"
+    return count(value, 0)
+
+
+def verdict_rows(a: Analysis) -> list[dict]:
+    rows = []
+    for r in a.match.to_dict("records"):
+        rows.append({"arm": r["arm"], "verdict": VERDICT_TEXT.get(r["verdict"], r["verdict"]),
+                     "best configuration": r["best_configuration"],
+                     "gap to the reference [bounds]": _gap(r), "method": r["method"],
+                     "seeds per configuration": count(r["seeds"], 0), "seeds needed to decide": _seeds_needed(r),
+                     "why": r["reason"]})
+    return rows
+
+
+def calibration_text(a: Analysis) -> str:
+    c = a.calibration
+    if not c:
+        return ""
+    seeds = count(c["seeds"], 0)
+    if c["verdict"] == "matched":
+        return (f"Calibration: an arm identical to {a.reference}, run on independent seeds, would be shown to match "
+                f"with {seeds} seeds.\n")
+    need = _seeds_needed(c)
+    return (f"Calibration: an arm identical to {a.reference}, run on independent seeds, would be "
+            f"**{c['verdict'].replace('_', ' ')}** with {seeds} seeds; about {need} seeds would show it matches "
+            f"(with {a.settings['power']:.0%} power). A study with fewer seeds cannot confirm a match of δ = "
+            f"{a.settings['delta']:g} even for an equal method.\n")
+
+
 def arms_section(a: Analysis) -> str:
     st = a.table
     conf = int(round(100 * a.settings["confidence"]))
@@ -63,26 +100,54 @@ def arms_section(a: Analysis) -> str:
         rows.append({"arm": f"**{r.arm}**" if r.arm == a.reference else r.arm, "searched": r.searched,
                      "configs": r.configurations,
                      "trials (ok / diverged / error / unfinished)": f"{r.trials} ({r.ok} / {r.diverged} / {r.errors} / {r.unfinished})",
-                     "GPU-h": _hours(r.gpu_h), "wall-h": _hours(r.wall_h), "selected on validation": r.selected,
-                     f"val {st.metric[4:]}": _fmt(r.val),
-                     f"test {st.test_metric[5:]} (mean ± {conf}% CI)": _interval(r.test, r.test_half, r.seeds)})
+                     "GPU time": cost(r.gpu_h), "wall time": cost(r.wall_h), "selected on validation": r.selected,
+                     f"val {st.metric[4:]} (mean ± {conf}% CI)": _interval(r.val, r.val_half, r.val_n),
+                     "val, cross-fitted": number(r.val_crossfit),
+                     f"test {st.test_metric[5:]} (mean ± {conf}% CI)": _interval(r.test, r.test_half, r.seeds),
+                     "verdict": r.verdict.replace("_", " ")})
     return markdown_table(rows)
 
 
+def _cost_row(r: dict, a: Analysis, label: str) -> dict:
+    p = a.probability_column
+    pct = f"{a.settings['probability']:.0%}"
+    if r["verdict"] == "matched":
+        trials = count(r["expected_trials_to_match"]) + bracket(r["expected_trials_low"], r["expected_trials_high"])
+        spent = cost(r["expected_cost_to_match"]) + bracket(r["expected_cost_low"], r["expected_cost_high"], cost)
+        needed, needed_cost = count(r[p], 0), cost(r["cost_needed"])
+    else:
+        trials = spent = needed = needed_cost = f"– ({r['verdict'].replace('_', ' ')})"
+    mark = few_seeds_mark(r["seeds"]) if r["verdict"] == "matched" else ""
+    return {"arm": label, "matching trials": "–" if math.isnan(r["matching_trials"]) else
+            f"{int(r['matching_trials'])} of {r['trials']}",
+            "expected trials to match [interval over seeds]": trials + mark,
+            f"expected {a.table.cost_unit} to match [interval]": spent + mark,
+            f"trials to match with {pct} probability": needed, f"{a.table.cost_unit} for {pct}": needed_cost,
+            f"budget ({a.table.cost_unit})": cost(r["budget_h"])}
+
+
 def match_section(a: Analysis) -> str:
-    unit = a.table.cost_unit
     if a.match.empty or not math.isfinite(a.target):
         return "No target: the reference arm has no usable trial.\n"
+    rows = [_cost_row(r, a, r["arm"]) for r in a.match.to_dict("records")]
+    if a.calibration:
+        rows.append(_cost_row(a.calibration, a, f"*{a.reference} (calibration)*"))
+    return markdown_table(rows)
+
+
+def expected_best_section(a: Analysis) -> str:
+    eb = a.expected_best
+    if eb.empty:
+        return "(no finished trial)\n"
     rows = []
-    for r in a.match.to_dict("records"):
-        if r["reached"]:
-            trials = f"{r['trials_mean']:.2f} [{r['trials_low']:.0f}, {r['trials_high']:.0f}]"
-            cost = f"{_hours(r['cost_mean'])} [{_hours(r['cost_low'])}, {_hours(r['cost_high'])}]"
-        else:
-            trials, cost = "not reached within the budget", "–"
-        rows.append({"arm": r["arm"], "matching trials": f"{r['matching']} of {r['trials']}",
-                     "expected trials to match [interval]": trials, f"expected {unit} to match [interval]": cost,
-                     f"budget ({unit})": _hours(r["budget_h"])})
+    for arm, group in eb.groupby("arm", sort=False):
+        N = len(group)
+        picks = sorted({1, N} | {n for n in (2, 4, 8, 16, 32, 64, 128) if n < N})
+        for n in picks:
+            r = group.iloc[n - 1]
+            rows.append({"arm": arm, "trials": n, f"expected {a.table.cost_unit}": cost(r.cost_h),
+                         f"expected best val {a.table.metric[4:]} [interval over seeds]":
+                             number(r.expected_best) + bracket(r.low, r.high, number) + few_seeds_mark(r.seeds)})
     return markdown_table(rows)
 
 
@@ -93,10 +158,11 @@ def gap_section(a: Analysis) -> str:
     conf = int(round(100 * a.settings["confidence"]))
     val, test = gap["val"], gap["test"]
     return (f"Best fixed configuration: **{gap['best_arm']}** with {gap['best_configuration']}.\n\n"
-            f"- validation: best fixed − {a.reference} = {_interval(val.mean, val.half, val.n)}\n"
-            f"- test: best fixed − {a.reference} = {_interval(test.mean, test.half, test.n)} ({conf}% Welch interval "
-            "over seeds)\n\nA positive gap means the tuned fixed thresholds beat the reference; an interval that "
-            "contains 0 means the study cannot tell them apart.\n")
+            f"- validation: best fixed − {a.reference} = {val.text()} (carries the selection's winner's curse)\n"
+            f"- test: best fixed − {a.reference} = {test.text()} ({conf}% interval over seeds)\n\n"
+            "A positive gap means the tuned fixed thresholds beat the reference; an interval that contains 0 means "
+            "the study cannot tell them apart. `paired`: over the seeds both ran (shared seed effects removed); "
+            "`welch`: independent samples.\n")
 
 
 def sensitivity_section(a: Analysis) -> str:
@@ -104,19 +170,40 @@ def sensitivity_section(a: Analysis) -> str:
         return "(no searched arm)\n"
     rows = []
     for r in a.sensitivity.to_dict("records"):
-        rows.append({"arm": r["arm"], "configurations": r["configurations"], "worst": _fmt(r.get("worst")),
-                     "median": _fmt(r.get("median")), "best": _fmt(r.get("best")), "range": _fmt(r.get("range")),
-                     "std": _fmt(r.get("std")), "share matching the reference": _fmt(r.get("matching"), 2)})
+        tun = "–"
+        if math.isfinite(r.get("tunability", math.nan)):
+            tun = _interval(r["tunability"], r["tunability_half"], r["tunability_n"])
+        rows.append({"arm": r["arm"], "configurations": r["configurations"], "worst": number(r.get("worst")),
+                     "median": number(r.get("median")), "best": number(r.get("best")), "range": number(r.get("range")),
+                     "shown to match": number(r.get("shown_matching"), 2),
+                     "shown short": number(r.get("shown_short"), 2),
+                     "default": r.get("default", "–"), "tunability (best − default)": tun,
+                     "tunability, cross-fitted": number(r.get("tunability_crossfit"))})
+    return markdown_table(rows)
+
+
+def importance_section(a: Analysis) -> str:
+    imp = a.importance
+    if imp.empty:
+        return "(no arm searched two or more parameters)\n"
+    rows = [{"arm": r["arm"], "parameter": r["parameter"], "fANOVA importance (all trials)": number(r["importance"], 3),
+             "per-seed fits (mean ± CI)": _interval(r["seed_mean"], r["seed_half"], r["seeds"], 3)}
+            for r in imp.to_dict("records")]
     return markdown_table(rows)
 
 
 def write_tables(a: Analysis, folder: Path) -> None:
+    import pandas as pd
+
     folder.mkdir(parents=True, exist_ok=True)
     a.summary.to_csv(folder / "arms.csv", index=False)
     a.match.to_csv(folder / "tuning_cost.csv", index=False)
+    pd.DataFrame([a.calibration] if a.calibration else []).to_csv(folder / "calibration.csv", index=False)
+    a.expected_best.to_csv(folder / "expected_best.csv", index=False)
     a.sensitivity.to_csv(folder / "sensitivity.csv", index=False)
+    a.importance.to_csv(folder / "importance.csv", index=False)
     for arm in a.searched_arms:
-        configurations(a.table, arm, a.settings["confidence"]).drop(columns="_key").to_csv(
+        configurations(a.table, arm, a.settings["confidence"], a.settings["failure_value"]).drop(columns="_key").to_csv(
             folder / f"configurations_{arm}.csv", index=False)
 
 
@@ -124,60 +211,96 @@ def render(a: Analysis, figures: dict[str, Path], folder: Path) -> str:
     st, s = a.table, a.settings
     conf = int(round(100 * s["confidence"]))
     ref = a.selections[a.reference]
+    few = bool(a.summary.few_seeds.any()) or any(0 < n < 3 for n in a.match.get("seeds", []))
     parts = [
         f"# Study {st.name}\n",
         f"Selection metric: validation {st.metric[4:]} (the last evaluation of each trial); reported: test "
-        f"{st.test_metric[5:]}. Reference arm: **{a.reference}** (validation {ref.val.text()}), δ = {s['delta']:g}, "
-        f"so a trial *matches* at validation ≥ {_fmt(a.target)}. Cost: {st.cost_unit}"
-        + ("" if st.cost_unit == "GPU-hours" else " (no trial used a GPU)") + f". Intervals: {conf}%, over seeds; "
-        f"bootstrap over {s['bootstrap']} random orderings (seed {s['seed']}).\n",
-        "## Arms\n", arms_section(a),
-        "\nErrored, diverged and unfinished trials are never selected; their time is counted in every cost.\n",
-        f"## Tuning cost to match {a.reference}\n",
-        "Trials and cost each arm's search needs, in random order, to first reach the target "
-        "(mean over orderings [interval]).\n\n", match_section(a),
+        f"{st.test_metric[5:]}. Reference arm: **{a.reference}** (validation {ref.val.text()}), δ = {s['delta']:g}: "
+        f"an arm *matches* when one of its configurations has a true validation mean (expected over seeds) of at "
+        f"least the reference's − δ. Verdicts and intervals at {conf}% confidence. Diverged and errored seeds count "
+        f"as {s['failure_value']:g}. Cost: {st.cost_unit}" + ("" if st.cost_unit == "GPU-hours" else
+                                                               " (no trial used a GPU)") +
+        f"; bootstrap over seeds with {s['bootstrap']} replicates (seed {s['seed']}).\n",
+        f"## Verdicts against {a.reference}\n",
+        "`matched`: shown with the study's confidence, accounting for seed noise in both arms and for the number of "
+        "configurations tried; `not matched`: every configuration shown to fall short; `inconclusive`: the seeds "
+        "cannot tell, and the last columns say how many would.\n\n",
+        markdown_table(verdict_rows(a)) if not a.match.empty else "(no other arm)\n", "\n", calibration_text(a),
+        "\n## Arms\n", arms_section(a),
+        "\nDiverged and errored seeds count at the failure value in every validation mean; unfinished trials are "
+        "left out; every trial's time counts in every cost. *Cross-fitted*: selected on all seeds but one and read "
+        "on the held-out seed, for each seed in turn, free of the winner's curse that inflates the naive value.\n",
+        f"\n## Tuning cost to match {a.reference}\n",
+        "For arms shown to match: the arm's trials taken in random order (closed form), counting trials and cost up "
+        "to the first usable trial of a configuration whose mean reaches the target; intervals from a bootstrap over "
+        "seeds. Arms not shown to match have no cost to match.\n\n", match_section(a),
+        "\n## Expected best validation value against budget\n", expected_best_section(a),
         "\n## Reverse gap\n", gap_section(a),
         "\n## Sensitivity to the grid\n",
-        "Spread of the validation mean over each searched arm's configurations.\n\n", sensitivity_section(a),
-        "\n## Figures\n",
+        "Spread of the validation mean over each searched arm's configurations; the share of configurations shown "
+        "to match the reference (Bonferroni, as in the verdict) and shown to fall short; tunability: the best "
+        "configuration minus the arm's default configuration (its registry defaults), when the default is in the "
+        "grid.\n\n", sensitivity_section(a),
+        "\n### Importance of each searched parameter\n", importance_section(a),
     ]
+    if few:
+        parts.append("\n" + FEW_SEEDS_FOOTNOTE + "\n")
+    if figures:
+        parts.append("\n## Figures\n")
     for name, path in figures.items():
         rel = path.relative_to(folder).as_posix()
         parts.append(f"### {name.replace('_', ' ').capitalize()}\n\n![{name}]({rel})\n\n{FIGURE_NOTES[name]}\n")
-    parts.append("\nTables as CSV: `tables/`. Recompute with `python -m dmltune report STUDY_DIR "
-                 "[--reference ARM] [--delta D] [--metric M]`.\n")
+    parts.append("\nTables as CSV: `tables/`. How every number is computed: docs/analysis.md. Recompute with "
+                 "`python -m dmltune report STUDY_DIR [--reference ARM] [--delta D] [--metric M] [--no-figures]`.\n")
     return "\n".join(parts)
 
 
-def write_report(study_dir: str | Path, overrides: dict | None = None, metric: str | None = None) -> tuple[Path, Analysis]:
-    """Analyse a study folder and write ``report.md``, ``figures/`` and ``tables/`` into it."""
-    from ..plots import save_figures
-
+def write_report(study_dir: str | Path, overrides: dict | None = None, metric: str | None = None,
+                 figures: bool = True) -> tuple[Path, Analysis]:
+    """Analyse a study folder and write ``report.md``, ``tables/`` and (unless ``figures=False``)
+    ``figures/`` into it."""
     folder = Path(study_dir)
     a = analyse(read_study_table(folder, metric), overrides)
-    figures = save_figures(a, folder / "figures")
+    drawn = {}
+    if figures:
+        from ..plots import save_figures
+
+        drawn = save_figures(a, folder / "figures")
     write_tables(a, folder / "tables")
     path = folder / "report.md"
-    path.write_text(render(a, figures, folder))
+    path.write_text(render(a, drawn, folder))
     return path, a
 
 
-
-
 def console_summary(a: Analysis) -> str:
-    """A few lines for the terminal: each arm's selection and test value, and the cost to match."""
+    """The terminal's summary: each arm's selection and values, then every arm's verdict."""
     st = a.table
-    lines = [f"{'arm':<24} {'trials':>6} {st.cost_unit:>10}  {'val ' + st.metric[4:]:>12}  test {st.test_metric[5:]} (mean ± CI)   selected"]
+    conf = int(round(100 * a.settings["confidence"]))
+    lines = [f"{'arm':<24} {'trials':>6} {st.cost_unit:>10}  {'val ' + st.metric[4:]:>12}  "
+             f"test {st.test_metric[5:]} (mean ± CI)   selected"]
     for r in a.summary.itertuples():
         mark = " (reference)" if r.arm == a.reference else ""
-        cost = r.gpu_h if st.cost_unit == "GPU-hours" else r.wall_h
-        lines.append(f"{r.arm:<24} {r.trials:>6} {_hours(cost):>10}  {_fmt(r.val):>12}  "
+        spent = r.gpu_h if st.cost_unit == "GPU-hours" else r.wall_h
+        lines.append(f"{r.arm:<24} {r.trials:>6} {cost(spent):>10}  {number(r.val):>12}  "
                      f"{_interval(r.test, r.test_half, r.seeds):<24} {r.selected}{mark}")
-    if math.isfinite(a.target):
-        lines.append(f"\nto match {a.reference} (validation ≥ {a.target:.4f}):")
-        for r in a.match.to_dict("records"):
-            lines.append(f"  {r['arm']:<22} " + (f"{r['trials_mean']:.2f} trials, {_hours(r['cost_mean'])} {st.cost_unit} expected"
-                                                if r["reached"] else "not reached within the budget"))
+    if not math.isfinite(a.target):
+        lines.append(f"\nno verdicts: the reference {a.reference} has no usable trial")
+        return "\n".join(lines)
+    lines.append(f"\nto match {a.reference}: verdicts (does a configuration have a true validation mean ≥ "
+                 f"{a.reference} − {a.settings['delta']:g}? {conf}% confidence)")
+    for r in a.match.to_dict("records"):
+        line = f"  {r['arm']:<24} {r['verdict']:<13} gap {_gap(r)} ({r['best_configuration']})"
+        if r["verdict"] == "matched":
+            line += (f"; expected {count(r['expected_trials_to_match'])} trials"
+                     f"{bracket(r['expected_trials_low'], r['expected_trials_high'])}, "
+                     f"{cost(r['expected_cost_to_match'])} {st.cost_unit} to match")
+        elif r["verdict"] == "inconclusive":
+            line += f"; needs about {_seeds_needed(r)} seeds per configuration to decide"
+        lines.append(line)
+    if a.calibration:
+        lines.append("  " + calibration_text(a).strip().replace("**", ""))
+    if bool(a.summary.few_seeds.any()):
+        lines.append(FEW_SEEDS_FOOTNOTE)
     return "\n".join(lines)
 
 

@@ -2,14 +2,15 @@
 
 Each trial's *final row* is its last report: the validation metric there is the value of the last
 evaluation (``val_epoch`` says which epoch) and the test metric the one computed at the end of
-training. A trial is *usable* for selection when its status is ``ok`` and its validation value is a
-finite number; errored, diverged and unfinished trials are never selected but their time counts
-in every cost.
+training. A trial is *usable* when its status is ``ok`` and its validation value is a finite
+number. Diverged and errored trials are *failed*: they count as the failure value (default 0) in
+every mean over seeds, so failing is penalised. Unfinished trials have no value yet and are left
+out. The time of every trial counts in every cost.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +37,24 @@ class StudyTable:
     cost_unit: str                   # "GPU-hours" or "wall-hours"
     dims: dict[str, list[str]]       # per arm, the config columns that vary (the searched parameters)
     source: dict                     # the study file as run (study.yaml), {} if absent
+    _rows: dict = field(default_factory=dict, repr=False)
 
     def arm_rows(self, arm: str) -> pd.DataFrame:
-        return self.final[self.final.arm == arm]
+        if arm not in self._rows:
+            self._rows[arm] = self.final[self.final.arm == arm]
+        return self._rows[arm]
+
+    FAILED = ("diverged", "error")
 
     def usable(self, rows: pd.DataFrame) -> pd.Series:
         return (rows.status == "ok") & np.isfinite(rows[self.metric].astype(float))
+
+    def scored(self, rows: pd.DataFrame, failure_value: float) -> pd.Series:
+        """Validation values with every diverged or errored trial counted as ``failure_value``;
+        NaN for unfinished trials (and for finished ones without a validation value)."""
+        value = rows[self.metric].astype(float)
+        out = value.where(self.usable(rows), np.nan)
+        return out.mask(rows.status.isin(self.FAILED), failure_value)
 
 
 def final_rows(table: pd.DataFrame) -> pd.DataFrame:

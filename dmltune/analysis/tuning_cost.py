@@ -1,88 +1,140 @@
-"""What a search pays before it first matches the reference, over random orderings of its trials.
+"""What an arm's search pays before it reaches the reference, in closed form, with seed noise.
 
-An arm's trials are taken in a random order (one bootstrap replicate per ordering) as if they had
-been run one after another; the *cost to match* is the number of trials, and the GPU-hours (or
-wall-hours) they took, up to and including the first usable trial whose validation value is at
-least ``target`` (the reference arm's validation mean − δ). Errored and diverged trials can never
-match but their time is paid like any other. The mean over orderings is the expected cost of an
-arm's search run in random order; the percentile interval shows its spread. When no trial matches,
-the arm does not reach the target within its budget (all its trials, all its hours).
+A configuration *reaches the target* when its validation mean over seeds (failures penalised) is
+at least the reference's mean − δ. Take the arm's N finished trials (every configuration × seed, as
+run) in a uniformly random order; m of them are usable trials of configurations that reach it.
+
+- Expected trials to the first such trial: (N + 1)/(m + 1) (the first of m marked items among N in
+  random order).
+- Expected cost to it: Σ_{unmarked} c_i/(m + 1) + Σ_{marked} c_j/m (an unmarked trial comes before
+  every marked one with probability 1/(m + 1); a marked one is the first marked with probability 1/m).
+- Trials needed to reach it with probability p: the smallest n with
+  1 − C(N − m, n)/C(N, n) ≥ p (sampling without replacement).
+
+Intervals come from a bootstrap over seeds: the study's seeds are drawn with replacement, and the
+reference mean, every configuration's mean, m and N are recomputed from the drawn seeds' trials;
+so the interval shows how much the answer moves with seed noise, not only with the order of trials.
+
+The numbers are reported only for an arm whose verdict is ``matched`` (:mod:`.verdict`); for the
+others "trials to match" is not a claim the study can make.
 """
 
 from __future__ import annotations
 
-import warnings
+import math
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from .trials import StudyTable
 
 
+def first_match(hits: np.ndarray, cost: np.ndarray) -> tuple[float, float]:
+    """Expected trials and cost up to and including the first hit, over uniformly random orders."""
+    hits = np.asarray(hits, dtype=bool)
+    cost = np.asarray(cost, dtype=float)
+    m = int(hits.sum())
+    if m == 0:
+        return math.nan, math.nan
+    return (len(hits) + 1) / (m + 1), float(cost[~hits].sum() / (m + 1) + cost[hits].sum() / m)
+
+
+def trials_for_probability(n_trials: int, n_hits: int, probability: float) -> float:
+    """Smallest n such that n trials drawn without replacement from n_trials include one of the
+    n_hits hits with at least ``probability`` (NaN when there is no hit)."""
+    if n_hits <= 0 or n_trials <= 0:
+        return math.nan
+    miss = 1.0
+    for n in range(1, n_trials + 1):
+        miss *= (n_trials - n_hits - (n - 1)) / (n_trials - (n - 1))
+        if 1 - miss >= probability - 1e-12:
+            return float(n)
+    return float(n_trials)
+
+
 @dataclass
-class MatchCost:
-    arm: str
-    target: float
-    reached: bool
-    matching: int                   # trials that match
-    trials: int                     # trials of the arm (the budget)
-    budget_h: float
-    trials_mean: float = np.nan
-    trials_low: float = np.nan
-    trials_high: float = np.nan
-    cost_mean: float = np.nan
-    cost_low: float = np.nan
-    cost_high: float = np.nan
+class Cells:
+    """An arm's finished trials aggregated per (configuration, seed) cell, as C × S arrays."""
+
+    keys: list[str]
+    seeds: list
+    value: np.ndarray        # mean validation value of the cell (failures penalised), NaN if none
+    finished: np.ndarray     # finished trials in the cell
+    usable: np.ndarray       # usable trials in the cell
+    cost: np.ndarray         # hours of the cell's finished trials
+    usable_cost: np.ndarray  # hours of its usable trials
 
 
-def orderings(n: int, replicates: int, rng: np.random.Generator) -> np.ndarray:
-    """``replicates`` random permutations of ``range(n)``, one per row."""
-    return np.argsort(rng.random((replicates, n)), axis=1)
+def cells(st: StudyTable, arm: str, seeds: list, failure_value: float) -> Cells:
+    from .selection import config_keys
 
-
-def cost_to_match(st: StudyTable, arm: str, target: float, replicates: int = 1000,
-                  confidence: float = 0.95, seed: int = 0) -> MatchCost:
     rows = st.arm_rows(arm)
-    values = rows[st.metric].astype(float).to_numpy()
-    hits = st.usable(rows).to_numpy() & (np.nan_to_num(values, nan=-np.inf) >= target)
-    cost = rows.cost_h.to_numpy(dtype=float)
-    result = MatchCost(arm, target, bool(hits.any()), int(hits.sum()), len(rows), float(cost.sum()))
-    if not hits.any():
-        return result
-    perm = orderings(len(rows), replicates, np.random.default_rng(seed))
-    first = np.argmax(hits[perm], axis=1)                      # position of the first match
-    spent = np.cumsum(cost[perm], axis=1)[np.arange(replicates), first]
+    score = st.scored(rows, failure_value).to_numpy(dtype=float)
+    finished = ~np.isnan(score)
+    usable = st.usable(rows).to_numpy(dtype=bool)
+    cost = np.where(finished, rows.cost_h.to_numpy(dtype=float), 0.0)
+    key_of = config_keys(rows, st.dims[arm]).to_numpy()
+    keys = sorted(set(key_of))
+    k_index = {k: i for i, k in enumerate(keys)}
+    s_index = {s: j for j, s in enumerate(seeds)}
+    ki = np.array([k_index[k] for k in key_of], dtype=int)
+    si = np.array([s_index.get(s, -1) for s in rows.seed.to_numpy()], dtype=int)
+    keep = si >= 0
+    ki, si = ki[keep], si[keep]
+    shape = (len(keys), len(seeds))
+
+    def add(values) -> np.ndarray:
+        out = np.zeros(shape)
+        np.add.at(out, (ki, si), np.asarray(values, dtype=float)[keep])
+        return out
+
+    n_finished = add(finished)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(n_finished > 0, add(np.where(finished, score, 0.0)) / n_finished, np.nan)
+    return Cells(keys, list(seeds), value, n_finished, add(usable), add(cost), add(np.where(usable, cost, 0.0)))
+
+
+def seed_draws(n_seeds: int, replicates: int, seed: int) -> np.ndarray:
+    """How often each seed is drawn, per bootstrap replicate (replicates × n_seeds counts)."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_seeds, size=(replicates, n_seeds))
+    return np.stack([np.bincount(d, minlength=n_seeds) for d in draws])
+
+
+def _weighted_means(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mean of each row of values (C × S, NaN = absent) under each weight row (B × S): C × B."""
+    have = np.isfinite(values)
+    total = np.where(have, values, 0.0) @ weights.T
+    count = have.astype(float) @ weights.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def match_costs(arm: Cells, ref_values: np.ndarray, delta: float, weights: np.ndarray):
+    """Expected trials and cost to the first matching trial under each seed weighting (B × S).
+
+    Returns (trials, cost, hits, finished) arrays of length B; inf where nothing reaches the target."""
+    target = _weighted_means(ref_values[None, :], weights)[0] - delta          # B
+    means = _weighted_means(arm.value, weights)                                # C × B
+    reaches = np.nan_to_num(means, nan=-np.inf) >= target[None, :]
+    hits = (reaches * (arm.usable @ weights.T)).sum(axis=0)
+    finished = (arm.finished @ weights.T).sum(axis=0)
+    hit_cost = (reaches * (arm.usable_cost @ weights.T)).sum(axis=0)
+    total_cost = (arm.cost @ weights.T).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        trials = np.where(hits > 0, (finished + 1) / (hits + 1), np.inf)
+        cost = np.where(hits > 0, (total_cost - hit_cost) / (hits + 1) + hit_cost / np.maximum(hits, 1), np.inf)
+    return trials, cost, hits, finished
+
+
+def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
     lo, hi = 50 * (1 - confidence), 50 * (1 + confidence)
-    n_trials = first + 1.0
-    result.trials_mean, result.trials_low, result.trials_high = n_trials.mean(), *np.percentile(n_trials, [lo, hi])
-    result.cost_mean, result.cost_low, result.cost_high = spent.mean(), *np.percentile(spent, [lo, hi])
-    return result
+    s = np.asarray(samples, dtype=float)
+    s = s[~np.isnan(s)]
+    if len(s) == 0:
+        return math.nan, math.nan
+    return float(np.percentile(s, lo, method="lower")), float(np.percentile(s, hi, method="higher"))
 
 
-def best_so_far(st: StudyTable, arm: str, grid: np.ndarray, replicates: int = 500,
-                confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """Best validation value found so far against cumulative cost, over random orderings.
-
-    Returns columns ``cost_h`` (= ``grid``), ``median``, ``low``, ``high``: the median and the
-    percentile band over orderings of the best usable value among the trials paid for by then
-    (NaN where no usable trial has finished in most orderings)."""
-    rows = st.arm_rows(arm)
-    values = np.where(st.usable(rows).to_numpy(), rows[st.metric].astype(float).to_numpy(), np.nan)
-    cost = rows.cost_h.to_numpy(dtype=float)
-    perm = orderings(len(rows), replicates, np.random.default_rng(seed))
-    spent = np.cumsum(cost[perm], axis=1)
-    best = np.fmax.accumulate(values[perm], axis=1)            # NaN until the first usable trial
-    curves = np.full((replicates, len(grid)), np.nan)
-    for r in range(replicates):
-        idx = np.searchsorted(spent[r], grid, side="right") - 1
-        seen = idx >= 0
-        curves[r, seen] = best[r, idx[seen]]
-    lo, hi = 50 * (1 - confidence), 50 * (1 + confidence)
-    with warnings.catch_warnings():  # all-NaN columns (nothing finished yet) are expected
-        warnings.simplefilter("ignore", RuntimeWarning)
-        enough = np.isfinite(curves).mean(axis=0) >= 0.5
-        med = np.where(enough, np.nanmedian(curves, axis=0), np.nan)
-        low = np.where(enough, np.nanpercentile(curves, lo, axis=0), np.nan)
-        high = np.where(enough, np.nanpercentile(curves, hi, axis=0), np.nan)
-    return pd.DataFrame({"cost_h": grid, "median": med, "low": low, "high": high})
+__all__ = ["Cells", "cells", "first_match", "match_costs", "percentile_interval", "seed_draws",
+           "trials_for_probability"]

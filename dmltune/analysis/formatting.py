@@ -1,0 +1,59 @@
+"""How the analysis's numbers are written for people: costs in sensible units, intervals flagged
+when they rest on too few seeds. Shared by report.md, the CLI summary and the notebook."""
+
+from __future__ import annotations
+
+import math
+
+from .selection import FEW_SEEDS, FEW_SEEDS_NOTE
+
+
+def cost(hours) -> str:
+    """Hours as h, min or s: three significant digits, in the largest unit that is at least 1."""
+    if hours is None or (isinstance(hours, float) and math.isnan(hours)):
+        return "–"
+    hours = float(hours)
+    if math.isinf(hours):
+        return "∞"
+    if abs(hours) >= 1:
+        return f"{hours:.3g} h"
+    if abs(hours) * 60 >= 1:
+        return f"{hours * 60:.3g} min"
+    return f"{hours * 3600:.3g} s"
+
+
+def number(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "∞" if isinstance(value, float) and math.isinf(value) and value > 0 else "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def count(value, digits: int = 2) -> str:
+    """An expected count (trials, seeds): '–' for NaN, '∞' for infinity."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.{digits}f}" if digits else f"{value:.0f}"
+
+
+def bracket(low, high, fmt=count) -> str:
+    if low is None or high is None or any(isinstance(v, float) and math.isnan(v) for v in (low, high)):
+        return ""
+    return f" [{fmt(low)}, {fmt(high)}]"
+
+
+def few_seeds_mark(n) -> str:
+    """'†' when an interval rests on fewer than FEW_SEEDS seeds (see :data:`FEW_SEEDS_FOOTNOTE`)."""
+    try:
+        return "†" if 0 < float(n) < FEW_SEEDS else ""
+    except (TypeError, ValueError):
+        return ""
+
+
+FEW_SEEDS_FOOTNOTE = f"† {FEW_SEEDS_NOTE[0].upper()}{FEW_SEEDS_NOTE[1:]}: Student t with so few degrees of " \
+                     "freedom is very wide, and the seed variance itself is barely estimated. Run more seeds."
+
+__all__ = ["FEW_SEEDS_FOOTNOTE", "bracket", "cost", "count", "few_seeds_mark", "number"]
