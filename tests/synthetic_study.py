@@ -84,3 +84,27 @@ def write_study_dir(folder: Path, table: pd.DataFrame | None = None, analysis: d
         source["analysis"] = analysis
     (folder / "study.yaml").write_text(yaml.safe_dump(source, sort_keys=False))
     return folder
+
+
+def simulated_table(rng: np.random.Generator, config_means, reference_mean: float, sd: float, seeds: int,
+                    seed_sd: float = 0.0, status=None, gpu_s: float = 600.0) -> pd.DataFrame:
+    """One final report per trial, drawn from a known truth: configuration c of arm ``grid`` has true
+    validation mean ``config_means[c]``, the reference arm ``ref`` has ``reference_mean``; each trial
+    adds seed noise N(0, sd²), plus a seed effect N(0, seed_sd²) shared by every arm on that seed.
+    ``status[(c, seed)]`` marks failed trials of the grid."""
+    effect = rng.normal(0.0, seed_sd, seeds) if seed_sd else np.zeros(seeds)
+    rows = []
+    for c, mean in enumerate(config_means):
+        for s in range(seeds):
+            st = (status or {}).get((c, s), "ok")
+            v = mean + effect[s] + rng.normal(0.0, sd)
+            rows.append({"arm": "grid", "experiment": "grid", "trial_id": f"g{c}_{s}", "seed": s, "status": st,
+                         "epoch": 1, "val/map@r": np.nan if st != "ok" else v, "test/map@r": v - 0.1,
+                         "wall_s": gpu_s, "gpu_s": gpu_s, "config/miner.name": "asms",
+                         "config/miner.gamma_pos": 0.01 * (c + 1)})
+    for s in range(seeds):
+        v = reference_mean + effect[s] + rng.normal(0.0, sd)
+        rows.append({"arm": "ref", "experiment": "ref", "trial_id": f"r{s}", "seed": s, "status": "ok", "epoch": 1,
+                     "val/map@r": v, "test/map@r": v - 0.1, "wall_s": gpu_s, "gpu_s": gpu_s,
+                     "config/miner.name": "at_asms", "config/miner.gamma_pos": 0.1})
+    return pd.DataFrame(rows)

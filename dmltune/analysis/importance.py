@@ -52,7 +52,7 @@ def declared_default(column: str, row: pd.Series) -> tuple[bool, Any]:
             component = fixed[section]
         else:
             return False, None
-        defaults = component.defaults()
+        defaults = component.defaults
     except Exception:
         return False, None
     return (param in defaults), defaults.get(param)

@@ -100,20 +100,36 @@ def config_labels(st: StudyTable, arm: str) -> dict[str, str]:
 def seed_matrix(st: StudyTable, arm: str, failure_value: float = FAILURE_VALUE) -> pd.DataFrame:
     """The arm's validation values (failures penalised) with one row per configuration key (sorted)
     and one column per seed; NaN where no finished trial."""
-    rows = st.arm_rows(arm)
-    frame = pd.DataFrame({"key": config_keys(rows, st.dims[arm]), "seed": rows.seed,
-                          "value": st.scored(rows, failure_value)}).dropna(subset=["value"])
-    if frame.empty:
-        keys = sorted(set(config_keys(rows, st.dims[arm])))
-        return pd.DataFrame(index=pd.Index(keys, name="key"), dtype=float)
-    return frame.pivot_table(index="key", columns="seed", values="value", aggfunc="mean").sort_index()
+    from .tuning_cost import cells
+
+    c = cells(st, arm, arm_seeds(st, arm), failure_value)
+    return pd.DataFrame(c.value, index=pd.Index(c.keys, name="key"), columns=pd.Index(c.seeds, name="seed"))
 
 
-def _t_half(std: pd.Series, n: pd.Series, confidence: float) -> np.ndarray:
-    n = n.to_numpy(dtype=float)
+def arm_seeds(st: StudyTable, arm: str) -> list:
+    return sorted(set(st.arm_rows(arm).seed.dropna()), key=str)
+
+
+def _group_moments(groups: np.ndarray, values: np.ndarray, n_groups: int):
+    """Count, mean and unbiased std of the finite values per group index."""
+    have = np.isfinite(values)
+    n = np.bincount(groups[have], minlength=n_groups).astype(float)
+    total = np.bincount(groups[have], weights=values[have], minlength=n_groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, total / n, np.nan)
+        dev = np.where(have, values - mean[groups], 0.0)
+        var = np.bincount(groups, weights=dev ** 2, minlength=n_groups) / (n - 1)
+    return n, mean, np.where(n > 1, np.sqrt(var), np.nan)
+
+
+def _t_half(std: np.ndarray, n: np.ndarray, confidence: float) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         q = stats.t.ppf(0.5 + confidence / 2, np.where(n > 1, n - 1, np.nan))
-        return np.where(n > 1, q * std.to_numpy(dtype=float) / np.sqrt(n), np.nan)
+        return np.where(n > 1, q * std / np.sqrt(n), np.nan)
+
+
+CONFIGURATION_COLUMNS = ["configuration", "trials", "usable", "failed", "val_mean", "val_half", "val_n",
+                         "test_mean", "test_half", "test_n", "cost_h", "_key"]
 
 
 def configurations(st: StudyTable, arm: str, confidence: float = 0.95,
@@ -121,32 +137,37 @@ def configurations(st: StudyTable, arm: str, confidence: float = 0.95,
     """One row per configuration of an arm: its parameters, trials, usable and failed seeds,
     validation mean (failures penalised) and test mean with interval half-widths, and cost. Sorted
     best first (the selection order)."""
+    key = ("configurations", arm, confidence, failure_value)
+    if key not in st.cache:
+        st.cache[key] = _configurations(st, arm, confidence, failure_value)
+    return st.cache[key].copy()
+
+
+def _configurations(st: StudyTable, arm: str, confidence: float, failure_value: float) -> pd.DataFrame:
     rows = st.arm_rows(arm)
     dims = st.dims[arm]
     if rows.empty:
-        return pd.DataFrame(columns=dims + ["configuration", "trials", "usable", "failed", "val_mean", "val_half",
-                                            "val_n", "test_mean", "test_half", "test_n", "cost_h", "_key"])
-    usable = st.usable(rows)
-    test = rows[st.test_metric].astype(float).where(usable) if st.test_metric in rows else pd.Series(np.nan, index=rows.index)
-    frame = pd.DataFrame({"_key": config_keys(rows, dims), "usable": usable, "failed": rows.status.isin(st.FAILED),
-                          "score": st.scored(rows, failure_value), "test": test, "cost_h": rows.cost_h})
-    g = frame.groupby("_key", sort=True)
-    agg = pd.DataFrame({"trials": g.size(), "usable": g.usable.sum().astype(int), "failed": g.failed.sum().astype(int),
-                        "val_mean": g.score.mean(), "val_std": g.score.std(ddof=1), "val_n": g.score.count(),
-                        "test_mean": g.test.mean(), "test_std": g.test.std(ddof=1), "test_n": g.test.count(),
-                        "cost_h": g.cost_h.sum()})
-    agg["val_half"] = _t_half(agg.val_std, agg.val_n, confidence)
-    agg["test_half"] = _t_half(agg.test_std, agg.test_n, confidence)
-    firsts = rows.groupby(frame._key, sort=True).head(1)
-    params = firsts[dims].set_axis(config_keys(firsts, dims)) if dims else pd.DataFrame(index=agg.index)
-    labels = pd.Series([config_label(r, dims) for _, r in firsts.iterrows()], index=config_keys(firsts, dims))
-    table = pd.concat([params, agg], axis=1)
-    table["configuration"] = labels
-    table["_key"] = table.index
-    table.index.name = None
-    columns = dims + ["configuration", "trials", "usable", "failed", "val_mean", "val_half", "val_n",
-                      "test_mean", "test_half", "test_n", "cost_h", "_key"]
-    table = table[columns]
+        return pd.DataFrame(columns=dims + CONFIGURATION_COLUMNS)
+    usable = st.usable(rows).to_numpy(dtype=bool)
+    keys, groups = np.unique(config_keys(rows, dims).to_numpy(dtype=str), return_inverse=True)
+    G = len(keys)
+    score = st.scored(rows, failure_value).to_numpy(dtype=float)
+    test = (np.where(usable, rows[st.test_metric].to_numpy(dtype=float), np.nan) if st.test_metric in rows
+            else np.full(len(rows), np.nan))
+    val_n, val_mean, val_std = _group_moments(groups, score, G)
+    test_n, test_mean, test_std = _group_moments(groups, test, G)
+    first = np.unique(groups, return_index=True)[1]
+    firsts = rows.iloc[first]
+    table = pd.DataFrame({c: firsts[c].to_numpy() for c in dims})
+    table["configuration"] = [config_label(r, dims) for _, r in firsts.iterrows()]
+    table["trials"] = np.bincount(groups, minlength=G)
+    table["usable"] = np.bincount(groups, weights=usable, minlength=G).astype(int)
+    table["failed"] = np.bincount(groups, weights=rows.status.isin(st.FAILED).to_numpy(), minlength=G).astype(int)
+    table["val_mean"], table["val_half"], table["val_n"] = val_mean, _t_half(val_std, val_n, confidence), val_n.astype(int)
+    table["test_mean"], table["test_half"] = test_mean, _t_half(test_std, test_n, confidence)
+    table["test_n"] = test_n.astype(int)
+    table["cost_h"] = np.bincount(groups, weights=rows.cost_h.to_numpy(dtype=float), minlength=G)
+    table["_key"] = keys
     table["_rank_val"] = table.val_mean.fillna(-np.inf)
     table = table.sort_values(["_rank_val", "usable", "_key"], ascending=[False, False, True], kind="stable")
     return table.drop(columns=["_rank_val"]).reset_index(drop=True)
@@ -165,6 +186,7 @@ def _best_row(matrix: np.ndarray, usable: np.ndarray) -> int:
 
 
 def cross_fitted(matrix: pd.DataFrame, usable: pd.DataFrame | None = None, confidence: float = 0.95) -> Estimate:
+    # ``usable`` (same shape as ``matrix``): which cells hold a usable trial (for ties)
     """Leave-one-seed-out estimate of the selected configuration's value, free of the winner's curse.
 
     For each seed s: select the configuration with the best mean over the other seeds, take its value
@@ -172,8 +194,7 @@ def cross_fitted(matrix: pd.DataFrame, usable: pd.DataFrame | None = None, confi
     the same rule (from one seed fewer), without the upward bias of reading the selection's own
     values. NaN with fewer than two seeds."""
     values = matrix.to_numpy(dtype=float)
-    ok = (usable.reindex_like(matrix).fillna(False).to_numpy(dtype=bool) if usable is not None
-          else np.isfinite(values))
+    ok = usable.to_numpy(dtype=bool) if usable is not None else np.isfinite(values)
     held = []
     for j in range(values.shape[1]):
         others = np.delete(values, j, axis=1)
@@ -229,10 +250,13 @@ def select(st: StudyTable, arm: str, confidence: float = 0.95, failure_value: fl
     mine = rows[key == best["_key"]]
     values = st.scored(mine, failure_value).set_axis(mine.seed).dropna()
     chosen = mine[usable[key == best["_key"]]]
-    matrix = seed_matrix(st, arm, failure_value)
-    ok = pd.DataFrame({"key": key, "seed": rows.seed, "ok": usable}).pivot_table(
-        index="key", columns="seed", values="ok", aggfunc="max").reindex(index=matrix.index, columns=matrix.columns)
-    crossfit = cross_fitted(matrix, ok, confidence) if dims else estimate(values, confidence)
+    if dims:
+        from .tuning_cost import cells
+
+        c = cells(st, arm, arm_seeds(st, arm), failure_value)
+        crossfit = cross_fitted(pd.DataFrame(c.value), pd.DataFrame(c.usable > 0), confidence)
+    else:
+        crossfit = estimate(values, confidence)
     test = chosen[st.test_metric] if st.test_metric in chosen else pd.Series(dtype=float)
     return Selection(arm, "grid", best["configuration"], estimate(values, confidence), estimate(test, confidence),
                      chosen, dims, values.astype(float), crossfit, int(best["failed"]))

@@ -38,6 +38,7 @@ class StudyTable:
     dims: dict[str, list[str]]       # per arm, the config columns that vary (the searched parameters)
     source: dict                     # the study file as run (study.yaml), {} if absent
     _rows: dict = field(default_factory=dict, repr=False)
+    cache: dict = field(default_factory=dict, repr=False)   # derived tables, computed once
 
     def arm_rows(self, arm: str) -> pd.DataFrame:
         if arm not in self._rows:
@@ -47,6 +48,8 @@ class StudyTable:
     FAILED = ("diverged", "error")
 
     def usable(self, rows: pd.DataFrame) -> pd.Series:
+        if "_usable" in rows:
+            return rows["_usable"]
         return (rows.status == "ok") & np.isfinite(rows[self.metric].astype(float))
 
     def scored(self, rows: pd.DataFrame, failure_value: float) -> pd.Series:
@@ -111,6 +114,7 @@ def study_table(table: pd.DataFrame, source: dict | None = None, metric: str | N
     gpu_used = final["gpu_s"].fillna(0).sum() > 0
     cost_column, unit = ("gpu_s", "GPU-hours") if gpu_used else ("wall_s", "wall-hours")
     final["cost_h"] = final[cost_column].astype(float).fillna(0.0) / 3600
+    final["_usable"] = (final.status == "ok") & np.isfinite(final[metric].astype(float))
     listed = [a.get("name") for a in source.get("arms") or [] if isinstance(a, dict)]
     arms = [a for a in listed if a in set(final.arm)] + sorted(set(final.arm) - set(listed))
     dims = {arm: searched_columns(final[final.arm == arm]) for arm in arms}
