@@ -27,3 +27,4 @@ def test_fixed_vs_dynamic_notebook_runs_on_a_study_folder(tmp_path, monkeypatch)
     assert len(images) == 6  # every figure drew
     text = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "asms_grid" in text and "ddtas" in text
+    assert "not_matched" in text and "inconclusive" in text   # the verdicts table
