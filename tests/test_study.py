@@ -1,6 +1,7 @@
 """Study files: validation before anything runs, the plan, a real run, consolidation and resume."""
 
 import copy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,8 @@ def test_run_consolidate_and_resume(tmp_path):
     assert set(after.trial_id) == ids and len(after) == len(table)  # nothing ran again
     pd.testing.assert_frame_equal(after, table)
     assert "adaptive" in again.stdout and "to match adaptive" in again.stdout  # the summary follows
+    for arm in ("fixed", "tpe"):                                                 # with every arm's verdict
+        assert re.search(rf"^  {arm}\s+(matched|not_matched|inconclusive) ", again.stdout, re.M), again.stdout
     folder = tmp_path / "results" / "tiny"
     text = (folder / "report.md").read_text()  # run and resume write the report
     assert "## Tuning cost to match adaptive" in text and "| tpe |" in text

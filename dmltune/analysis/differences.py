@@ -114,24 +114,28 @@ def pairing_pays(rho: float, var_a: float, var_b: float, n: int, confidence: flo
     return paired_half < welch_half
 
 
-def seed_correlation(A: np.ndarray, b: np.ndarray) -> float:
+MIN_PAIRING_DF = 4    # degrees of freedom behind ρ̂ (Σ over configurations of shared seeds − 1) to consider pairing
+
+
+def seed_correlation(A: np.ndarray, b: np.ndarray, with_df: bool = False):
     """Correlation of the rows' values with b over shared seeds, pooled over rows: deviations from
     each row's own means (over its shared seeds) are pooled, so differences between configurations
-    do not count as seed correlation. NaN with too few shared seeds."""
+    do not count as seed correlation. NaN with too few shared seeds. ``with_df``: also return the
+    degrees of freedom behind it, Σ over rows of (shared seeds − 1)."""
     A = np.atleast_2d(np.asarray(A, dtype=float))
     B = np.broadcast_to(np.asarray(b, dtype=float), A.shape)
     both = np.isfinite(A) & np.isfinite(B)
     rows = both.sum(axis=1) >= 2
+    df = int((both.sum(axis=1)[rows] - 1).sum())
     if not rows.any():
-        return math.nan
+        return (math.nan, 0) if with_df else math.nan
     a, bb, m = np.where(both, A, 0.0)[rows], np.where(both, B, 0.0)[rows], both[rows]
     k = m.sum(axis=1, keepdims=True)
     da = np.where(m, a - a.sum(axis=1, keepdims=True) / k, 0.0)
     db = np.where(m, bb - bb.sum(axis=1, keepdims=True) / k, 0.0)
     saa, sbb = float((da ** 2).sum()), float((db ** 2).sum())
-    if saa <= 0 or sbb <= 0:
-        return math.nan
-    return float((da * db).sum() / math.sqrt(saa * sbb))
+    rho = float((da * db).sum() / math.sqrt(saa * sbb)) if saa > 0 and sbb > 0 else math.nan
+    return (rho, df) if with_df else rho
 
 
 def pooled_variance(A: np.ndarray) -> float:
@@ -144,12 +148,17 @@ def pooled_variance(A: np.ndarray) -> float:
 def choose_pairing(A: np.ndarray, b: np.ndarray, confidence: float) -> tuple[bool, float]:
     """One decision per arm, not per configuration (so it cannot pick the more favourable interval
     configuration by configuration): pair when the pooled seed correlation makes the paired interval
-    expected shorter at the typical number of shared seeds. Returns (pair?, ρ)."""
+    expected shorter at the typical number of shared seeds. ρ̂ must rest on at least
+    MIN_PAIRING_DF degrees of freedom and the typical configuration must share at least 3 seeds with
+    b: with 2 shared seeds a sample correlation is always ±1, and pairing on it would claim a
+    precision the data do not have. Returns (pair?, ρ)."""
     A = np.atleast_2d(np.asarray(A, dtype=float))
     b = np.asarray(b, dtype=float)
-    rho = seed_correlation(A, b)
+    rho, df = seed_correlation(A, b, with_df=True)
     shared = (np.isfinite(A) & np.isfinite(b)[None, :]).sum(axis=1)
     n = int(np.median(shared)) if len(shared) else 0
+    if df < MIN_PAIRING_DF or n < 3:
+        return False, rho
     return pairing_pays(rho, pooled_variance(A), pooled_variance(b[None, :]), n, confidence), rho
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .selection import FEW_SEEDS, FEW_SEEDS_NOTE
+from .selection import FEW_SEEDS
 
 
 def cost(hours) -> str:
@@ -53,7 +53,7 @@ def few_seeds_mark(n) -> str:
         return ""
 
 
-FEW_SEEDS_FOOTNOTE = f"† {FEW_SEEDS_NOTE[0].upper()}{FEW_SEEDS_NOTE[1:]}: Student t with so few degrees of " \
-                     "freedom is very wide, and the seed variance itself is barely estimated. Run more seeds."
+FEW_SEEDS_FOOTNOTE = (f"† Fewer than {FEW_SEEDS} seeds: the interval is unreliable. Student t with so few degrees "
+                      "of freedom is very wide, and the seed variance itself is barely estimated. Run more seeds.")
 
 __all__ = ["FEW_SEEDS_FOOTNOTE", "bracket", "cost", "count", "few_seeds_mark", "number"]

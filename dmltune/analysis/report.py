@@ -277,19 +277,22 @@ def console_summary(a: Analysis) -> str:
     st = a.table
     conf = int(round(100 * a.settings["confidence"]))
     lines = [f"{'arm':<24} {'trials':>6} {st.cost_unit:>10}  {'val ' + st.metric[4:]:>12}  "
-             f"test {st.test_metric[5:]} (mean ± CI)   selected"]
+             f"{'test ' + st.test_metric[5:] + ' (mean ± CI)':<26} selected"]
     for r in a.summary.itertuples():
         mark = " (reference)" if r.arm == a.reference else ""
         spent = r.gpu_h if st.cost_unit == "GPU-hours" else r.wall_h
+        test = number(r.test) + ("" if not math.isfinite(r.test_half) else f" ± {r.test_half:.4f}")
+        test += f" (n = {r.seeds})" + few_seeds_mark(r.seeds) if r.seeds else ""
         lines.append(f"{r.arm:<24} {r.trials:>6} {cost(spent):>10}  {number(r.val):>12}  "
-                     f"{_interval(r.test, r.test_half, r.seeds):<24} {r.selected}{mark}")
+                     f"{test:<26} {r.selected}{mark}")
     if not math.isfinite(a.target):
         lines.append(f"\nno verdicts: the reference {a.reference} has no usable trial")
         return "\n".join(lines)
     lines.append(f"\nto match {a.reference}: verdicts (does a configuration have a true validation mean ≥ "
                  f"{a.reference} − {a.settings['delta']:g}? {conf}% confidence)")
     for r in a.match.to_dict("records"):
-        line = f"  {r['arm']:<24} {r['verdict']:<13} gap {_gap(r)} ({r['best_configuration']})"
+        best = r["best_configuration"]
+        line = f"  {r['arm']:<24} {r['verdict']:<13} gap {_gap(r)} " + (best if best.startswith("(") else f"({best})")
         if r["verdict"] == "matched":
             line += (f"; expected {count(r['expected_trials_to_match'])} trials"
                      f"{bracket(r['expected_trials_low'], r['expected_trials_high'])}, "
