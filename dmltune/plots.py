@@ -97,7 +97,8 @@ def best_so_far_figure(analysis: Analysis) -> Figure:
             shown += [sel.val.mean, *(sel.val.mean + np.array([-1, 1]) * np.nan_to_num(sel.val.half))]
     if math.isfinite(analysis.target):
         ax.axhline(analysis.target, color="grey", ls="--", lw=1,
-                   label=f"{analysis.reference} − δ ({analysis.target:.4f})")
+                   label=f"{analysis.reference} mean − δ ({analysis.target:.4f}); orientation only: "
+                         "curves are single-seed bests, see the verdicts")
         shown.append(analysis.target)
     ax.set_ylim(*metric_limits(shown))
     ax.set_xlim(left=0)

@@ -129,3 +129,10 @@ def test_study_overhead_benchmark_runs(tmp_path):
     dml = [r for r in rows if r["trainable"] == "dmltune"]
     assert all(r["work_s"] > 0 and r["import_s"] >= 0 for r in dml)
     assert all("marginal_per_report_ms" in r for r in rows if r["trainable"] == "noop_k")
+
+
+def test_verdict_calibration_benchmark_runs(tmp_path):
+    out = tmp_path / "calibration.json"
+    run_script("verdict_calibration.py", "--studies", "3", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 8 and all(abs(r["matched"] + r["not_matched"] + r["inconclusive"] - 1) < 1e-9 for r in rows)

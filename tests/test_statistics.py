@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmltune.analysis import analyse, arm_verdict, cross_fitted, seeds_needed, select, study_table
+from dmltune.analysis import analyse, arm_verdict, configurations, cross_fitted, seeds_needed, select, study_table
 from dmltune.analysis.formatting import cost
 from synthetic_study import grid_arm, simulated_table, single_arm, trial_rows, write_study_dir
 
@@ -58,7 +58,7 @@ def test_an_arm_identical_to_the_reference_is_rarely_called_not_matched():
 def test_shared_seed_effects_are_paired_away_without_false_matches():
     # a seed effect twice the noise, shared by both arms: pairing is chosen, keeps the false-match
     # rate down and finds a true match that Welch's interval would drown in the seed effect
-    below = verdict_rates([0.5 - 2 * DELTA] * 12, seeds=3, seed_sd=2 * DELTA, seed=3)
+    below = verdict_rates([0.5 - 2 * DELTA] * 12, seeds=3, seed_sd=2 * DELTA, studies=100, seed=3)
     assert below["matched"] <= 0.10
     rng = np.random.default_rng(4)
     a = analyse(study_table(simulated_table(rng, [0.5 + 2 * DELTA] * 4, 0.5, DELTA / 4, 4, seed_sd=4 * DELTA), SOURCE))
@@ -137,9 +137,14 @@ def test_a_configuration_that_diverged_on_two_of_three_seeds_is_not_selected():
     table = a.table.cache[("configurations", "g", 0.95, 0.0)]
     penalised = table.set_index("configuration").loc["gamma_pos=0.1"]
     assert penalised.val_mean == pytest.approx(0.60 / 3) and penalised.failed == 2   # diverged counts as 0
-    # the penalty is the analysis setting failure_value: with 0.55 the diverged seeds no longer sink it
-    b = analyse(study_table(st.per_epoch, {}), {"reference": "ref", "delta": DELTA, "failure_value": 0.55})
-    assert b.selections["g"].configuration == "gamma_pos=0.1"
+    # the penalty is the analysis setting failure_value; at most 0, so a failure never outranks a result
+    b = analyse(study_table(st.per_epoch, {}), {"reference": "ref", "delta": DELTA, "failure_value": -1.0})
+    assert b.table.cache[("configurations", "g", 0.95, -1.0)].set_index("configuration").loc[
+        "gamma_pos=0.1"].val_mean == pytest.approx((0.60 - 2) / 3)
+    from dmltune.registry import ConfigError
+
+    with pytest.raises(ConfigError, match="failure_value"):
+        analyse(st, {"reference": "ref", "failure_value": 0.5})
 
 
 def test_replicate_arms_and_missing_variance_are_inconclusive_with_a_reason():
@@ -235,14 +240,76 @@ def test_costs_below_an_hour_are_shown_in_minutes_or_seconds():
 def test_a_hand_written_table_with_only_the_public_columns_is_analysed():
     rows = []
     for c, v in enumerate([0.42, 0.47, 0.45]):
-        for s in range(3):
+        for s in range(5):
             rows.append({"arm": "grid", "experiment": "grid", "trial_id": f"g{c}{s}", "seed": s, "status": "ok",
                          "epoch": 5, "val/map@r": v + 0.003 * s, "test/map@r": v - 0.05, "wall_s": 60.0, "gpu_s": 0.0,
                          "config/loss.lam": 0.5 + c / 10})
-    for s in range(3):
+    for s in range(5):
         rows.append({"arm": "ref", "experiment": "ref", "trial_id": f"r{s}", "seed": s, "status": "ok", "epoch": 5,
                      "val/map@r": 0.46 + 0.003 * s, "test/map@r": 0.41, "wall_s": 60.0, "gpu_s": 0.0,
                      "config/loss.lam": 0.7})
     a = analyse(study_table(pd.DataFrame(rows)), {"reference": "ref"})
     assert a.table.cost_unit == "wall-hours" and set(a.verdicts) == {"grid"}
-    assert a.verdicts["grid"].method == "paired"                          # identical seed offsets in both arms
+    assert a.verdicts["grid"].method == "paired"              # identical seed offsets in both arms, 5 seeds
+
+
+def test_a_reference_without_a_usable_trial_sets_no_target_and_claims_nothing():
+    rows = grid_arm("g", {(0.1, 0.0): 0.5}) + grid_arm("ref", {(0.1, 0.0): 0.5},
+                                                       status={(0.1, 0.0, s): "error" for s in range(3)})
+    a = analyse(study_table(pd.DataFrame(rows)), {"reference": "ref"})
+    assert math.isnan(a.target)
+    v = a.verdicts["g"]
+    assert v.verdict == "inconclusive" and "reference has no usable trial" in v.reason
+
+
+def test_two_shared_seeds_never_pair():
+    # with two seeds a sample correlation is always ±1: pairing on it would fake precision
+    a = pd.Series([0.50, 0.60], index=[0, 1])
+    b = pd.Series([0.40, 0.50], index=[0, 1])
+    from dmltune.analysis import gap
+
+    g = gap(a, b, 0.95)
+    assert g.method == "welch" and g.half > 0
+
+
+@pytest.mark.slow
+def test_choosing_pairing_from_the_data_keeps_the_false_match_rate():
+    # no seed effect, the arm exactly at the target, 5 seeds: choosing the shorter interval without a
+    # margin gave 6.3% matches at a nominal 5%; the Fisher-z rule must stay at the nominal level
+    rng = np.random.default_rng(11)
+    hits = 0
+    for _ in range(2000):
+        ref = pd.Series(0.5 + rng.normal(0, DELTA, 5))
+        arm = pd.DataFrame(0.5 - DELTA + rng.normal(0, DELTA, (1, 5)))
+        hits += arm_verdict("a", arm, ref, DELTA, 0.95).verdict == "matched"
+    assert hits / 2000 <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / 2000)
+
+
+def test_repeated_rows_of_a_seed_count_once_and_nan_settings_do_not_break_the_analysis():
+    values = {(0.1, 0.0): 0.50, (0.2, 0.0): 0.45}
+    rows = grid_arm("g", values, noise={(0.1, 0.0, 1): 0.02}) + single_arm("ddtas", [0.5, 0.52, 0.48])
+    dup = [dict(r, trial_id="copy") for r in rows if r["trial_id"] == "g_00000"] * 1
+    a = analyse(study_table(pd.DataFrame(rows + dup + [dict(r, trial_id="copy2") for r in dup])), {"reference": "ddtas"})
+    sel = a.selections["g"]
+    assert sel.test.n == 3 and sel.val.n == 3                 # seed 0 ran three times: still one seed
+    table = configurations(a.table, "g")
+    assert table.set_index("configuration").loc["gamma_pos=0.1"].val_n == 3
+    nan_rows = grid_arm("g", {(0.1, 0.0): 0.5, (np.nan, 0.05): 0.45}) + single_arm("ddtas", [0.5, 0.5, 0.5])
+    b = analyse(study_table(pd.DataFrame(nan_rows)), {"reference": "ddtas"})
+    assert b.verdicts["g"].configurations == 2
+
+
+def test_a_searched_reference_is_compared_through_its_cross_fitted_values(tmp_path):
+    rows = grid_arm("ref", {(0.1, 0.0): 0.50, (0.2, 0.0): 0.48}, noise={(0.2, 0.0, 0): 0.05}) \
+        + single_arm("arm", [0.47, 0.48, 0.49])
+    a = analyse(study_table(pd.DataFrame(rows)), {"reference": "ref"})
+    held = a.selections["ref"].held_out
+    # seed 0 held out: 0.1 best on seeds 1, 2 → 0.50; seed 1: 0.2 best on 0, 2 (0.505) → 0.48; seed 2 → 0.48
+    assert list(held.round(4)) == [0.50, 0.48, 0.48]
+    assert a.target == pytest.approx(held.mean() - DELTA)
+    assert a.selections["ref"].val.mean > held.mean()          # the naive value carries the curse
+    folder = write_study_dir(tmp_path / "sref", pd.DataFrame(rows), analysis={"reference": "ref"})
+    from dmltune.analysis.report import write_report
+
+    path, _ = write_report(folder, figures=False)
+    assert "is a searched arm" in path.read_text()

@@ -144,7 +144,8 @@ def cost_row(st: StudyTable, arm: str, verdict: Verdict, ref_values: pd.Series, 
            "matching_trials": math.nan, "expected_trials_to_match": math.nan, "expected_trials_low": math.nan,
            "expected_trials_high": math.nan, "expected_cost_to_match": math.nan, "expected_cost_low": math.nan,
            "expected_cost_high": math.nan, probability_column: math.nan, "cost_needed": math.nan,
-           "seeds_needed": verdict.seeds_needed, "budget_h": float(finished_costs), "reason": verdict.reason}
+           "seeds_needed": verdict.seeds_needed, "budget_h": float(st.arm_rows(arm).cost_h.sum()),
+           "reason": verdict.reason}
     if verdict.verdict != MATCHED or not len(seeds):
         return row
     trials, cost, hits, finished = match_costs(c, ref, settings["delta"], np.ones((1, len(seeds))))
@@ -168,9 +169,13 @@ def calibration_row(st: StudyTable, ref: str, ref_values: pd.Series, settings: d
     matrix = ref_values.to_frame().T
     verdict = arm_verdict(ref, matrix, ref_values, settings["delta"], settings["confidence"], settings["power"],
                           labels=["(reference)"], pairing=False)
-    if verdict.verdict != MATCHED and math.isnan(verdict.seeds_needed):
-        verdict.seeds_needed = math.nan
-    return cost_row(st, ref, verdict, ref_values, settings, probability_column)
+    row = cost_row(st, ref, verdict, ref_values, settings, probability_column)
+    if st.dims[ref]:  # a searched reference: its trials are a search, not runs of the compared configuration
+        for key in row:
+            if key.startswith(("expected_", "matching_", "trials_needed", "cost_needed")):
+                row[key] = math.nan
+        row["reason"] += "; the reference is a search, so its cost to match itself is not given"
+    return row
 
 
 def analyse(st: StudyTable, overrides: dict | None = None) -> Analysis:
@@ -178,8 +183,14 @@ def analyse(st: StudyTable, overrides: dict | None = None) -> Analysis:
     conf, ref, fail = settings["confidence"], settings["reference"], settings["failure_value"]
     selections = {arm: select(st, arm, conf, fail) for arm in st.arms}
     ref_sel = selections[ref]
-    ref_values = ref_sel.values
-    target = ref_sel.val.mean - settings["delta"] if math.isfinite(ref_sel.val.mean) else math.nan
+    # a reference without a single usable trial sets no target (its failure values would set a false one)
+    usable_ref = not ref_sel.trials.empty
+    ref_values = ref_sel.values if usable_ref else pd.Series(dtype=float)
+    if usable_ref and st.dims[ref] and ref_sel.mode == "grid" and len(ref_sel.held_out) >= 2:
+        # a searched reference: its selection's own seeds carry the winner's curse and would raise
+        # the target; compare with its cross-fitted (held-out) values instead
+        ref_values = ref_sel.held_out
+    target = float(ref_values.mean()) - settings["delta"] if usable_ref and len(ref_values) else math.nan
     column = f"trials_needed_p{round(100 * settings['probability'])}"
     verdicts, match = {}, []
     for arm in st.arms:

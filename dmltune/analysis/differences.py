@@ -114,28 +114,22 @@ def pairing_pays(rho: float, var_a: float, var_b: float, n: int, confidence: flo
     return paired_half < welch_half
 
 
-MIN_PAIRING_DF = 4    # degrees of freedom behind ρ̂ (Σ over configurations of shared seeds − 1) to consider pairing
-
-
-def seed_correlation(A: np.ndarray, b: np.ndarray, with_df: bool = False):
+def seed_correlation(A: np.ndarray, b: np.ndarray):
     """Correlation of the rows' values with b over shared seeds, pooled over rows: deviations from
     each row's own means (over its shared seeds) are pooled, so differences between configurations
-    do not count as seed correlation. NaN with too few shared seeds. ``with_df``: also return the
-    degrees of freedom behind it, Σ over rows of (shared seeds − 1)."""
+    do not count as seed correlation. NaN with too few shared seeds."""
     A = np.atleast_2d(np.asarray(A, dtype=float))
     B = np.broadcast_to(np.asarray(b, dtype=float), A.shape)
     both = np.isfinite(A) & np.isfinite(B)
     rows = both.sum(axis=1) >= 2
-    df = int((both.sum(axis=1)[rows] - 1).sum())
     if not rows.any():
-        return (math.nan, 0) if with_df else math.nan
+        return math.nan
     a, bb, m = np.where(both, A, 0.0)[rows], np.where(both, B, 0.0)[rows], both[rows]
     k = m.sum(axis=1, keepdims=True)
     da = np.where(m, a - a.sum(axis=1, keepdims=True) / k, 0.0)
     db = np.where(m, bb - bb.sum(axis=1, keepdims=True) / k, 0.0)
     saa, sbb = float((da ** 2).sum()), float((db ** 2).sum())
-    rho = float((da * db).sum() / math.sqrt(saa * sbb)) if saa > 0 and sbb > 0 else math.nan
-    return (rho, df) if with_df else rho
+    return float((da * db).sum() / math.sqrt(saa * sbb)) if saa > 0 and sbb > 0 else math.nan
 
 
 def pooled_variance(A: np.ndarray) -> float:
@@ -145,21 +139,39 @@ def pooled_variance(A: np.ndarray) -> float:
     return float((var[keep] * (n[keep] - 1)).sum() / (n[keep] - 1).sum()) if keep.any() else math.nan
 
 
+def break_even_correlation(var_a: float, var_b: float, n: int, confidence: float) -> float:
+    """The seed correlation above which the paired interval is expected to be shorter than Welch's
+    with n shared seeds (:func:`pairing_pays`), found by bisection; 1 when pairing never pays."""
+    if not pairing_pays(1.0, var_a, var_b, n, confidence):
+        return 1.0
+    lo, hi = -1.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if pairing_pays(mid, var_a, var_b, n, confidence) else (mid, hi)
+    return hi
+
+
 def choose_pairing(A: np.ndarray, b: np.ndarray, confidence: float) -> tuple[bool, float]:
-    """One decision per arm, not per configuration (so it cannot pick the more favourable interval
-    configuration by configuration): pair when the pooled seed correlation makes the paired interval
-    expected shorter at the typical number of shared seeds. ρ̂ must rest on at least
-    MIN_PAIRING_DF degrees of freedom and the typical configuration must share at least 3 seeds with
-    b: with 2 shared seeds a sample correlation is always ±1, and pairing on it would claim a
-    precision the data do not have. Returns (pair?, ρ)."""
+    """Pair when the data *show*, at the study's confidence, that the seed correlation is above the
+    break-even correlation at which the paired interval is expected to be shorter than Welch's.
+
+    ρ̂ pools every configuration of the arm against b; its precision is limited by b's own seeds (b's
+    deviations are shared by every configuration), so its one-sided lower bound uses Fisher's z with
+    n − 3 degrees of freedom, n the typical number of seeds shared with b: ρ_low = tanh(atanh(ρ̂) −
+    z(confidence)/√(n − 3)). Pairing needs ρ_low > the break-even ρ*; with 3 or fewer shared seeds it
+    is never chosen. Choosing the shorter interval from the same data, without this margin, would make
+    the paired standard error look smaller exactly when it is chosen (measured: 6.3% false matches
+    at a nominal 5%). One decision per arm, never per configuration. Returns (pair?, ρ̂)."""
     A = np.atleast_2d(np.asarray(A, dtype=float))
     b = np.asarray(b, dtype=float)
-    rho, df = seed_correlation(A, b, with_df=True)
+    rho = seed_correlation(A, b)
     shared = (np.isfinite(A) & np.isfinite(b)[None, :]).sum(axis=1)
     n = int(np.median(shared)) if len(shared) else 0
-    if df < MIN_PAIRING_DF or n < 3:
+    var_a, var_b = pooled_variance(A), pooled_variance(b[None, :])
+    if n <= 3 or not (math.isfinite(rho) and math.isfinite(var_a) and math.isfinite(var_b)):
         return False, rho
-    return pairing_pays(rho, pooled_variance(A), pooled_variance(b[None, :]), n, confidence), rho
+    z = math.atanh(min(max(rho, -0.999999), 0.999999)) - stats.norm.ppf(confidence) / math.sqrt(n - 3)
+    return math.tanh(z) > break_even_correlation(var_a, var_b, n, confidence), rho
 
 
 def compare(A: np.ndarray, b: np.ndarray, use_paired: bool) -> Differences:
@@ -199,5 +211,5 @@ def gap(a: pd.Series, b: pd.Series, confidence: float) -> Gap:
     return Gap(float(d.mean[0]), float(d.half(confidence)[0]), int(d.n[0]), d.method, rho)
 
 
-__all__ = ["Differences", "Gap", "aligned", "choose_pairing", "compare", "gap", "paired", "pairing_pays",
+__all__ = ["Differences", "Gap", "aligned", "break_even_correlation", "choose_pairing", "compare", "gap", "paired", "pairing_pays",
            "pooled_variance", "seed_correlation", "welch", "welch_df"]

@@ -53,7 +53,8 @@ def few_seeds_mark(n) -> str:
         return ""
 
 
-FEW_SEEDS_FOOTNOTE = (f"† Fewer than {FEW_SEEDS} seeds: the interval is unreliable. Student t with so few degrees "
-                      "of freedom is very wide, and the seed variance itself is barely estimated. Run more seeds.")
+FEW_SEEDS_FOOTNOTE = (f"† Interval from fewer than {FEW_SEEDS} seeds (n < {FEW_SEEDS}): unreliable. Student t with so "
+                      "few degrees of freedom is very wide, and the seed variance itself is barely estimated. "
+                      "Run more seeds.")
 
 __all__ = ["FEW_SEEDS_FOOTNOTE", "bracket", "cost", "count", "few_seeds_mark", "number"]

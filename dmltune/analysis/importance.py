@@ -95,7 +95,7 @@ def tunability(st: StudyTable, arm: str, selection: Selection, failure_value: fl
     mine = rows[config_keys(rows, st.dims[arm]) == key]
     from .selection import config_label
 
-    values = st.scored(mine, failure_value).set_axis(mine.seed).dropna().astype(float)
+    values = st.scored(mine, failure_value).set_axis(mine.seed).dropna().astype(float).groupby(level=0).mean()
     default = estimate(values, confidence)
     diff = gap(selection.values, values, confidence)
     out.update(default=config_label(mine.iloc[0], st.dims[arm]), default_val=default.mean,
@@ -109,26 +109,28 @@ def _fanova(frame: pd.DataFrame, dims: list[str], seed: int) -> dict[str, float]
     from optuna.distributions import CategoricalDistribution, FloatDistribution
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
-    if len(frame) < 2 or frame.value.nunique() < 2:
+    frame = frame.dropna(subset=dims)
+    if len(frame) < 2 or frame.value.nunique() < 2 or any(frame[c].map(str).nunique() < 2 for c in dims):
         return None
-    distributions = {}
-    for c in dims:
-        values = frame[c]
-        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-        if numeric and values.nunique() >= 2:
-            distributions[c] = FloatDistribution(float(values.min()), float(values.max()))
-        else:
-            distributions[c] = CategoricalDistribution(sorted(values.astype(str).unique()))
-    trials = []
-    for _, row in frame.iterrows():
-        params = {c: (float(row[c]) if isinstance(distributions[c], FloatDistribution) else str(row[c])) for c in dims}
-        trials.append(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row.value)))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize")
-    study.add_trials(trials)
     try:
+        distributions = {}
+        for c in dims:
+            values = frame[c]
+            numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+            if numeric:
+                distributions[c] = FloatDistribution(float(values.min()), float(values.max()))
+            else:
+                distributions[c] = CategoricalDistribution(sorted(values.map(str).unique()))
+        trials = []
+        for _, row in frame.iterrows():
+            params = {c: (float(row[c]) if isinstance(distributions[c], FloatDistribution) else str(row[c]))
+                      for c in dims}
+            trials.append(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row.value)))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(direction="maximize")
+        study.add_trials(trials)
         found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
-    except (RuntimeError, ValueError, ZeroDivisionError):
+    except Exception:  # noqa: BLE001 - importance is a summary; a degenerate grid must not sink the report
         return None
     return {c: float(found.get(c, 0.0)) for c in dims}
 

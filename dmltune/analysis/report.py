@@ -20,7 +20,9 @@ FIGURE_NOTES = {
     "best_so_far": "Expected best validation value after spending a budget, if the arm's trials were drawn at "
                    "random without replacement (E[max_n], Tang et al. 2020), against the expected cost of n trials; "
                    "the band is its interval from a bootstrap over seeds. Single-configuration arms are points at "
-                   "the cost of one run with the interval over seeds. The dashed line is the reference − δ.",
+                   "the cost of one run with the interval over seeds. The dashed line is the reference mean − δ, for "
+                   "orientation only: a curve is the best *single-seed* trial and is biased upward against a mean "
+                   "over seeds, so crossing the line is not a match; the verdicts say whether an arm matches.",
     "heatmaps": "Validation mean over seeds (failures counted at the failure value) for every cell of each searched "
                 "grid; the red line on the colour bar is the reference arm's value. A sharp peak means the fixed "
                 "thresholds need careful tuning.",
@@ -214,6 +216,10 @@ def render(a: Analysis, figures: dict[str, Path], folder: Path) -> str:
     few = bool(a.summary.few_seeds.any()) or any(0 < n < 3 for n in a.match.get("seeds", []))
     parts = [
         f"# Study {st.name}\n",
+        *([f"**The reference {a.reference} is a searched arm.** It is compared through its cross-fitted values "
+           "(each seed's value of the configuration selected on the other seeds), which removes the winner's "
+           "curse but controls the verdicts' error rates only approximately (docs/analysis.md). Prefer a "
+           "single-configuration reference.\n"] if st.dims[a.reference] else []),
         f"Selection metric: validation {st.metric[4:]} (the last evaluation of each trial); reported: test "
         f"{st.test_metric[5:]}. Reference arm: **{a.reference}** (validation {ref.val.text()}), δ = {s['delta']:g}: "
         f"an arm *matches* when one of its configurations has a true validation mean (expected over seeds) of at "

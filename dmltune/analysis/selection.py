@@ -83,9 +83,9 @@ def config_keys(rows: pd.DataFrame, dims: list[str]) -> pd.Series:
     """One string per row naming its configuration (the searched values joined by '|')."""
     if not dims:
         return pd.Series("", index=rows.index, dtype=object)
-    keys = rows[dims[0]].astype(str).astype(object)
+    keys = rows[dims[0]].map(str).astype(object)
     for c in dims[1:]:
-        keys = keys + "|" + rows[c].astype(str).astype(object)
+        keys = keys + "|" + rows[c].map(str).astype(object)
     return keys
 
 
@@ -154,8 +154,12 @@ def _configurations(st: StudyTable, arm: str, confidence: float, failure_value: 
     score = st.scored(rows, failure_value).to_numpy(dtype=float)
     test = (np.where(usable, rows[st.test_metric].to_numpy(dtype=float), np.nan) if st.test_metric in rows
             else np.full(len(rows), np.nan))
-    val_n, val_mean, val_std = _group_moments(groups, score, G)
-    test_n, test_mean, test_std = _group_moments(groups, test, G)
+    # a seed counts once per configuration: repeated (configuration, seed) rows are averaged first
+    cells = pd.DataFrame({"g": groups, "seed": rows.seed.map(str).to_numpy(), "score": score, "test": test})
+    cells = cells.groupby(["g", "seed"], sort=False).mean().reset_index()
+    cell_groups = cells.g.to_numpy(dtype=int)
+    val_n, val_mean, val_std = _group_moments(cell_groups, cells.score.to_numpy(dtype=float), G)
+    test_n, test_mean, test_std = _group_moments(cell_groups, cells.test.to_numpy(dtype=float), G)
     first = np.unique(groups, return_index=True)[1]
     firsts = rows.iloc[first]
     table = pd.DataFrame({c: firsts[c].to_numpy() for c in dims})
@@ -169,8 +173,10 @@ def _configurations(st: StudyTable, arm: str, confidence: float, failure_value: 
     table["cost_h"] = np.bincount(groups, weights=rows.cost_h.to_numpy(dtype=float), minlength=G)
     table["_key"] = keys
     table["_rank_val"] = table.val_mean.fillna(-np.inf)
-    table = table.sort_values(["_rank_val", "usable", "_key"], ascending=[False, False, True], kind="stable")
-    return table.drop(columns=["_rank_val"]).reset_index(drop=True)
+    table["_any_usable"] = table.usable > 0
+    table = table.sort_values(["_any_usable", "_rank_val", "usable", "_key"], ascending=[False, False, False, True],
+                              kind="stable")
+    return table.drop(columns=["_rank_val", "_any_usable"]).reset_index(drop=True)
 
 
 def _best_row(matrix: np.ndarray, usable: np.ndarray) -> int:
@@ -185,22 +191,28 @@ def _best_row(matrix: np.ndarray, usable: np.ndarray) -> int:
     return int(order[0])
 
 
+def held_out_values(matrix: pd.DataFrame, usable: pd.DataFrame | None = None) -> pd.Series:
+    """For each seed (column) s: the value on s of the configuration (row) with the best mean over the
+    other seeds (ties as in :func:`_best_row`). ``usable`` (same shape): which cells hold a usable
+    trial. Seeds whose pick has no value on s are left out."""
+    values = matrix.to_numpy(dtype=float)
+    ok = usable.to_numpy(dtype=bool) if usable is not None else np.isfinite(values)
+    held = {}
+    for j, seed in enumerate(matrix.columns):
+        pick = _best_row(np.delete(values, j, axis=1), np.delete(ok, j, axis=1).sum(axis=1))
+        if pick >= 0 and np.isfinite(values[pick, j]):
+            held[seed] = values[pick, j]
+    return pd.Series(held, dtype=float)
+
+
 def cross_fitted(matrix: pd.DataFrame, usable: pd.DataFrame | None = None, confidence: float = 0.95) -> Estimate:
-    # ``usable`` (same shape as ``matrix``): which cells hold a usable trial (for ties)
     """Leave-one-seed-out estimate of the selected configuration's value, free of the winner's curse.
 
     For each seed s: select the configuration with the best mean over the other seeds, take its value
-    on s. The mean of these held-out values estimates the true value of a configuration selected by
-    the same rule (from one seed fewer), without the upward bias of reading the selection's own
-    values. NaN with fewer than two seeds."""
-    values = matrix.to_numpy(dtype=float)
-    ok = usable.to_numpy(dtype=bool) if usable is not None else np.isfinite(values)
-    held = []
-    for j in range(values.shape[1]):
-        others = np.delete(values, j, axis=1)
-        pick = _best_row(others, np.delete(ok, j, axis=1).sum(axis=1))
-        if pick >= 0 and np.isfinite(values[pick, j]):
-            held.append(values[pick, j])
+    on s (:func:`held_out_values`). The mean of these held-out values estimates the true value of a
+    configuration selected by the same rule (from one seed fewer), without the upward bias of reading
+    the selection's own values. NaN with fewer than two seeds."""
+    held = held_out_values(matrix, usable)
     if len(held) < 2:
         return Estimate(math.nan, math.nan, 0)
     return estimate(held, confidence)
@@ -218,6 +230,7 @@ class Selection:
     values: pd.Series = field(default_factory=lambda: pd.Series(dtype=float), repr=False)  # val by seed
     val_crossfit: Estimate = field(default_factory=lambda: Estimate(math.nan, math.nan, 0))
     failed: int = 0                   # diverged or errored seeds of the selected configuration
+    held_out: pd.Series = field(default_factory=lambda: pd.Series(dtype=float), repr=False)  # cross-fitted, by seed
 
 
 def select(st: StudyTable, arm: str, confidence: float = 0.95, failure_value: float = FAILURE_VALUE) -> Selection:
@@ -234,7 +247,7 @@ def select(st: StudyTable, arm: str, confidence: float = 0.95, failure_value: fl
         picked = pd.DataFrame(picks)
         labels = sorted({config_label(r, dims) for _, r in picked.iterrows()}) if len(picked) else []
         label = labels[0] if len(labels) == 1 else f"best of each seed's search ({len(labels)} distinct)"
-        values = picked.set_index("seed")._score if len(picked) else pd.Series(dtype=float)
+        values = picked.set_index("seed")._score.groupby(level=0).mean() if len(picked) else pd.Series(dtype=float)
         chosen = picked[st.usable(picked)] if len(picked) else picked
         failed = int(picked.status.isin(st.FAILED).sum()) if len(picked) else 0
         return Selection(arm, "replicates", label, estimate(values, confidence),
@@ -248,15 +261,17 @@ def select(st: StudyTable, arm: str, confidence: float = 0.95, failure_value: fl
     best = table.iloc[0]
     key = config_keys(rows, dims)
     mine = rows[key == best["_key"]]
-    values = st.scored(mine, failure_value).set_axis(mine.seed).dropna()
+    values = st.scored(mine, failure_value).set_axis(mine.seed).dropna().groupby(level=0).mean()
     chosen = mine[usable[key == best["_key"]]]
     if dims:
         from .tuning_cost import cells
 
         c = cells(st, arm, arm_seeds(st, arm), failure_value)
-        crossfit = cross_fitted(pd.DataFrame(c.value), pd.DataFrame(c.usable > 0), confidence)
+        held = held_out_values(pd.DataFrame(c.value, columns=c.seeds), pd.DataFrame(c.usable > 0, columns=c.seeds))
+        crossfit = estimate(held, confidence) if len(held) >= 2 else Estimate(math.nan, math.nan, 0)
     else:
-        crossfit = estimate(values, confidence)
-    test = chosen[st.test_metric] if st.test_metric in chosen else pd.Series(dtype=float)
+        held, crossfit = values, estimate(values, confidence)
+    test = (chosen.groupby("seed")[st.test_metric].mean() if st.test_metric in chosen and len(chosen)
+            else pd.Series(dtype=float))
     return Selection(arm, "grid", best["configuration"], estimate(values, confidence), estimate(test, confidence),
-                     chosen, dims, values.astype(float), crossfit, int(best["failed"]))
+                     chosen, dims, values.astype(float), crossfit, int(best["failed"]), held.astype(float))

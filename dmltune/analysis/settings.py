@@ -26,8 +26,9 @@ ANALYSIS = Component("section", "analysis", dict, (
     Param("power", float, 0.8, low=0.5, high=0.99, help="power of the seeds-needed calculation"),
     Param("probability", float, 0.9, low=0.5, high=0.999,
           help="trials needed to reach the target with this probability (column trials_needed_p90)"),
-    Param("failure_value", float, 0.0, low=-1.0, high=1.0,
-          help="validation value a diverged or errored seed counts as (0 = the floor of every retrieval metric)"),
+    Param("failure_value", float, 0.0, low=-1.0, high=0.0,
+          help="validation value a diverged or errored seed counts as (0 = the floor of every retrieval metric; "
+               "at most 0, so a failure never outranks a real result)"),
     Param("bootstrap", int, 1000, low=10, high=100000, help="bootstrap replicates over seeds"),
     Param("seed", int, 0, low=0, help="seed of the bootstrap"),
 ))

@@ -100,8 +100,9 @@ def arm_verdict(arm: str, values: pd.DataFrame, ref: pd.Series, delta: float, co
     method = "paired" if use_paired else "welch"
     seeds = float(np.median(np.isfinite(A).sum(axis=1))) if C else 0.0
     if C == 0 or len(ref) == 0 or not np.isfinite(A).any():
+        why = "the reference has no usable trial" if len(ref) == 0 else "the arm has no finished trial"
         return Verdict(arm, INCONCLUSIVE, method, rho, C, 0, "–", math.nan, math.nan, math.nan, seeds, math.nan,
-                       "no finished trial in the arm or the reference", np.full(C, -np.inf), np.full(C, np.inf))
+                       why, np.full(C, -np.inf), np.full(C, np.inf))
     d = compare(A, b, use_paired)
     lower = d.lower(1 - alpha / C) + delta
     upper = d.upper(1 - alpha) + delta
