@@ -78,3 +78,11 @@ def test_source_uses_only_safe_loaders():
         assert "yaml.load(" not in text and "yaml.unsafe_load" not in text, f"{path}: use yaml.safe_load"
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, f"{path}: {call}"
+
+
+def test_a_binary_study_file_is_refused_in_one_line(tmp_path, capsys):
+    path = tmp_path / "study.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    assert main(["run", str(path)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "not a text file" in message and str(path) in message
