@@ -282,15 +282,19 @@ def console_summary(a: Analysis) -> str:
     """The terminal's summary: each arm's selection and values, then every arm's verdict."""
     st = a.table
     conf = int(round(100 * a.settings["confidence"]))
-    lines = [f"{'arm':<24} {'trials':>6} {st.cost_unit:>10}  {'val ' + st.metric[4:]:>12}  "
+    time = "GPU time" if st.cost_unit == "GPU-hours" else "wall time"
+    lines = [f"{'arm':<24} {'trials':>6} {time:>10}  {'val ' + st.metric[4:] + ' (mean ± CI)':<26} "
              f"{'test ' + st.test_metric[5:] + ' (mean ± CI)':<26} selected"]
+
+    def interval(mean, half, n) -> str:
+        text = number(mean) + ("" if not math.isfinite(half) else f" ± {half:.4f}")
+        return text + (f" (n = {n})" + few_seeds_mark(n) if n else "")
+
     for r in a.summary.itertuples():
         mark = " (reference)" if r.arm == a.reference else ""
         spent = r.gpu_h if st.cost_unit == "GPU-hours" else r.wall_h
-        test = number(r.test) + ("" if not math.isfinite(r.test_half) else f" ± {r.test_half:.4f}")
-        test += f" (n = {r.seeds})" + few_seeds_mark(r.seeds) if r.seeds else ""
-        lines.append(f"{r.arm:<24} {r.trials:>6} {cost(spent):>10}  {number(r.val):>12}  "
-                     f"{test:<26} {r.selected}{mark}")
+        lines.append(f"{r.arm:<24} {r.trials:>6} {cost(spent):>10}  {interval(r.val, r.val_half, r.val_n):<26} "
+                     f"{interval(r.test, r.test_half, r.seeds):<26} {r.selected}{mark}")
     if not math.isfinite(a.target):
         lines.append(f"\nno verdicts: the reference {a.reference} has no usable trial")
         return "\n".join(lines)
