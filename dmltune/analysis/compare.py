@@ -4,7 +4,7 @@ tuning cost of the arms that match, the reverse gap, and the sensitivity of ever
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ from .differences import gap
 from .selection import Selection, config_labels, configurations, seed_matrix, select
 from .settings import ANALYSIS
 from .trials import StudyTable
-from .tuning_cost import cells, first_match, match_costs, percentile_interval, seed_draws, trials_for_probability
+from .tuning_cost import cells, match_costs, percentile_interval, seed_draws, trials_for_probability
 from .verdict import MATCHED, Verdict, arm_verdict
 
 
@@ -39,7 +39,7 @@ class Analysis:
 
     @property
     def probability_column(self) -> str:
-        return f"trials_needed_p{round(100 * self.settings['probability'])}"
+        return probability_column(self.settings)
 
     @property
     def expected_best(self) -> pd.DataFrame:
@@ -72,6 +72,11 @@ class Analysis:
         return self._cache["importance"]
 
 
+def probability_column(settings: dict) -> str:
+    """``trials_needed_p90`` for probability 0.9."""
+    return f"trials_needed_p{round(100 * settings['probability'])}"
+
+
 def default_reference(st: StudyTable) -> str:
     """The last arm that runs a single configuration (needs no tuning); else the last arm."""
     single = [a for a in st.arms if not st.dims[a]]
@@ -89,7 +94,7 @@ def resolve_settings(st: StudyTable, overrides: dict | None = None) -> dict:
 
 
 def arm_summary(st: StudyTable, selections: dict[str, Selection], verdicts: dict[str, Verdict],
-                reference: str) -> pd.DataFrame:
+                reference: str, settings: dict) -> pd.DataFrame:
     rows = []
     for arm in st.arms:
         group, sel = st.arm_rows(arm), selections[arm]
@@ -97,7 +102,8 @@ def arm_summary(st: StudyTable, selections: dict[str, Selection], verdicts: dict
         verdict = "reference" if arm == reference else verdicts[arm].verdict
         rows.append({
             "arm": arm, "searched": ", ".join(c.split("/", 1)[1] for c in st.dims[arm]) or "–",
-            "configurations": len(configurations(st, arm)) if st.dims[arm] else 1,
+            "configurations": len(configurations(st, arm, settings["confidence"], settings["failure_value"]))
+                              if st.dims[arm] else 1,
             "trials": len(group), "ok": int((status == "ok").sum()), "diverged": int((status == "diverged").sum()),
             "errors": int((status == "error").sum()), "unfinished": int((~status.isin(["ok", "diverged", "error"])).sum()),
             "gpu_h": group.get("gpu_s", pd.Series(dtype=float)).fillna(0).sum() / 3600,
@@ -191,7 +197,7 @@ def analyse(st: StudyTable, overrides: dict | None = None) -> Analysis:
         # the target; compare with its cross-fitted (held-out) values instead
         ref_values = ref_sel.held_out
     target = float(ref_values.mean()) - settings["delta"] if usable_ref and len(ref_values) else math.nan
-    column = f"trials_needed_p{round(100 * settings['probability'])}"
+    column = probability_column(settings)
     verdicts, match = {}, []
     for arm in st.arms:
         if arm == ref:
@@ -204,7 +210,7 @@ def analyse(st: StudyTable, overrides: dict | None = None) -> Analysis:
     calibration = calibration_row(st, ref, ref_values, settings, column) if len(ref_values) else {}
     searched = [a for a in st.arms if st.dims[a] and a != ref]
     sens = pd.DataFrame([sensitivity(st, a, verdicts.get(a), selections[a], settings) for a in searched])
-    return Analysis(st, settings, ref, target, selections, arm_summary(st, selections, verdicts, ref), verdicts,
+    return Analysis(st, settings, ref, target, selections, arm_summary(st, selections, verdicts, ref, settings), verdicts,
                     pd.DataFrame(match, columns=None if match else ["arm", "verdict"]), calibration, sens,
                     reverse_gap(st, selections, ref, searched, conf))
 

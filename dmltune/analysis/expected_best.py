@@ -18,7 +18,6 @@ because a seed's initialisation and batch order are shared by all of them.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .differences import gap
-from .selection import Selection, config_keys, estimate
+from .selection import Selection, config_keys, config_label, estimate
 from .trials import CONFIG_PREFIX, StudyTable, short_name
 
 
@@ -93,8 +93,6 @@ def tunability(st: StudyTable, arm: str, selection: Selection, failure_value: fl
         return out
     rows = st.arm_rows(arm)
     mine = rows[config_keys(rows, st.dims[arm]) == key]
-    from .selection import config_label
-
     values = st.scored(mine, failure_value).set_axis(mine.seed).dropna().astype(float).groupby(level=0).mean()
     default = estimate(values, confidence)
     diff = gap(selection.values, values, confidence)

@@ -212,10 +212,11 @@ def cross_fitted(matrix: pd.DataFrame, usable: pd.DataFrame | None = None, confi
     on s (:func:`held_out_values`). The mean of these held-out values estimates the true value of a
     configuration selected by the same rule (from one seed fewer), without the upward bias of reading
     the selection's own values. NaN with fewer than two seeds."""
-    held = held_out_values(matrix, usable)
-    if len(held) < 2:
-        return Estimate(math.nan, math.nan, 0)
-    return estimate(held, confidence)
+    return _held_out_estimate(held_out_values(matrix, usable), confidence)
+
+
+def _held_out_estimate(held: pd.Series, confidence: float) -> Estimate:
+    return estimate(held, confidence) if len(held) >= 2 else Estimate(math.nan, math.nan, 0)
 
 
 @dataclass
@@ -268,7 +269,7 @@ def select(st: StudyTable, arm: str, confidence: float = 0.95, failure_value: fl
 
         c = cells(st, arm, arm_seeds(st, arm), failure_value)
         held = held_out_values(pd.DataFrame(c.value, columns=c.seeds), pd.DataFrame(c.usable > 0, columns=c.seeds))
-        crossfit = estimate(held, confidence) if len(held) >= 2 else Estimate(math.nan, math.nan, 0)
+        crossfit = _held_out_estimate(held, confidence)
     else:
         held, crossfit = values, estimate(values, confidence)
     test = (chosen.groupby("seed")[st.test_metric].mean() if st.test_metric in chosen and len(chosen)

@@ -37,13 +37,13 @@ class StudyTable:
     cost_unit: str                   # "GPU-hours" or "wall-hours"
     dims: dict[str, list[str]]       # per arm, the config columns that vary (the searched parameters)
     source: dict                     # the study file as run (study.yaml), {} if absent
-    _rows: dict = field(default_factory=dict, repr=False)
     cache: dict = field(default_factory=dict, repr=False)   # derived tables, computed once
 
     def arm_rows(self, arm: str) -> pd.DataFrame:
-        if arm not in self._rows:
-            self._rows[arm] = self.final[self.final.arm == arm]
-        return self._rows[arm]
+        key = ("rows", arm)
+        if key not in self.cache:
+            self.cache[key] = self.final[self.final.arm == arm]
+        return self.cache[key]
 
     FAILED = ("diverged", "error")
 

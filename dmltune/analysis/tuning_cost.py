@@ -29,14 +29,24 @@ import numpy as np
 from .trials import StudyTable
 
 
+def _first_hit(hits, trials, hit_cost, total_cost):
+    """The closed form: expected trials and cost up to the first of ``hits`` marked trials among
+    ``trials`` in uniformly random order (inf where there is no hit). Works on arrays."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected_trials = np.where(hits > 0, (trials + 1) / (hits + 1), np.inf)
+        expected_cost = np.where(hits > 0, (total_cost - hit_cost) / (hits + 1) + hit_cost / np.maximum(hits, 1), np.inf)
+    return expected_trials, expected_cost
+
+
 def first_match(hits: np.ndarray, cost: np.ndarray) -> tuple[float, float]:
-    """Expected trials and cost up to and including the first hit, over uniformly random orders."""
+    """Expected trials and cost up to and including the first hit, over uniformly random orders
+    (NaN when there is no hit)."""
     hits = np.asarray(hits, dtype=bool)
     cost = np.asarray(cost, dtype=float)
-    m = int(hits.sum())
-    if m == 0:
+    if not hits.any():
         return math.nan, math.nan
-    return (len(hits) + 1) / (m + 1), float(cost[~hits].sum() / (m + 1) + cost[hits].sum() / m)
+    t, c = _first_hit(hits.sum(), len(hits), cost[hits].sum(), cost.sum())
+    return float(t), float(c)
 
 
 def trials_for_probability(n_trials: int, n_hits: int, probability: float) -> float:
@@ -66,6 +76,13 @@ class Cells:
 
 
 def cells(st: StudyTable, arm: str, seeds: list, failure_value: float) -> Cells:
+    key = ("cells", arm, tuple(seeds), failure_value)
+    if key not in st.cache:
+        st.cache[key] = _cells(st, arm, seeds, failure_value)
+    return st.cache[key]
+
+
+def _cells(st: StudyTable, arm: str, seeds: list, failure_value: float) -> Cells:
     from .selection import config_keys
 
     rows = st.arm_rows(arm)
@@ -120,10 +137,7 @@ def match_costs(arm: Cells, ref_values: np.ndarray, delta: float, weights: np.nd
     hits = (reaches * (arm.usable @ weights.T)).sum(axis=0)
     finished = (arm.finished @ weights.T).sum(axis=0)
     hit_cost = (reaches * (arm.usable_cost @ weights.T)).sum(axis=0)
-    total_cost = (arm.cost @ weights.T).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        trials = np.where(hits > 0, (finished + 1) / (hits + 1), np.inf)
-        cost = np.where(hits > 0, (total_cost - hit_cost) / (hits + 1) + hit_cost / np.maximum(hits, 1), np.inf)
+    trials, cost = _first_hit(hits, finished, hit_cost, (arm.cost @ weights.T).sum(axis=0))
     return trials, cost, hits, finished
 
 

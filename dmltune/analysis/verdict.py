@@ -48,10 +48,6 @@ class Verdict:
     lower: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # per configuration: gap
     upper: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # bounds as above, − δ
 
-    @property
-    def decided(self) -> bool:
-        return self.verdict != INCONCLUSIVE
-
 
 def seeds_needed(effect: float, var_diff_per_seed: float, alpha: float, power: float, *, paired: bool,
                  var_a: float = math.nan, var_b: float = math.nan) -> float:
