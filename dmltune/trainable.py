@@ -402,18 +402,20 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
     tr, ev = cfg["train"], cfg["eval"]
     reporter = reporter or make_reporter(checkpoint_root, ev["metric"])
     trial = Trial(cfg)
-    start_epoch, wall_total, last_val, replay = 1, 0.0, {}, None
+    start_epoch, wall_total, last_val, history = 1, 0.0, {}, []
     with reporter.restore_dir() as restore:
         if restore is not None:
             state = load_checkpoint(restore, map_location=trial.device)
             trial.load_state_dict(state)
             start_epoch, wall_total, last_val = state["epoch"] + 1, state["wall_s"], state["last_val"]
-            # in Tune, the checkpoint's epoch is reported again: a driver killed after recording the checkpoint
-            # but before logging its result would otherwise lose that epoch (the table keeps one row
-            # per epoch, so a repeated report changes nothing)
-            replay = state.get("report") if in_tune_session() else None
-    if replay:
-        reporter.report(dict(replay))
+            history = list(state["reports"]) if "reports" in state else [state["report"]] if "report" in state else []
+    # In Tune, every epoch up to the checkpoint is reported again. The driver writes results to a
+    # staging folder and copies them to the study folder in the background, so a driver killed after
+    # recording the checkpoint can leave the stored results some epochs behind it; the table keeps
+    # one row per epoch, so a repeated report changes nothing.
+    if in_tune_session():
+        for past in history:
+            reporter.report(dict(past))
 
     gpu_fraction = reporter.gpu_fraction() if trial.device.type == "cuda" else 0.0
     selection = f"val/{ev['metric']}"
@@ -436,11 +438,12 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
             report.update(trial.evaluator.metrics(trial.model, "test", trial.autocast))
         wall_total += time.perf_counter() - started
         report.update(epoch_s=time.perf_counter() - started, wall_s=wall_total, gpu_s=wall_total * gpu_fraction)
+        history.append(report)
         due = epoch == tr["epochs"] or (tr["checkpoint_every"] and epoch % tr["checkpoint_every"] == 0)
         if due and reporter.keeps_checkpoints:
             with tempfile.TemporaryDirectory(prefix="dmltune-ckpt-") as tmp:
                 save_checkpoint(Path(tmp), {**trial.state_dict(), "epoch": epoch, "wall_s": wall_total,
-                                            "last_val": last_val, "report": report})
+                                            "last_val": last_val, "reports": history})
                 reporter.report(report, checkpoint_dir=Path(tmp))
         else:
             reporter.report(report)

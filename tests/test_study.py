@@ -216,3 +216,15 @@ def test_gpu_auto_gives_each_arm_its_backbones_share(tmp_path, monkeypatch):
     raw["resources"]["gpu"] = "half"
     with pytest.raises(ConfigError, match="GPU fraction in \\(0, 1\\] or auto"):
         parse_study(raw, check_data=False)
+
+
+def test_asha_counts_epochs_not_reports(tmp_path, monkeypatch):
+    """A resumed trial reports its past epochs again, so ASHA's clock must be the epoch (Tune's
+    iteration count would overrun max_t and stop the trial before its last epoch)."""
+    from dmltune.study.runner import _tune_config
+
+    monkeypatch.chdir(tmp_path)
+    parsed = parse_study(study(arms__1__search={"mode": "random", "num_samples": 2,
+                                                "scheduler": {"asha": {"max_t": 2, "grace_period": 1}}}))
+    config = _tune_config(parsed, parsed.arms[1], "val/map@r", 0)
+    assert config.scheduler._time_attr == "epoch" and config.scheduler._max_t == 2

@@ -5,9 +5,11 @@ registers the new one, but records the new one in the experiment state only at t
 A driver killed in between leaves a state that points at a deleted checkpoint, and ``Tuner.restore``
 then fails that trial ("Could not recover from checkpoint as it does not exist on storage"). The
 trial's newer checkpoint is still on disk, so before restoring, each missing recorded checkpoint is
-replaced by a copy of the newest checkpoint of the same trial. The trainable resumes from the epoch
-stored inside it and, like every restored trial, first reports that epoch again (its report may
-never have reached the results), so no epoch is lost; the results table keeps one row per epoch.
+replaced by a copy of the oldest newer checkpoint of the same trial: the one whose registration
+deleted it, so one Ray had received whole (a still newer one may have been cut off mid-write by the
+kill). The trainable resumes from the epoch stored inside it and, like every restored trial, first
+reports every epoch up to it again (the driver copies results to the study folder in the background,
+so they may lag the checkpoint), so no epoch is lost; the results table keeps one row per epoch.
 """
 
 from __future__ import annotations
@@ -39,13 +41,15 @@ def recorded_checkpoints(folder: Path) -> list[Path]:
 
 
 def repair_missing_checkpoints(folder: Path) -> list[Path]:
-    """Restore every recorded-but-deleted checkpoint from its trial's newest one; returns those fixed."""
+    """Restore every recorded-but-deleted checkpoint from its trial's oldest newer one (the newest
+    when there is none newer); returns those fixed."""
     fixed = []
     for path in recorded_checkpoints(Path(folder)):
         if path.exists() or not path.parent.is_dir():
             continue
-        newer = sorted(p for p in path.parent.glob("checkpoint_*") if p.is_dir())
-        if newer:
-            shutil.copytree(newer[-1], path)
+        present = sorted(p for p in path.parent.glob("checkpoint_*") if p.is_dir())
+        newer = [p for p in present if p.name > path.name]
+        if present:
+            shutil.copytree(newer[0] if newer else present[-1], path)
             fixed.append(path)
     return fixed

@@ -76,7 +76,8 @@ def _tune_config(study: Study, arm: Arm, metric: str, searcher_seed: int):
     mode, scheduler = arm.search["mode"], None
     if arm.search["scheduler"]:
         asha = arm.search["scheduler"]["asha"]
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=asha["max_t"],
+        # epochs, not Tune's iteration count: a resumed trial reports its past epochs again
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=asha["max_t"],
                                   grace_period=asha["grace_period"], reduction_factor=asha["reduction_factor"])
     if mode == "optuna":
         search = OptunaSearch(metric=metric, mode="max", sampler=optuna.samplers.TPESampler(seed=searcher_seed))
