@@ -48,10 +48,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve_config
     from .config_files import apply_overrides, read_yaml
+    from .pairs.coupling import decoupled_notes
     from .trainable import train
 
     config = apply_overrides(read_yaml(args.config), args.set)
     resolve_config(config, where=str(args.config))  # every mistake reported before anything is built
+    for note in decoupled_notes(config, str(args.config)):
+        print(note, file=sys.stderr)
     last = train(config, checkpoint_root=args.checkpoint_dir)
     return 0 if last.get("status") == "ok" else 1
 
@@ -62,7 +65,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     study = load_study(args.study, args.set)
     print(f"{args.study}: valid")
-    print("\n".join(plan_lines(study)))
+    print("\n".join(plan_lines(study) + study.notes))
     return 0
 
 
@@ -71,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .study.runner import plan_lines, run_study
 
     study = load_study(args.study, args.set)
-    print("\n".join(plan_lines(study)), flush=True)
+    print("\n".join(plan_lines(study) + study.notes), flush=True)
     if args.dry_run:
         return 0
     folder = run_study(study, address=args.address)

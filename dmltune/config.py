@@ -132,10 +132,12 @@ def resolve_config(config: Mapping[str, Any], where: str = "config") -> dict:
     from .generation import GENERATORS
     from .models import resolve_model
     from .pairs import MINERS
+    from .pairs.coupling import couple_dynamic_thresholds
 
     unknown = set(config) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; valid sections: {', '.join(SECTIONS)}")
+    config = couple_dynamic_thresholds(config)  # a dynamic loss takes the dsml miner's τ unless it sets its own
     seed = config.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"{where}: 'seed' must be an integer, got {seed!r}")

@@ -347,6 +347,8 @@ class Trial:
         out = {"epoch": epoch, "status": "ok", "loss": (loss_sum / n).item()}
         out.update(zip(mined.stat_names, (stat_sum / n).tolist()))
         out.update(mined.constants)
+        if self.loss_fn.dynamic:  # the τ of the dynamic weights (the dsml miner's unless decoupled)
+            out.update(loss_tau_p=self.loss_fn.tau_p, loss_tau_n=self.loss_fn.tau_n)
         if self.meta is not None:
             out.update(lam=(lam_sum / n).item(), lam_end=self.meta.lam.item(),
                        lam_hypergrad=self.meta.last_hypergrad.item())

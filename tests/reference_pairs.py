@@ -38,7 +38,10 @@ def reference_mine(name, sim, labels, **p):
         xi = n_neg / n_pos_all if n_pos_all else 0.0
         if xi > 1:
             sig = 1 / (1 + math.exp(-xi))
-            gp, gn = gp * (1 + kappa * sig), gn * (1 - kappa * sig)
+            if p.get("negative_update", "literal") == "literal":  # eq. 12–13 as written
+                gp, gn = gp + kappa * gp * sig, gn - kappa * gn * sig
+            else:  # widen positives, tighten negatives whatever the sign of γ
+                gp, gn = gp + kappa * abs(gp) * sig, gn - kappa * abs(gn) * sig
         extra = {"xi": xi, "gamma_pos": gp, "gamma_neg": gn}
         name, p = "asms", {"gamma_pos": gp, "gamma_neg": gn}
     for i in range(b):
@@ -91,6 +94,8 @@ def reference_anchor_loss(name, s_pos, s_neg, r=None, **p):
         return torch.relu(a_pos - s_pos).mean() + torch.relu(s_neg - a_neg).mean()
     if name == "triplet":
         m = p.get("margin", 0.1)
+        if dynamic and p.get("tp_form", "paper") == "paper":  # DSML eq. 10: one hinge over the means
+            return torch.relu((-s_pos + w_p).mean() + (s_neg + w_n).mean() + m)
         # every (positive j, negative k) combination of this anchor, one hinge per triplet
         hinge = torch.relu(s_neg[None, :] - s_pos[:, None] + m + w_p[:, None] + w_n[None, :])
         return hinge.mean()

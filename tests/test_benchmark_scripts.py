@@ -23,7 +23,7 @@ def test_pair_math_benchmark_runs_and_writes_json(tmp_path):
     assert impls == {"dmltune", "loop", "pml"}
     assert all(row["ms"] > 0 for row in data["rows"])
     cases = {row["case"] for row in data["rows"] if row["impl"] == "dmltune"}
-    assert {"at_asms + soft_contrastive", "dsml + binomial*", "asms + triplet*"} <= cases
+    assert {"at_asms + soft_contrastive", "dsml + binomial*", "asms + triplet* (eq. 10)", "asms + triplet* (per triplet)"} <= cases
 
 
 def run_script(name, *args):

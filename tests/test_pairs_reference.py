@@ -30,6 +30,16 @@ MINER_CASES = {
     "at_asms": {"gamma_pos": 0.1, "gamma_neg": 0.01, "kappa": 0.5},
     "at_asms_code": {"gamma_pos": 0.1, "gamma_neg": 0.01, "kappa": 0.5, "count_neg_with": "gamma_pos"},
     "dsml": {"tau_p": 0.6, "tau_n": 0.0, "tau_b": 0.2},
+    # negative tolerances tighten the screening (DDTAS §III-D.1)
+    "ms-tight": {"epsilon": -0.05},
+    "asms-tight": {"gamma_pos": -0.05, "gamma_neg": -0.03},
+    "asms-mixed": {"gamma_pos": 0.15, "gamma_neg": -0.1},
+    "at_asms-tight": {"gamma_pos": -0.05, "gamma_neg": -0.03, "kappa": 0.5},
+    "at_asms-tight-directional": {"gamma_pos": -0.05, "gamma_neg": -0.03, "kappa": 2.0,
+                                  "negative_update": "directional"},
+    "at_asms-mixed-directional": {"gamma_pos": 0.1, "gamma_neg": -0.05, "kappa": 0.5,
+                                  "negative_update": "directional"},
+    "dsml-tight": {"tau_p": 0.6, "tau_n": -0.5, "tau_b": -0.1},
 }
 LOSS_CASES = {
     "contrastive": {},
@@ -40,6 +50,8 @@ LOSS_CASES = {
     "soft_contrastive": {},
     "soft_contrastive_code": {"scaling": "authors_code"},
     "triplet*": {"dynamic": True},
+    "triplet*-tp": {"dynamic": True, "tp_form": "reduces_to_tp"},
+    "triplet*-margin": {"dynamic": True, "margin": 0.5},
     "lifted*": {"dynamic": True},
     "binomial*": {"dynamic": True},
     "ms*": {"dynamic": True},
@@ -47,11 +59,11 @@ LOSS_CASES = {
 
 
 def loss_name(case):
-    return case.replace("*", "").replace("_code", "")
+    return case.split("-")[0].replace("*", "").replace("_code", "")
 
 
 def miner_name(case):
-    return case.replace("_code", "")
+    return case.split("-")[0].replace("_code", "")
 
 
 def batch(b, k, d=16, dtype=torch.float64, spread=0.6, seed=0):
@@ -119,13 +131,13 @@ def test_losses_match_reference(case, b, k, dtype):
     torch.testing.assert_close(g_got.double(), g_exp, rtol=1e-4, atol=atol)
 
 
-@pytest.mark.parametrize("case", ["triplet*", "lifted*", "binomial*", "ms*"])
+@pytest.mark.parametrize("case", ["triplet*-tp", "lifted*", "binomial*", "ms*"])
 def test_dynamic_terms_vanish_at_zero_progress_and_are_required(case):
     emb, labels = batch(24, 4, seed=1)
     sim = emb @ emb.T
     mined = get_miner("none")(sim, labels)
     name = loss_name(case)
-    dynamic = get_loss(name, dynamic=True)
+    dynamic = get_loss(name, **{**LOSS_CASES[case], "dynamic": True})
     static = get_loss(name)
     assert dynamic(sim, labels, mined, progress=0.0).item() == pytest.approx(static(sim, labels, mined).item(), rel=1e-12)
     assert dynamic(sim, labels, mined, progress=1.0).item() != pytest.approx(static(sim, labels, mined).item(), rel=1e-3)
@@ -133,6 +145,35 @@ def test_dynamic_terms_vanish_at_zero_progress_and_are_required(case):
         dynamic(sim, labels, mined)
     with pytest.raises(ValueError, match="progress must be in"):
         dynamic(sim, labels, mined, progress=1.5)
+
+
+def test_tp_star_paper_form_is_dsml_eq_10():
+    """DSML eq. 10 by hand on one anchor: [mean_P(w_p − S) + mean_N(S + w_n) + λ]_+ with
+    w_p = 2r(τ_p − S)², w_n = 2r(S − τ_n)²; and its hinge sits outside the means."""
+    sim = torch.tensor([[1.0, 0.6, 0.2, 0.5],
+                        [0.6, 1.0, 0.3, -0.1],
+                        [0.2, 0.3, 1.0, 0.7],
+                        [0.5, -0.1, 0.7, 1.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1])
+    r, lam, tau_p, tau_n = 0.5, 0.5, 0.9, 0.1
+    loss = get_loss("triplet", dynamic=True, margin=lam)  # tp_form: paper is the default
+
+    def anchor(s_pos, s_negs):
+        w_p = 2 * r * (tau_p - s_pos) ** 2
+        neg = sum(s + 2 * r * (s - tau_n) ** 2 for s in s_negs) / len(s_negs)
+        return max(0.0, (w_p - s_pos) + neg + lam)
+
+    expected = (anchor(0.6, [0.2, 0.5]) + anchor(0.6, [0.3, -0.1]) + anchor(0.7, [0.2, 0.3])
+                + anchor(0.7, [0.5, -0.1])) / 4
+    assert loss(sim, labels, progress=r).item() == pytest.approx(expected, rel=1e-12)
+    per_triplet = get_loss("triplet", dynamic=True, margin=lam, tp_form="reduces_to_tp")(sim, labels, progress=r)
+    assert per_triplet.item() != pytest.approx(expected, rel=1e-3)
+    # at r = 0 only the per-triplet form is the plain triplet loss
+    plain = get_loss("triplet", margin=lam)(sim, labels)
+    assert get_loss("triplet", dynamic=True, margin=lam, tp_form="reduces_to_tp")(sim, labels, progress=0.0).item() == pytest.approx(plain.item())
+    means = sum(max(0.0, -sp + sum(sn) / 2 + lam) for sp, sn in ((0.6, [0.2, 0.5]), (0.6, [0.3, -0.1]),
+                                                                 (0.7, [0.2, 0.3]), (0.7, [0.5, -0.1]))) / 4
+    assert loss(sim, labels, progress=0.0).item() == pytest.approx(means, rel=1e-12)
 
 
 # --- pytorch-metric-learning as the oracle -------------------------------------------------------
@@ -298,6 +339,43 @@ def test_at_asms_adapts_only_when_xi_exceeds_one():
     assert stats["gamma_pos"] == pytest.approx(0.1) and stats["gamma_neg"] == pytest.approx(0.01)
 
 
+@pytest.mark.parametrize("rule", ["literal", "directional"])
+def test_at_asms_with_negative_tolerances(rule):
+    """A negative γ tightens the screening; AT-ASMS's literal update (eq. 12–13) scales it by
+    (1 ± κσ), so a negative γ_neg moves toward 0 (looser) and a negative γ_pos away from 0 (tighter);
+    the directional rule widens positives and tightens negatives whatever the sign."""
+    emb, labels = batch(40, 4, spread=3.0, seed=4)
+    sim = emb @ emb.T
+    gp, gn = -0.05, -0.02
+    mined = get_miner("at_asms", gamma_pos=gp, gamma_neg=gn, kappa=0.5, negative_update=rule)(sim, labels)
+    stats = mined.stats
+    assert stats["xi"] > 1
+    step = 0.5 * (1 / (1 + math.exp(-stats["xi"])))
+    if rule == "literal":
+        assert stats["gamma_pos"] == pytest.approx(gp * (1 + step)) and stats["gamma_pos"] < gp
+        assert stats["gamma_neg"] == pytest.approx(gn * (1 - step)) and gn < stats["gamma_neg"] < 0
+    else:
+        assert stats["gamma_pos"] == pytest.approx(gp + abs(gp) * step) and stats["gamma_pos"] > gp
+        assert stats["gamma_neg"] == pytest.approx(gn - abs(gn) * step) and stats["gamma_neg"] < gn
+    pos, neg, extra = reference_mine("at_asms", sim, labels, gamma_pos=gp, gamma_neg=gn, kappa=0.5,
+                                     negative_update=rule)
+    assert torch.equal(mined.pos, pos) and torch.equal(mined.neg, neg)
+    # with γ ≥ 0 the two rules are the same
+    same = [get_miner("at_asms", gamma_pos=0.1, gamma_neg=0.01, negative_update=r)(sim, labels) for r in ("literal", "directional")]
+    assert torch.equal(same[0].pos, same[1].pos) and same[0].stats == pytest.approx(same[1].stats, rel=1e-12)
+
+
+def test_negative_tolerances_keep_fewer_pairs_than_zero():
+    emb, labels = batch(48, 4, spread=1.0, seed=2)
+    sim = emb @ emb.T
+    zero = get_miner("asms", gamma_pos=0.0, gamma_neg=0.0)(sim, labels)
+    tight = get_miner("asms", gamma_pos=-0.1, gamma_neg=-0.1)(sim, labels)
+    assert (tight.pos & ~zero.pos).sum() == 0 and (tight.neg & ~zero.neg).sum() == 0
+    assert tight.pos.sum() < zero.pos.sum() and tight.neg.sum() < zero.neg.sum()
+    nothing = get_miner("asms", gamma_pos=-2.0, gamma_neg=-2.0)(sim, labels)
+    assert not nothing.pos.any() and not nothing.neg.any()
+
+
 def test_at_asms_counting_options_differ():
     emb, labels = batch(40, 4, spread=1.0, seed=6)
     sim = emb @ emb.T
@@ -411,11 +489,11 @@ def test_components_and_defaults_follow_the_methods_table():
     assert MINERS["ms"].defaults == {"epsilon": 0.1}
     assert MINERS["asms"].defaults == {"gamma_pos": 0.1, "gamma_neg": 0.01}
     assert MINERS["at_asms"].defaults == {"gamma_pos": 0.1, "gamma_neg": 0.01, "kappa": 0.5,
-                                          "count_neg_with": "gamma_neg"}
+                                          "count_neg_with": "gamma_neg", "negative_update": "literal"}
     assert MINERS["dsml"].defaults == {"tau_p": 0.9, "tau_n": 0.1, "tau_b": 0.2}
     dyn = {"dynamic": False, "tau_p": 0.9, "tau_n": 0.1}
     assert LOSSES["contrastive"].defaults == {"pos_margin": 1.0, "neg_margin": 0.5}
-    assert LOSSES["triplet"].defaults == {"margin": 0.1, **dyn}
+    assert LOSSES["triplet"].defaults == {"margin": 0.1, **dyn, "tp_form": "paper"}
     assert LOSSES["lifted"].defaults == {"lam": 1.0, **dyn}
     assert LOSSES["binomial"].defaults == {"alpha": 2, "beta": 40, "lam": 0.5, **dyn}
     assert LOSSES["ms"].defaults == {"alpha": 2, "beta": 50, "lam": 0.5, **dyn}
@@ -427,7 +505,9 @@ def test_components_and_defaults_follow_the_methods_table():
     (lambda: get_loss("softcontrastive"), "did you mean 'soft_contrastive'"),
     (lambda: get_miner("asms", gamma=0.1), "valid parameters: gamma_pos, gamma_neg"),
     (lambda: get_miner("asms", gamma_pos="0.1"), "must be a number"),
-    (lambda: get_miner("asms", gamma_pos=-0.1), "outside its valid range [0, 2]"),
+    (lambda: get_miner("asms", gamma_pos=-2.1), "outside its valid range [-2, 2]"),
+    (lambda: get_miner("ms", epsilon=2.5), "outside its valid range [-2, 2]"),
+    (lambda: get_miner("at_asms", negative_update="flip"), "one of 'literal', 'directional'"),
     (lambda: get_miner("at_asms", count_neg_with="gamma"), "one of 'gamma_neg', 'gamma_pos'"),
     (lambda: get_loss("soft_contrastive", lam=1.5), "outside its valid range [-1, 1]"),
     (lambda: get_loss("soft_contrastive", dynamic=True), "has no parameter 'dynamic'"),

@@ -88,7 +88,7 @@ def test_bad_studies_are_refused_in_one_line_naming_the_key(changes, fragment):
 def test_validate_command_exit_codes(tmp_path):
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(yaml.safe_dump(study()))
-    bad.write_text(yaml.safe_dump(study(arms__0__miner={"name": "asms", "gamma_neg": -1})))
+    bad.write_text(yaml.safe_dump(study(arms__0__miner={"name": "asms", "gamma_neg": -3})))
     run = [sys.executable, "-m", "dmltune", "validate"]
     ok = subprocess.run(run + [str(good)], capture_output=True, text=True, cwd=tmp_path)
     assert ok.returncode == 0 and "total" in ok.stdout and "4 trials" in ok.stdout
@@ -153,6 +153,7 @@ def test_shipped_paper_studies_are_valid(name, arms, monkeypatch):
     path = ROOT / "studies" / f"{name}.yaml"
     parsed = load_study(path, check_data=False)
     assert len(parsed.arms) == arms and parsed.seeds == [0, 1, 2]
+    assert parsed.notes == []  # no dynamic loss decoupled from its dsml miner's τ
     if parsed.arms[0].config["dataset"]["name"] == "cub200":
         with pytest.raises(ConfigError, match="needs dataset.root"):
             load_study(path)  # a clear error when the data is absent
@@ -228,3 +229,15 @@ def test_asha_counts_epochs_not_reports(tmp_path, monkeypatch):
                                                 "scheduler": {"asha": {"max_t": 2, "grace_period": 1}}}))
     config = _tune_config(parsed, parsed.arms[1], "val/map@r", 0)
     assert config.scheduler._time_attr == "epoch" and config.scheduler._max_t == 2
+
+
+def test_dynamic_sampling_ablation_tp_star_is_eq_10_with_lambda_half():
+    from dmltune.config import resolve_config
+    from dmltune.study import load_study
+
+    parsed = load_study(ROOT / "studies" / "dynamic_sampling_ablation.yaml", check_data=False)
+    arms = {a.name: resolve_config({**a.config, "seed": 0})["loss"] for a in parsed.arms}
+    assert arms["tp_star"]["tp_form"] == "paper" and arms["tp_star"]["margin"] == 0.5 and arms["tp_star"]["dynamic"]
+    assert arms["tp"]["margin"] == 0.5 and not arms["tp"]["dynamic"]
+    for name in ("bd_star", "ms_star", "lf_star", "tp_star"):  # one τ for selection and weights
+        assert (arms[name]["tau_p"], arms[name]["tau_n"]) == (0.9, 0.1)

@@ -70,9 +70,15 @@ def final_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def searched_columns(rows: pd.DataFrame) -> list[str]:
-    """The ``config/…`` columns that take more than one value among these rows."""
-    cols = [c for c in rows.columns if c.startswith(CONFIG_PREFIX)]
-    return [c for c in cols if rows[c].astype(str).nunique(dropna=False) > 1]
+    """The ``config/…`` columns that take more than one value among these rows, except a column that
+    repeats an earlier one in every row (a dynamic loss's τ copied from the dsml miner)."""
+    out, seen = [], []
+    for c in (c for c in rows.columns if c.startswith(CONFIG_PREFIX)):
+        values = rows[c].astype(str)
+        if values.nunique(dropna=False) > 1 and not any(values.equals(v) for v in seen):
+            out.append(c)
+            seen.append(values)
+    return out
 
 
 def short_name(column: str) -> str:

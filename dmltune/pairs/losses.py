@@ -94,17 +94,32 @@ class ContrastiveLoss(PairLoss):
                 + masked_mean(F.relu(sim - self.neg_margin), neg))
 
 
-@LOSSES.register("triplet", Param("margin", float, 0.1, low=0.0, high=2.0, help="margin m"), *_DYNAMIC)
+@LOSSES.register(
+    "triplet",
+    Param("margin", float, 0.1, low=0.0, high=2.0, help="margin m (λ of DSML eq. 10, which uses 0.5)"),
+    *_DYNAMIC,
+    Param("tp_form", str, "paper", choices=("paper", "reduces_to_tp"),
+          help="TP* (dynamic: true): 'paper' = DSML eq. 10, one hinge over the anchor's means "
+               "[mean_P'(w_p − S) + mean_N'(S + w_n) + m]_+; 'reduces_to_tp' = the mean over triplets of "
+               "[S_ik − S_ij + m + w_p + w_n]_+, which is the triplet loss at r = 0"),
+)
 class TripletLoss(PairLoss):
-    """Triplet loss over all mined (positive, negative) combinations of each anchor."""
+    """Triplet loss over all mined (positive, negative) combinations of each anchor.
+
+    With ``dynamic: true`` (TP*), ``tp_form`` chooses between DSML eq. 10 as written (``paper``, the
+    default: the hinge is taken once, over the anchor's mean positive and mean negative terms) and
+    the per-triplet form (``reduces_to_tp``), which equals the plain triplet loss when r = 0.
+    """
 
     has_dynamic = True
 
-    def __init__(self, margin: float = 0.1, **dynamic):
+    def __init__(self, margin: float = 0.1, tp_form: str = "paper", **dynamic):
         super().__init__(**dynamic)
-        self.margin = margin
+        self.margin, self.tp_form = margin, tp_form
 
     def per_anchor(self, sim, pos, neg, lam, weights):
+        if weights is not None and self.tp_form == "paper":  # DSML eq. 10, per anchor
+            return F.relu(masked_mean(weights[0] - sim, pos) + masked_mean(sim + weights[1], neg) + self.margin)
         # [S_ik − S_ij + m + w_p(S_ij) + w_n(S_ik)]_+ = [b_ik − a_ij]_+ with the terms split by pair.
         a = sim - self.margin
         b = sim

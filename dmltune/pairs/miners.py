@@ -18,8 +18,9 @@ from .masks import check_pair_inputs, full_precision, label_masks, row_max, row_
 
 MINERS = Registry("miner")
 
-# Similarities lie in [-1, 1], so a tolerance beyond 2 keeps everything.
-_TOLERANCE = dict(kind=float, low=0.0, high=2.0)
+# Similarities lie in [-1, 1], so a tolerance beyond 2 keeps everything and one below −2 nothing.
+# Negative tolerances tighten the screening for harder pairs (DDTAS §III-D.1).
+_TOLERANCE = dict(kind=float, low=-2.0, high=2.0)
 _SIMILARITY = dict(kind=float, low=-1.0, high=1.0)
 
 
@@ -144,28 +145,40 @@ class ASMSMiner(Miner):
     "at_asms",
     Param("gamma_pos", default=0.1, help="base tolerance γ_pos", **_TOLERANCE),
     Param("gamma_neg", default=0.01, help="base tolerance γ_neg", **_TOLERANCE),
-    Param("kappa", float, 0.5, low=0.0, high=1.0, help="zoom κ of the adaptive tolerance"),
+    Param("kappa", float, 0.5, low=0.0, high=10.0,
+          help="zoom κ of the adaptive tolerance (the paper gives no bound; κσ(ξ) > 1 flips γ̂_neg's sign)"),
     Param("count_neg_with", str, "gamma_neg", choices=("gamma_neg", "gamma_pos"),
           help="tolerance used to count n_neg; 'gamma_pos' reproduces the authors' code"),
+    Param("negative_update", str, "literal", choices=("literal", "directional"),
+          help="'literal': γ̂ = γ(1 ± κσ) as eq. 12–13, which moves a negative γ_neg toward 0 (looser) and a "
+               "negative γ_pos away from 0 (tighter); 'directional': γ̂_pos = γ_pos + |γ_pos|κσ, "
+               "γ̂_neg = γ_neg − |γ_neg|κσ, always admitting more positives and fewer negatives"),
 )
 class ATASMSMiner(Miner):
-    """Adaptive-tolerance ASMS (DDTAS Alg. 1): widen γ_pos and tighten γ_neg when ξ = n_neg/N_pos > 1."""
+    """Adaptive-tolerance ASMS (DDTAS Alg. 1): widen γ_pos and tighten γ_neg when ξ = n_neg/N_pos > 1.
+
+    The update scales each tolerance by (1 ± κσ(ξ)) (eq. 12–13). For γ ≥ 0 that widens the positive
+    and tightens the negative screening, as the paper intends; for a negative γ the literal formula
+    acts the other way round (``negative_update: directional`` keeps the intended direction).
+    """
 
     def __init__(self, gamma_pos: float = 0.1, gamma_neg: float = 0.01, kappa: float = 0.5,
-                 count_neg_with: str = "gamma_neg"):
+                 count_neg_with: str = "gamma_neg", negative_update: str = "literal"):
         self.gamma_pos, self.gamma_neg, self.kappa = gamma_pos, gamma_neg, kappa
-        self.count_neg_with = count_neg_with
+        self.count_neg_with, self.negative_update = count_neg_with, negative_update
 
     def select(self, sim, pos_all, neg_all):
         counting_tolerance = self.gamma_neg if self.count_neg_with == "gamma_neg" else self.gamma_pos
         first_neg = neg_all & (sim + counting_tolerance > row_min(sim, pos_all))
         # ξ = n_neg / N_pos; a batch without any positive pair gets ξ = 0 (no adaptation).
         xi = first_neg.sum().to(sim.dtype) / pos_all.sum().clamp_min(1).to(sim.dtype)
-        zoom = self.kappa * torch.sigmoid(xi)
-        adapt = xi > 1
-        one = torch.ones_like(zoom)
-        gamma_pos = self.gamma_pos * torch.where(adapt, 1 + zoom, one)
-        gamma_neg = self.gamma_neg * torch.where(adapt, 1 - zoom, one)
+        # κσ(ξ) when ξ > 1, else 0 (no adaptation)
+        zoom = torch.where(xi > 1, self.kappa * torch.sigmoid(xi), torch.zeros_like(xi))
+        if self.negative_update == "literal":  # γ(1 ± κσ), eq. 12–13 as written
+            gamma_pos, gamma_neg = self.gamma_pos * (1 + zoom), self.gamma_neg * (1 - zoom)
+        else:  # the same amounts, always in the widening / tightening direction
+            gamma_pos = self.gamma_pos + abs(self.gamma_pos) * zoom
+            gamma_neg = self.gamma_neg - abs(self.gamma_neg) * zoom
         pos, neg = tolerance_masks(sim, pos_all, neg_all, gamma_pos, gamma_neg)
         return pos, neg, {"xi": xi, "gamma_pos": gamma_pos, "gamma_neg": gamma_neg}
 
@@ -174,7 +187,7 @@ class ATASMSMiner(Miner):
     "dsml",
     Param("tau_p", default=0.9, help="keep positives with S < τ_p", **_SIMILARITY),
     Param("tau_n", default=0.1, help="keep negatives with S > τ_n", **_SIMILARITY),
-    Param("tau_b", default=0.2, help="and with S > min positive − τ_b", **_TOLERANCE),
+    Param("tau_b", default=0.2, help="and with S > min positive − τ_b (negative: tighter)", **_TOLERANCE),
 )
 class DSMLMiner(Miner):
     """Dynamic-sampling miner (dynamic_sampling §3.1): absolute thresholds plus a relative bound."""

@@ -4,7 +4,8 @@ Columns: ``arm``, ``experiment``, ``trial_id``, ``seed``, ``trial_status`` (Tune
 ERROR, ...), ``status`` (the trainable's: ok, diverged; ``error`` for a failed trial), ``error``
 (first line of the failure), every reported metric (epoch, loss, val/…, test/…, gpu_s, wall_s, …)
 and the trial's configuration flattened into ``config/…`` columns. Written as ``trials.parquet``
-and ``trials.csv`` in the study folder.
+and ``trials.csv`` in the study folder. A dynamic loss's τ taken from the ``dsml`` miner (see
+``dmltune.pairs.coupling``) is written out in its ``config/loss.…`` columns, as the trial used it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+
+from ..pairs.coupling import couple_dynamic_thresholds
 
 TABLE = "trials"
 
@@ -55,7 +58,7 @@ def experiment_rows(folder: Path, arm: str) -> list[pd.DataFrame]:
         error = _error_summary(trial)
         meta = {"arm": arm, "experiment": folder.name, "trial_id": trial.trial_id,
                 "seed": trial.config.get("seed"), "trial_status": trial.status, "error": error,
-                **flatten({k: v for k, v in trial.config.items() if k != "seed"})}
+                **flatten({k: v for k, v in couple_dynamic_thresholds(trial.config).items() if k != "seed"})}
         for key, value in meta.items():
             df[key] = [value] * len(df)
         if "status" not in df:

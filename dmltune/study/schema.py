@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config import resolve_config
 from ..config_files import apply_overrides, read_yaml
+from ..pairs.coupling import decoupled_notes
 from ..registry import Component, ConfigError, Param
 from .domains import Domain, find_domains, replace_at
 
@@ -71,6 +72,7 @@ class Study:
     arms: list[Arm]
     retries: int                     # times a failed trial is restarted from its last checkpoint
     source: dict                     # the study as given (after --set), for the record
+    notes: list[str] = field(default_factory=list)  # valid but worth a word (e.g. decoupled τ)
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -222,7 +224,7 @@ def parse_study(raw: dict, check_data: bool = True) -> Study:
     if not isinstance(arms_raw, list) or not arms_raw:
         raise ConfigError("study: 'arms' must be a non-empty list of arms")
     shared = {k: raw[k] for k in SHARED if k in raw}
-    arms, seen, data_cache = [], set(), {}
+    arms, seen, data_cache, notes = [], set(), {}, []
     for i, arm_raw in enumerate(arms_raw):
         if not isinstance(arm_raw, dict):
             raise ConfigError(f"study: arm #{i + 1} must be a mapping with name, miner, loss")
@@ -257,6 +259,7 @@ def parse_study(raw: dict, check_data: bool = True) -> Study:
             if search["mode"] == "optuna" and domain.kind == "grid":
                 raise ConfigError(f"{where}: {key} is a grid but search.mode is optuna; use {{choice: [...]}}")
         _validate_arm_values(arm, where)
+        notes.extend(decoupled_notes(config, where))
         if check_data:
             _check_data(arm, where, data_cache)
         arms.append(arm)
@@ -265,7 +268,7 @@ def parse_study(raw: dict, check_data: bool = True) -> Study:
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
         raise ConfigError(f"study: 'retries' must be an integer from 0 to 100, got {retries!r}")
     return Study(name=name, directory=storage / name, seeds=seeds, resources=_check_resources(raw),
-                 concurrency=concurrency, arms=arms, retries=retries, source=raw)
+                 concurrency=concurrency, arms=arms, retries=retries, source=raw, notes=notes)
 
 
 def load_study(path: str | Path, overrides=(), check_data: bool = True) -> Study:
