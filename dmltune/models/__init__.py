@@ -6,7 +6,7 @@
     feats = model.features(images); emb = model.embed(feats)
 """
 
-from .backbones import BACKBONES, Backbone
+from .backbones import BACKBONES, Backbone, check_weights
 from .embedding import MODEL, EmbeddingModel, build_model, global_pool, resolve_model
 
-__all__ = ["BACKBONES", "MODEL", "Backbone", "EmbeddingModel", "build_model", "global_pool", "resolve_model"]
+__all__ = ["BACKBONES", "MODEL", "Backbone", "check_weights", "EmbeddingModel", "build_model", "global_pool", "resolve_model"]

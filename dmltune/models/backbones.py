@@ -34,6 +34,18 @@ WEIGHT_FILES = {
 }
 
 
+def check_weights(model: dict) -> None:
+    """Before a study starts: the weights file a resolved ``model`` section will load exists (a
+    ConfigError names the missing path and how to get it). Nothing is read or built."""
+    if not (model.get("pretrained") or model.get("weights")):
+        return
+    backbone = model["backbone"]
+    if backbone in WEIGHT_FILES:
+        find_weights(backbone, *WEIGHT_FILES[backbone], model.get("weights"))
+    elif model.get("weights"):
+        find_weights(backbone, (), "", model["weights"])
+
+
 # GPU share of one trial when a study asks for `resources: {gpu: auto}` (trials packed per GPU):
 # launch-bound or small networks leave most of an H100 idle at B = 80, so several trials share one;
 # ResNet-50 / BN-Inception at 224 px keep a GPU busy with two trials. Unmeasured on a GPU so far

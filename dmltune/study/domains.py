@@ -32,9 +32,14 @@ class Domain:
         return tune.loguniform(*self.values)
 
 
+def is_domain(value: Any) -> bool:
+    """Whether ``value`` is written as a search domain (``{grid: [...]}`` and the like)."""
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in KINDS
+
+
 def parse_domain(value: Any, where: str) -> Domain | None:
     """The domain a value describes, or None for a plain value."""
-    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in KINDS:
+    if not is_domain(value):
         if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("grid_search", "range", "randint"):
             raise ConfigError(f"{where}: unknown search domain '{next(iter(value))}'; use one of {', '.join(KINDS)}")
         return None

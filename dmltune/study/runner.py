@@ -162,7 +162,7 @@ def run_study(study: Study, address: str | None = None) -> Path:
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    metric = f"val/{(study.arms[0].config.get('eval') or {}).get('metric', 'map@r')}"
+    metric = f"val/{study.arms[0].resolved['eval']['metric']}"
     progress = Progress(sum(a.trials_per_seed * len(study.seeds) for a in study.arms), metric)
     try:
         for arm in study.arms:

@@ -18,12 +18,26 @@ from ..config import resolve_config
 from ..config_files import apply_overrides, read_yaml
 from ..pairs.coupling import decoupled_notes
 from ..registry import Component, ConfigError, Param
-from .domains import Domain, find_domains, replace_at
+from .domains import Domain, find_domains, is_domain, replace_at
 
-TOP_KEYS = ("name", "description", "storage", "seeds", "resources", "concurrency", "retries", "dataset",
-            "model", "generation", "train", "eval", "arms", "analysis")
 SHARED = ("dataset", "model", "generation", "train", "eval")
 ARM_KEYS = ("name", "miner", "loss", "search") + SHARED
+SIMPLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # study and arm names: they become folder names
+
+STUDY = Component("section", "study", dict, (
+    Param("name", str, None, nullable=True, help="the study's name (letters, digits, _ . -); its folder under storage"),
+    Param("description", str, "", help="free text, kept in the study record"),
+    Param("storage", str, "results", help="folder that holds study folders (relative to the working directory)"),
+    Param("seeds", list, [0], help="training seeds; every arm runs every seed"),
+    Param("resources", dict, {}, nullable=True, help="{cpu: N, gpu: fraction or auto} per trial"),
+    Param("concurrency", int, None, low=1, nullable=True, help="at most this many trials at once; empty = as resources allow"),
+    Param("retries", int, 0, low=0, high=100, help="times a failed trial is restarted from its last checkpoint"),
+    *(Param(section, dict, {}, nullable=True, help=f"shared {section} settings (an arm may override them)")
+      for section in SHARED),
+    Param("arms", list, None, nullable=True, help="the arms: name, miner, loss, optional search and overrides"),
+    Param("analysis", dict, None, nullable=True, help="{reference, delta, confidence, ...} of the report"),
+))
+TOP_KEYS = tuple(STUDY.param_names)
 
 SEARCH = Component("section", "search", dict, (
     Param("mode", str, "grid", choices=("grid", "random", "optuna"), help="how the arm's domains are explored"),
@@ -43,6 +57,7 @@ class Arm:
     config: dict                     # trainable config; search domains still inside; no seed
     search: dict
     domains: list[tuple[tuple, Domain]] = field(default_factory=list)
+    resolved: dict = field(default_factory=dict)  # config resolved at each domain's first value: every default filled in
 
     def gpu(self, requested) -> float:
         """This arm's GPU share per trial: the study's number, or the backbone's default for ``auto``."""
@@ -50,7 +65,7 @@ class Arm:
             return float(requested or 0)
         from ..models.backbones import default_gpu_fraction
 
-        return default_gpu_fraction((self.config.get("model") or {}).get("backbone", "resnet50"))
+        return default_gpu_fraction(self.resolved["model"]["backbone"])
 
     @property
     def trials_per_seed(self) -> int:
@@ -78,15 +93,11 @@ class Study:
 def _merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and not _is_domain(value):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not is_domain(value):
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _is_domain(value) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("grid", "choice", "uniform", "loguniform")
 
 
 def _arm_search(arm: dict, where: str, epochs: int) -> dict:
@@ -132,18 +143,20 @@ def _check_resources(study: dict) -> dict:
     return out
 
 
-def _validate_arm_values(arm: Arm, where: str) -> None:
-    """Every candidate value of every domain, and the fixed values, against the declared parameters."""
-    base = arm.config
-    for path, domain in arm.domains:
+def _resolve_arm(config: dict, domains: list, where: str) -> dict:
+    """Every candidate value of every domain, and the fixed values, checked against the declared
+    parameters; returns the config resolved at each domain's first value."""
+    base = config
+    for path, domain in domains:
         base = replace_at(base, path, domain.candidates()[0])
-    resolve_config({**base, "seed": 0}, where=where)
-    for path, domain in arm.domains:
+    resolved = resolve_config({**base, "seed": 0}, where=where)
+    for path, domain in domains:
         for value in domain.candidates():
             try:
                 resolve_config({**replace_at(base, path, value), "seed": 0}, where=where)
             except ConfigError as err:
                 raise ConfigError(f"{err} (in {domain.kind} {list(domain.values)} of {'.'.join(path)})") from None
+    return resolved
 
 
 def _check_data(arm: Arm, where: str, cache: dict) -> None:
@@ -151,7 +164,7 @@ def _check_data(arm: Arm, where: str, cache: dict) -> None:
     from ..data import load_dataset
 
     dataset = {k: v for k, v in arm.config["dataset"].items() if k != "transform"}
-    if any(_is_domain(v) for v in dataset.values()):
+    if any(is_domain(v) for v in dataset.values()):
         return
     key = repr(sorted(dataset.items()))
     if key not in cache:
@@ -161,32 +174,19 @@ def _check_data(arm: Arm, where: str, cache: dict) -> None:
         except ConfigError as err:
             raise ConfigError(f"{where}: dataset: {err}") from None
     splits = cache[key]
-    model = arm.config.get("model") or {}
-    if model.get("pretrained") is True or model.get("weights"):
-        from ..models.backbones import BACKBONES
+    if not any(is_domain(v) for v in (arm.config.get("model") or {}).values()):
+        from ..models import check_weights
 
-        backbone = model.get("backbone", "resnet50")
-        if backbone in BACKBONES and not any(_is_domain(v) for v in model.values()):
-            try:  # the weights file exists (building the network without loading it would cost too much here)
-                _weights_present(backbone, model)
-            except ConfigError as err:
-                raise ConfigError(f"{where}: model: {err}") from None
-    train = arm.config.get("train", {})
-    batch, k = train.get("batch_size", 80), train.get("k", 5)
-    if isinstance(batch, int) and isinstance(k, int) and k and splits.train.num_classes < batch // k:
-        raise ConfigError(f"{where}: a batch needs {batch // k} classes (train.batch_size {batch} / train.k {k}) "
-                          f"but {splits.name} has {splits.train.num_classes} training classes; lower the batch size or raise k")
-
-
-def _weights_present(backbone: str, model: dict) -> None:
-    from ..models.backbones import WEIGHT_FILES
-    from ..models.weights import find_weights
-
-    if backbone in WEIGHT_FILES:
-        files, url = WEIGHT_FILES[backbone]
-        find_weights(backbone, files, url, model.get("weights"))
-    elif model.get("weights"):
-        find_weights(backbone, (), "", model["weights"])
+        try:  # the weights file exists (building the network without loading it would cost too much here)
+            check_weights(arm.resolved["model"])
+        except ConfigError as err:
+            raise ConfigError(f"{where}: model: {err}") from None
+    train = arm.config.get("train") or {}
+    if not (is_domain(train.get("batch_size")) or is_domain(train.get("k"))):
+        batch, k = arm.resolved["train"]["batch_size"], arm.resolved["train"]["k"]
+        if splits.train.num_classes < batch // k:
+            raise ConfigError(f"{where}: a batch needs {batch // k} classes (train.batch_size {batch} / train.k {k}) "
+                              f"but {splits.name} has {splits.train.num_classes} training classes; lower the batch size or raise k")
 
 
 def _check_analysis(section, arm_names: list[str]) -> None:
@@ -203,72 +203,78 @@ def _check_analysis(section, arm_names: list[str]) -> None:
                           f"choose one of {', '.join(arm_names)}")
 
 
-def parse_study(raw: dict, check_data: bool = True) -> Study:
+def _check_simple_name(name, where: str) -> str:
+    if not isinstance(name, str) or not SIMPLE_NAME.fullmatch(name):
+        raise ConfigError(f"{where}: 'name' must be a simple name (letters, digits, _ . -), got {name!r}")
+    return name
+
+
+def _top_level(raw: dict) -> dict:
+    """The study's own values (everything but the arms' contents), checked and with defaults."""
     unknown = set(raw) - set(TOP_KEYS)
     if unknown:
         raise ConfigError(f"study: unknown key(s) {sorted(unknown)}; valid keys: {', '.join(TOP_KEYS)}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ConfigError(f"study: 'name' must be a simple name (letters, digits, _ . -), got {name!r}")
-    seeds = raw.get("seeds", [0])
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+    top = STUDY.validate(raw, where="study")
+    _check_simple_name(top["name"], "study")
+    seeds = top["seeds"]
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise ConfigError(f"study: 'seeds' must be a non-empty list of non-negative integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"study: 'seeds' lists a seed twice: {seeds}")
-    concurrency = raw.get("concurrency")
-    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
-        raise ConfigError(f"study: 'concurrency' must be a positive integer, got {concurrency!r}")
-    storage = Path(str(raw.get("storage", "results"))).expanduser().resolve()  # relative to the working directory
-    arms_raw = raw.get("arms")
-    if not isinstance(arms_raw, list) or not arms_raw:
+    if not top["arms"]:
         raise ConfigError("study: 'arms' must be a non-empty list of arms")
+    return top
+
+
+def _parse_arm(i: int, arm_raw, shared: dict, seen: set) -> Arm:
+    """One arm: its name, its config (shared settings merged under its own), search and domains."""
+    if not isinstance(arm_raw, dict):
+        raise ConfigError(f"study: arm #{i + 1} must be a mapping with name, miner, loss")
+    where = f"arm '{arm_raw.get('name')}'" if arm_raw.get("name") else f"arm #{i + 1}"
+    name = _check_simple_name(arm_raw.get("name"), where)
+    if name in seen:
+        raise ConfigError(f"{where}: the name is used by another arm; arm names must be unique")
+    unknown = set(arm_raw) - set(ARM_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; an arm may set {', '.join(ARM_KEYS[1:])}")
+    if "loss" not in arm_raw:
+        raise ConfigError(f"{where}: 'loss' is missing; give {{name: ...}}")
+    config = _merge(shared, {k: v for k, v in arm_raw.items() if k in SHARED})
+    _resolve_paths(config)
+    config["miner"] = arm_raw.get("miner") or {"name": "none"}
+    config["loss"] = arm_raw["loss"]
+    try:
+        domains = list(find_domains(config))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    resolved = _resolve_arm(config, domains, where)
+    search = _arm_search(arm_raw, where, resolved["train"]["epochs"])
+    for path, domain in domains:
+        key = ".".join(path)
+        if search["mode"] == "grid" and domain.kind != "grid":
+            raise ConfigError(f"{where}: {key} is a {domain.kind} domain but search.mode is grid; "
+                              "use {grid: [...]} or search.mode: random / optuna")
+        if search["mode"] == "optuna" and domain.kind == "grid":
+            raise ConfigError(f"{where}: {key} is a grid but search.mode is optuna; use {{choice: [...]}}")
+    return Arm(name, config, search, domains, resolved)
+
+
+def parse_study(raw: dict, check_data: bool = True) -> Study:
+    top = _top_level(raw)
     shared = {k: raw[k] for k in SHARED if k in raw}
-    arms, seen, data_cache, notes = [], set(), {}, []
-    for i, arm_raw in enumerate(arms_raw):
-        if not isinstance(arm_raw, dict):
-            raise ConfigError(f"study: arm #{i + 1} must be a mapping with name, miner, loss")
-        arm_name = arm_raw.get("name")
-        where = f"arm '{arm_name}'" if arm_name else f"arm #{i + 1}"
-        if not isinstance(arm_name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", arm_name):
-            raise ConfigError(f"{where}: 'name' must be a simple name (letters, digits, _ . -), got {arm_name!r}")
-        if arm_name in seen:
-            raise ConfigError(f"{where}: the name is used by another arm; arm names must be unique")
-        seen.add(arm_name)
-        unknown = set(arm_raw) - set(ARM_KEYS)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; an arm may set {', '.join(ARM_KEYS[1:])}")
-        if "loss" not in arm_raw:
-            raise ConfigError(f"{where}: 'loss' is missing; give {{name: ...}}")
-        config = _merge(shared, {k: v for k, v in arm_raw.items() if k in SHARED})
-        _resolve_paths(config)
-        config["miner"] = arm_raw.get("miner") or {"name": "none"}
-        config["loss"] = arm_raw["loss"]
-        epochs = config.get("train", {}).get("epochs", 10)
-        search = _arm_search(arm_raw, where, epochs if isinstance(epochs, int) else 10)
-        try:
-            domains = list(find_domains(config))
-        except ConfigError as err:
-            raise ConfigError(f"{where}: {err}") from None
-        arm = Arm(arm_name, config, search, domains)
-        for path, domain in arm.domains:
-            key = ".".join(path)
-            if search["mode"] == "grid" and domain.kind != "grid":
-                raise ConfigError(f"{where}: {key} is a {domain.kind} domain but search.mode is grid; "
-                                  "use {grid: [...]} or search.mode: random / optuna")
-            if search["mode"] == "optuna" and domain.kind == "grid":
-                raise ConfigError(f"{where}: {key} is a grid but search.mode is optuna; use {{choice: [...]}}")
-        _validate_arm_values(arm, where)
-        notes.extend(decoupled_notes(config, where))
+    arms, data_cache, notes = [], {}, []
+    for i, arm_raw in enumerate(top["arms"]):
+        arm = _parse_arm(i, arm_raw, shared, {a.name for a in arms})
+        where = f"arm '{arm.name}'"
+        notes.extend(decoupled_notes(arm.config, where))
         if check_data:
             _check_data(arm, where, data_cache)
         arms.append(arm)
     _check_analysis(raw.get("analysis"), [a.name for a in arms])
-    retries = raw.get("retries", 0)
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
-        raise ConfigError(f"study: 'retries' must be an integer from 0 to 100, got {retries!r}")
-    return Study(name=name, directory=storage / name, seeds=seeds, resources=_check_resources(raw),
-                 concurrency=concurrency, arms=arms, retries=retries, source=raw, notes=notes)
+    storage = Path(top["storage"]).expanduser().resolve()  # relative to the working directory
+    return Study(name=top["name"], directory=storage / top["name"], seeds=top["seeds"],
+                 resources=_check_resources(raw), concurrency=top["concurrency"], arms=arms,
+                 retries=top["retries"], source=raw, notes=notes)
 
 
 def load_study(path: str | Path, overrides=(), check_data: bool = True) -> Study:
