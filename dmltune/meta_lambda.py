@@ -4,10 +4,21 @@ At a meta step, with parameters θ (the embedding head or the whole network) and
 
 1. look ahead one SGD step, ``θ̂(λ) = θ − ψ ∇_θ L_train(λ)``;
 2. evaluate the meta loss ``L_meta`` on a meta batch drawn from the training classes, at ``θ̂``;
-3. ``λ ← clamp(λ − φ ∂L_meta/∂λ, lo, hi)`` (``update: sgd``, eq. 17 of the paper), or an Adam step
-   of size about φ on the same gradient (``update: adam``, the default). The hypergradient is
-   proportional to the look-ahead step ψ, so with the small learning rates of DML (ψ = 1e-5) an SGD
-   step needs φ of the order of 1/ψ to move λ at all; Adam's steps do not depend on that scale.
+3. update λ from the hypergradient ``∂L_meta/∂λ`` and clamp it to ``[lo, hi]``:
+
+   * ``update: gated`` (the default): a step of at most φ against the sign of the hypergradient's
+     running mean, taken only while that mean is significant. The hypergradients of the last
+     ``window`` meta steps (an exponential moving average of that span, with its variance and its
+     effective sample size) give a t-statistic t; the step is ``φ · min(1, |t|/c)^8`` with c the
+     two-sided Student-t critical value at the tail probability of ``gate`` normal standard errors
+     (4 by default) for the window's degrees of freedom (at least 10). Under zero-mean noise |t|
+     stays well below c and λ stays put; under a consistent hypergradient λ moves φ per meta step.
+     t does not depend on the hypergradient's scale, so φ is a step in λ's own units whatever ψ is;
+   * ``update: sgd``: ``λ − φ ∂L_meta/∂λ`` (eq. 17 of the paper). The hypergradient is proportional
+     to the look-ahead step ψ, so with the small learning rates of DML (ψ = 1e-5) an SGD step needs
+     φ of the order of 1/ψ to move λ at all;
+   * ``update: adam``: Adam steps of size about φ on the same gradient. Adam normalises the scale
+     but not the noise: fed zero-mean noise, λ random-walks (see docs/training.md).
 
 The hypergradient is computed exactly but without differentiating through the meta forward pass:
 since ``θ̂`` is linear in the gradient ``g(λ) = ∇_θ L_train(λ)``,
@@ -22,27 +33,118 @@ generator; this design is dmltune's own.
 from __future__ import annotations
 
 import copy
+from functools import lru_cache
 from typing import Callable, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .registry import Param
 
+META_BATCH_MAX_CLASSES = 128
+"""Classes per meta batch when ``meta_batch`` leaves ``classes`` out and the training set has more
+(SOP, In-Shop): the meta batches then cycle through all training classes, 128 at a time."""
+
+GATE_SHARPNESS = 8
+"""Exponent of the gated update's ramp ``min(1, |t|/c)^8``: 1 % of the step at |t| = 0.56 c, 34 %
+at 0.875 c, the whole step from c on."""
+
+GATE_MIN_DF = 10
+"""The gated update's critical value c is taken at no fewer degrees of freedom than this (6.6 for
+gate 4), so a clear signal moves λ within the first meta steps instead of after a dozen."""
+
 META_PARAMS = (
     Param("init", float, 0.7, low=-1.0, high=4.0, help="initial λ"),
-    Param("lr", float, 0.01, low=0.0, high=1e6, help="step size φ of the λ update"),
-    Param("update", str, "adam", choices=("adam", "sgd"),
-          help="'sgd': λ − φ·∂L_meta/∂λ (DDTAS eq. 17); 'adam': Adam steps of size ≈ φ, whatever the gradient's scale"),
+    Param("lr", float, 0.001, low=0.0, high=1e6,
+          help="step size φ: 'gated' and 'adam': λ moves at most ≈ φ per meta step; 'sgd': the multiplier of ∂L_meta/∂λ"),
+    Param("update", str, "gated", choices=("gated", "adam", "sgd"),
+          help="'gated': step φ against the sign of the windowed mean hypergradient, only while its t-statistic "
+               "is significant (stays put under noise); 'sgd': λ − φ·∂L_meta/∂λ (DDTAS eq. 17); "
+               "'adam': Adam steps of size ≈ φ (random-walks under noise)"),
+    Param("window", int, 50, low=2, high=100000,
+          help="'gated': span in meta steps of the moving mean and variance of the hypergradient"),
+    Param("gate", float, 4.0, low=0.5, high=20.0,
+          help="'gated': significance, in standard errors (normal-equivalent), at which λ takes the whole step φ"),
     Param("inner_lr", float, None, low=0.0, high=10.0, nullable=True,
           help="look-ahead step ψ; empty = the optimizer's learning rate"),
     Param("every", int, 1, low=1, help="run the meta step every k iterations"),
     Param("scope", str, "head", choices=("head", "full"),
           help="look ahead through the embedding head only, or the whole network"),
     Param("clamp", list, [0.0, 1.0], help="[lo, hi]: λ is kept inside this range"),
-    Param("meta_batch", dict, {}, help="{classes: C, per_class: K} of the meta batch; empty = as the training batch"),
+    Param("meta_batch", dict, {},
+          help="{classes: C, per_class: K} of the meta batch; by default every training class (at most "
+               f"{META_BATCH_MAX_CLASSES}, cycling through all of them when there are more) × the training K"),
     Param("meta_loss", dict, {}, help="{name: ..., params} of the meta loss; empty = the training loss at λ = init"),
 )
+
+
+@lru_cache(maxsize=256)
+def _critical_t(df: float, gate: float) -> float:
+    """Two-sided Student-t critical value with ``df`` degrees of freedom at the tail probability of
+    ``gate`` standard normal deviations."""
+    from scipy.special import ndtr, stdtrit
+
+    return float(stdtrit(df, ndtr(gate)))
+
+
+class MetaBatchSampler:
+    """Meta batches of ``classes`` training classes × ``per_class`` images, reproducible per epoch
+    (``classes=None``: every training class, at most ``max_classes``).
+
+    Each epoch walks through random orders of all training classes, ``classes`` at a time; a batch
+    that straddles two orders defers a class it already holds to the next batch instead of
+    dropping it. So every pass through an order visits every class: with ``classes`` equal to the
+    number of training classes every batch holds all of them, and with fewer (a capped meta batch)
+    the first ⌈C/classes⌉ meta batches of an epoch cover all C classes, as does each later pass.
+    """
+
+    def __init__(self, labels, classes: int | None, per_class: int, batches_per_epoch: int, seed: int = 0,
+                 max_classes: int = META_BATCH_MAX_CLASSES):
+        labels = np.asarray(labels)
+        self.members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        if classes is None:  # every training class, at most max_classes per batch
+            classes = min(len(self.members), max_classes)
+        if classes > len(self.members):
+            from .registry import ConfigError
+
+            raise ConfigError(f"loss.lam.meta.meta_batch asks for {classes} classes but the training set has "
+                              f"{len(self.members)}; lower meta_batch.classes or leave it out (= all classes)")
+        self.classes, self.per_class, self.seed = classes, per_class, seed
+        self.batches_per_epoch = batches_per_epoch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        queue: list[int] = []  # the current order, next class last
+        for _ in range(self.batches_per_epoch):
+            chosen: list[int] = []
+            taken: set[int] = set()
+            deferred: list[int] = []
+            while len(chosen) < self.classes:
+                if not queue:
+                    queue = list(rng.permutation(len(self.members)))[::-1]
+                c = int(queue.pop())
+                if c in taken:
+                    deferred.append(c)
+                else:
+                    chosen.append(c)
+                    taken.add(c)
+            queue.extend(reversed(deferred))
+            yield np.concatenate([rng.choice(self.members[c], self.per_class,
+                                             replace=len(self.members[c]) < self.per_class) for c in chosen])
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
 
 
 class MetaLambda:
@@ -50,15 +152,25 @@ class MetaLambda:
 
     def __init__(self, init: float, lr: float, inner_lr: float, clamp: tuple[float, float],
                  every: int = 1, device: torch.device | str | None = None, dtype=torch.float32,
-                 update: str = "sgd"):
+                 update: str = "sgd", window: int = 50, gate: float = 4.0):
         lo, hi = clamp
         if not lo <= init <= hi:
             raise ValueError(f"meta λ: init {init} lies outside clamp [{lo}, {hi}]; widen clamp or move init")
+        if update not in ("gated", "adam", "sgd"):
+            raise ValueError(f"meta λ: unknown update {update!r}; use 'gated', 'adam' or 'sgd'")
         self.lr, self.inner_lr, self.every, self.update = lr, inner_lr, every, update
         self.lo, self.hi = lo, hi
+        self.window, self.gate = window, gate
         self._param = torch.tensor(float(init), device=device, dtype=dtype, requires_grad=True)
         self._adam = torch.optim.Adam([self._param], lr=lr) if update == "adam" else None
         self.last_hypergrad = torch.zeros((), device=device, dtype=dtype)
+        # 'gated': moving mean and (population) variance of the hypergradient, on the device in float64
+        # (hypergradients of 1e-7 square to 1e-14); count and Σw² of the normalised weights are
+        # data-independent, so they live on the host and cost no synchronisation
+        self._mean = torch.zeros((), device=device, dtype=torch.float64)
+        self._var = torch.zeros((), device=device, dtype=torch.float64)
+        self._count, self._weights_sq = 0, 0.0
+        self.start_epoch()
 
     @property
     def lam(self) -> Tensor:
@@ -149,7 +261,9 @@ class MetaLambda:
 
     def apply(self, hyper: Tensor) -> Tensor:
         """Update λ with a hypergradient, then clamp; returns it."""
-        if self._adam is not None:
+        if self.update == "gated":
+            self._gated_step(hyper)
+        elif self._adam is not None:
             self._param.grad = hyper.clone()
             self._adam.step()
         else:
@@ -158,14 +272,63 @@ class MetaLambda:
         with torch.no_grad():
             self._param.clamp_(self.lo, self.hi)
         self.last_hypergrad = hyper
+        g = hyper.detach().to(self._epoch_sums.dtype)
+        self._epoch_sums = self._epoch_sums + torch.stack([g, g * g])
+        self._epoch_steps += 1
         return hyper
+
+    def _gated_step(self, hyper: Tensor) -> None:
+        """Moving mean and variance of the hypergradient (cumulative for the first window/2 steps,
+        then exponential with span ``window``), their t-statistic, and a step of at most ``lr``."""
+        g = hyper.detach().to(self._mean.dtype)
+        self._count += 1
+        a = max(2.0 / (self.window + 1), 1.0 / self._count)  # weight of the newest hypergradient
+        d = g - self._mean
+        self._mean = self._mean + a * d
+        self._var = (1 - a) * (self._var + a * d * d)  # weighted (population) variance, Welford-style
+        self._weights_sq = (1 - a) ** 2 * self._weights_sq + a * a  # Σw², w the normalised weights
+        if self._count < 2:
+            return  # no variance yet
+        s2 = self._weights_sq
+        # Var(weighted mean) = σ² Σw²; the unbiased σ² is the weighted variance / (1 − Σw²)
+        t = self._mean / torch.sqrt(self._var * (s2 / (1.0 - s2)))
+        critical = _critical_t(max(round(1.0 / s2 - 1.0, 3), GATE_MIN_DF), self.gate)  # df: n_eff − 1
+        share = (t.abs() / critical).clamp(max=1.0) ** GATE_SHARPNESS  # |t| = ∞ (no spread): 1
+        step = torch.nan_to_num(torch.sign(self._mean) * share, nan=0.0)  # all-zero hypergradients: 0/0
+        with torch.no_grad():
+            self._param -= (self.lr * step).to(self._param.dtype)
+
+    def start_epoch(self) -> None:
+        """Reset the per-epoch sums of the hypergradient (see :meth:`epoch_summary`)."""
+        self._epoch_sums = torch.zeros(2, device=self._param.device, dtype=torch.float64)
+        self._epoch_steps = 0
+
+    def epoch_summary(self) -> dict[str, float]:
+        """The hypergradients since :meth:`start_epoch`: their mean and its signal-to-noise ratio,
+        mean / (sd / √n) (a t-statistic, signed; NaN with fewer than two meta steps or no spread).
+        One host synchronisation."""
+        n = self._epoch_steps
+        if n == 0:
+            return {"lam_hypergrad_mean": float("nan"), "lam_hypergrad_snr": float("nan")}
+        total, total_sq = self._epoch_sums.tolist()
+        mean = total / n
+        var = (total_sq - n * mean * mean) / (n - 1) if n > 1 else 0.0
+        se = (max(var, 0.0) / n) ** 0.5
+        return {"lam_hypergrad_mean": mean, "lam_hypergrad_snr": mean / se if se > 0 else float("nan")}
 
     def state_dict(self) -> dict:
         return {"lam": self.lam.cpu(), "last_hypergrad": self.last_hypergrad.detach().cpu(),
-                "adam": copy.deepcopy(self._adam.state_dict()) if self._adam is not None else {}}
+                "adam": copy.deepcopy(self._adam.state_dict()) if self._adam is not None else {},
+                "gated": {"mean": self._mean.cpu(), "var": self._var.cpu(), "count": self._count,
+                          "weights_sq": self._weights_sq}}
 
     def load_state_dict(self, state: Mapping) -> None:
         self.lam = state["lam"]
         self.last_hypergrad = state["last_hypergrad"].to(self._param.device, self._param.dtype)
         if self._adam is not None and state.get("adam"):
             self._adam.load_state_dict(state["adam"])
+        gated = state.get("gated")
+        if gated:
+            self._mean = gated["mean"].to(self._mean.device, self._mean.dtype)
+            self._var = gated["var"].to(self._var.device, self._var.dtype)
+            self._count, self._weights_sq = int(gated["count"]), float(gated["weights_sq"])

@@ -23,7 +23,7 @@ import torch
 from torch.func import functional_call, jvp
 
 from .config import resolve_config
-from .meta_lambda import MetaLambda
+from .meta_lambda import META_BATCH_MAX_CLASSES, MetaBatchSampler, MetaLambda
 from .pairs import get_loss, get_miner
 from .pairs.masks import full_precision
 from .reporting import in_tune_session, make_reporter
@@ -144,14 +144,14 @@ def _autocast_factory(device: torch.device, amp: str):
 
 
 def _meta_sampler(labels, cfg, batches_per_epoch):
-    """Class-balanced meta batches from the training classes, one per training iteration at most,
-    reproducible per epoch like the training batches."""
-    from .data import ClassBalancedSampler
-
+    """Class-balanced meta batches from the training classes, one per meta step, reproducible per
+    epoch like the training batches. By default every training class (DDTAS: the meta set holds
+    "samples of all categories"), at most META_BATCH_MAX_CLASSES of them per batch, cycling through
+    all classes over consecutive meta steps when there are more; ``per_class`` defaults to train.k."""
     batch = cfg["loss"]["lam"]["meta"]["meta_batch"]
     k = batch.get("per_class", cfg["train"]["k"])
-    classes = batch.get("classes", cfg["train"]["batch_size"] // cfg["train"]["k"])
-    return ClassBalancedSampler(labels, classes * k, k, batches_per_epoch=batches_per_epoch, seed=cfg["seed"] + 7919)
+    return MetaBatchSampler(labels, batch.get("classes"), k, batches_per_epoch=batches_per_epoch,
+                            seed=cfg["seed"] + 7919, max_classes=META_BATCH_MAX_CLASSES)
 
 
 def _meta_loss_fn(cfg, loss_fn):
@@ -209,7 +209,8 @@ class Trial:
         self.meta_scope = meta_cfg["scope"] if meta_cfg else None
         if meta_cfg:
             self.meta = MetaLambda(meta_cfg["init"], meta_cfg["lr"], meta_cfg["inner_lr"] or tr["lr"],
-                                   meta_cfg["clamp"], meta_cfg["every"], device=device, update=meta_cfg["update"])
+                                   meta_cfg["clamp"], meta_cfg["every"], device=device, update=meta_cfg["update"],
+                                   window=meta_cfg["window"], gate=meta_cfg["gate"])
             self.meta_sampler = _meta_sampler(splits.train.labels, cfg, len(self.sampler))
             self.meta_loss_fn = _meta_loss_fn(cfg, self.loss_fn)
         self.generation = None
@@ -326,14 +327,16 @@ class Trial:
         meta_batches = None
         if self.meta is not None:
             self.meta_sampler.set_epoch(epoch)
-            meta_batches = iter(self.meta_sampler)
+            meta_batches = iter(self.meta_sampler)  # one per meta step: a capped meta batch cycles through the classes
+            self.meta.start_epoch()
         loss_sum = torch.zeros((), device=device)
         lam_sum = torch.zeros((), device=device)
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         stat_sum, mined, images_seen = None, None, 0
         gen_sum = torch.zeros(2, device=device)
         for images, idx in self.source.batches(self.sampler):
-            loss, mined, finite = self.step(images, idx, progress, next(meta_batches) if meta_batches else None)
+            meta_idx = next(meta_batches) if meta_batches and self.meta.due(self.iteration) else None
+            loss, mined, finite = self.step(images, idx, progress, meta_idx)
             loss_sum = loss_sum + loss
             if self.generation is not None:
                 gen_sum = gen_sum + self.gen_losses
@@ -351,7 +354,7 @@ class Trial:
             out.update(loss_tau_p=self.loss_fn.tau_p, loss_tau_n=self.loss_fn.tau_n)
         if self.meta is not None:
             out.update(lam=(lam_sum / n).item(), lam_end=self.meta.lam.item(),
-                       lam_hypergrad=self.meta.last_hypergrad.item())
+                       lam_hypergrad=self.meta.last_hypergrad.item(), **self.meta.epoch_summary())
         elif self.loss_fn.has_lambda:
             out["lam"] = float(self.loss_fn.lam)
         if self.generation is not None:

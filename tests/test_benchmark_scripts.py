@@ -67,6 +67,7 @@ def test_train_step_benchmark_runs(tmp_path):
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert [r["what"] for r in rows] == ["plain step", "meta-λ, head look-ahead", "meta-λ, full look-ahead",
+                                         "meta-λ, head, every class in the meta batch",
                                          "reference (PIL loader, fp32, MS loop)", "bare model step"]
     assert rows[0]["ratio_to_plain"] == 1.0
     assert all(r["img_per_s"] > 0 and r["backbone"] == "small_cnn" for r in rows)

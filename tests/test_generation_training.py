@@ -134,7 +134,7 @@ def test_resume_with_generation_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_combines_with_meta_lambda_and_other_losses():
-    meta = cfg(MIRAGE, loss={"name": "soft_contrastive", "lam": {"meta": {"init": 0.7, "lr": 0.05, "scope": "head"}}})
+    meta = cfg(MIRAGE, loss={"name": "soft_contrastive", "lam": {"meta": {"init": 0.7, "lr": 0.05, "update": "adam", "scope": "head"}}})
     last = reports(meta)[-1]
     assert last["status"] == "ok" and last["lam_end"] != 0.7
     for loss in ("ms", "triplet", "binomial"):

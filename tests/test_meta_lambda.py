@@ -1,4 +1,6 @@
-"""Meta-learned λ: the exact hypergradient against finite differences, and the update's direction."""
+"""Meta-learned λ: the exact hypergradient against finite differences, the updates (the gated default
+stays put under noise and moves at its rate under a signal), the meta batch's class coverage, the
+per-epoch hypergradient report and its mark in the trajectory plot."""
 
 import pytest
 import torch
@@ -157,3 +159,231 @@ def test_hypergradient_via_similarities_equals_double_backward(loss_name):
     assert fast == pytest.approx(reference, rel=1e-9, abs=1e-15)
     # the training graph is still there for the step that follows
     sim.sum().backward()
+
+
+# ---------------------------------------------------------------- the default update: 'gated'
+
+def gated(**kw):
+    from dmltune.meta_lambda import META_PARAMS
+
+    defaults = {p.name: p.default for p in META_PARAMS}
+    args = dict(init=defaults["init"], lr=defaults["lr"], inner_lr=1e-5, clamp=tuple(defaults["clamp"]),
+                update=defaults["update"], window=defaults["window"], gate=defaults["gate"], dtype=torch.float64)
+    args.update(kw)
+    return MetaLambda(**args)
+
+
+def feed(gen, values):
+    path = []
+    for v in values:
+        gen.apply(torch.as_tensor(float(v), dtype=torch.float64))
+        path.append(gen.lam.item())
+    return path
+
+
+def test_gated_is_the_default_update():
+    from dmltune.config import resolve_config
+
+    meta = resolve_config({"dataset": {"name": "digits"}, "loss": {"name": "soft_contrastive", "lam": {"meta": {}}}})
+    assert meta["loss"]["lam"]["meta"]["update"] == "gated"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_gated_update_stays_put_under_zero_mean_noise(seed):
+    noise = torch.randn(2000, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    paths = {scale: feed(gated(), noise * scale) for scale in (1e-7, 1e-4, 1.0)}
+    final = paths[1e-4][-1]
+    assert abs(final - 0.7) < 0.02, (seed, final)
+    # scale-free: the same noise at any magnitude takes λ along the same path
+    for path in paths.values():
+        assert path == pytest.approx(paths[1e-4], abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gated_update_stays_put_under_heavy_tailed_and_changing_noise(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    t3 = normal(2000) / normal(3, 2000).pow(2).mean(0).sqrt()  # Student-t, 3 degrees of freedom
+    log_normal_scale = normal(2000) * torch.exp(normal(2000))
+    growing = normal(2000) * torch.logspace(-6, -3, 2000, dtype=torch.float64)  # 1,000-fold over the run
+    for values in (t3, log_normal_scale, growing):
+        assert abs(feed(gated(), values)[-1] - 0.7) < 0.02
+
+
+def test_adam_random_walks_under_the_same_noise():
+    # what the gated default fixes: Adam normalises every noisy hypergradient to a step of ≈ lr
+    noise = torch.randn(2000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1e-5
+    adam = MetaLambda(init=0.7, lr=0.01, inner_lr=1e-5, clamp=(0.0, 1.0), dtype=torch.float64, update="adam")
+    assert abs(feed(adam, noise)[-1] - 0.7) > 0.02
+
+
+@pytest.mark.parametrize("value", [3e-7, -3e-7, 0.02, -5.0])
+def test_gated_update_moves_at_the_configured_rate_under_a_consistent_hypergradient(value):
+    gen = gated()
+    path = feed(gen, [value] * 101)
+    lr, direction = gen.lr, -1.0 if value > 0 else 1.0
+    assert path[0] == 0.7  # one hypergradient has no spread yet
+    # then φ per meta step against the hypergradient's sign
+    assert path[-1] == pytest.approx(0.7 + direction * lr * 100, abs=1e-9)
+    assert all(b - a == pytest.approx(direction * lr, abs=1e-12) for a, b in zip(path, path[1:]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gated_update_follows_a_signal_in_noise_and_stops_at_the_clamp(seed):
+    g = torch.Generator().manual_seed(seed)
+    values = -2e-6 * (1 + 0.1 * torch.randn(300, generator=g, dtype=torch.float64))  # 10 % noise
+    gen = gated(lr=0.002, clamp=(0.2, 1.0))
+    path = feed(gen, values)
+    rate = (path[100] - path[2]) / 98
+    assert rate == pytest.approx(0.002, rel=0.01)  # the whole step from the third meta step on
+    assert path[-1] == 1.0  # 0.7 + 0.002 × 300 > 1.0: held at the clamp
+    weak = gated()  # per-step SNR 1: about the whole step once the window has seen enough of it
+    path = feed(weak, 1e-4 * (1.0 + torch.randn(400, generator=g, dtype=torch.float64)))
+    assert (path[50] - path[-1]) / 350 == pytest.approx(weak.lr, rel=0.1)
+
+
+def test_gated_state_round_trip_reproduces_the_path():
+    g = torch.Generator().manual_seed(4)
+    values = 1e-4 * (1.0 + torch.randn(80, generator=g, dtype=torch.float64))
+    gen = gated(lr=0.002)
+    feed(gen, values[:40])
+    restored = gated(lr=0.002)
+    restored.load_state_dict(gen.state_dict())
+    assert feed(restored, values[40:]) == feed(gen, values[40:])
+    assert gen.lam.item() < 0.7 - 0.02  # it really moved
+
+
+def test_epoch_summary_is_the_mean_and_its_t_statistic():
+    import numpy as np
+
+    gen = gated()
+    values = np.array([3e-6, 1e-6, 4e-6, -1e-6, 5e-6])
+    feed(gen, values[:2])
+    gen.start_epoch()
+    assert np.isnan(gen.epoch_summary()["lam_hypergrad_snr"])
+    feed(gen, values)
+    out = gen.epoch_summary()
+    assert out["lam_hypergrad_mean"] == pytest.approx(values.mean())
+    assert out["lam_hypergrad_snr"] == pytest.approx(values.mean() / (values.std(ddof=1) / np.sqrt(5)))
+
+
+# ---------------------------------------------------------------- the meta batch covers the training classes
+
+def tiny_trial(**dataset):
+    from dmltune.config import resolve_config
+    from dmltune.trainable import Trial
+
+    cfg = {"seed": 1, "dataset": dataset, "model": {"backbone": "small_cnn", "dim": 8, "freeze_bn": False},
+           "miner": {"name": "none"}, "loss": {"name": "soft_contrastive", "lam": {"meta": {}}},
+           "train": {"epochs": 1, "batch_size": 16, "k": 8, "lr": 1e-3}, "eval": {"nmi": False}}
+    return Trial(resolve_config(cfg))
+
+
+def meta_batches(trial, epoch=1):
+    trial.meta_sampler.set_epoch(epoch)
+    labels = trial.train_labels.cpu()
+    return [labels[torch.as_tensor(b)] for b in trial.meta_sampler]
+
+
+def test_default_meta_batch_holds_every_training_class():
+    trial = tiny_trial(name="digits", val_fraction=0.0)  # 5 training classes, 2 per training batch
+    classes = set(torch.unique(trial.train_labels).tolist())
+    assert len(classes) == 5
+    for batch in meta_batches(trial):
+        assert set(batch.tolist()) == classes
+        assert torch.bincount(batch).tolist().count(8) == 5  # train.k = 8 images of each
+
+
+def test_capped_meta_batches_cycle_through_every_class():
+    from dmltune.meta_lambda import META_BATCH_MAX_CLASSES, MetaBatchSampler
+
+    trial = tiny_trial(name="synthetic", classes=600, per_class=2, size=8, channels=1, val_fraction=0.0,
+                       transform={"preset": "8px"})
+    classes = torch.unique(trial.train_labels)
+    assert len(classes) == 300 > META_BATCH_MAX_CLASSES
+    for epoch in (1, 2):
+        batches = meta_batches(trial, epoch)
+        assert all(len(torch.unique(b)) == META_BATCH_MAX_CLASSES == len(b) // 8 for b in batches)
+        assert set(torch.cat(batches[:3]).tolist()) == set(classes.tolist())  # ⌈300 / 128⌉ meta steps
+        # later passes too: over 30 meta batches (12.8 passes) every class comes 12 or 13 times
+        visits = torch.bincount(torch.cat([torch.unique(b) for b in batches[:30]]), minlength=300)
+        assert visits.min() >= 12 and visits.max() <= 13
+    explicit = MetaBatchSampler(trial.train_labels.cpu().numpy(), 4, 3, batches_per_epoch=2, seed=0)
+    assert [len(b) for b in explicit] == [12, 12]
+
+
+def test_meta_batches_are_drawn_only_for_meta_steps():
+    from dmltune.config import resolve_config
+    from dmltune.trainable import Trial
+
+    cfg = {"seed": 0, "dataset": {"name": "synthetic", "classes": 40, "per_class": 4, "size": 8, "channels": 1,
+                                  "val_fraction": 0.0, "transform": {"preset": "8px"}},
+           "model": {"backbone": "small_cnn", "dim": 8, "freeze_bn": False}, "miner": {"name": "none"},
+           "loss": {"name": "soft_contrastive", "lam": {"meta": {"every": 3, "meta_batch": {"classes": 5}}}},
+           "train": {"epochs": 1, "batch_size": 8, "k": 2, "lr": 1e-3, "batches_per_epoch": 12},
+           "eval": {"nmi": False}}
+    trial = Trial(resolve_config(cfg))
+    used = []
+    real_step = trial.step
+    trial.step = lambda images, idx, progress, meta_idx=None: (used.append(meta_idx), real_step(
+        images, idx, progress, meta_idx))[1]
+    report = trial.run_epoch(1)
+    drawn = [m for m in used if m is not None]
+    assert len(drawn) == 4  # iterations 0, 3, 6, 9
+    # consecutive meta steps walk through the 20 classes, 5 at a time
+    labels = trial.train_labels.cpu()
+    assert len(set(torch.cat([labels[torch.as_tensor(m)] for m in drawn]).tolist())) == 20
+    assert {"lam_hypergrad", "lam_hypergrad_mean", "lam_hypergrad_snr"} <= set(report)
+
+
+def test_resume_with_the_gated_update_reproduces_a_moving_lambda(tmp_path, monkeypatch):
+    """Exact resume of the gated state, with a hypergradient given a consistent part so that λ moves."""
+    import dmltune.meta_lambda as meta_lambda
+    from dmltune.reporting import ConsoleReporter
+    from dmltune.trainable import train
+
+    from test_trainable import Interrupt, StopAfter
+
+    real = meta_lambda.MetaLambda.hypergradient_via_similarities
+    monkeypatch.setattr(meta_lambda.MetaLambda, "hypergradient_via_similarities",
+                        lambda self, *a: real(self, *a) + 1e-2)
+    cfg = {"seed": 0, "dataset": {"name": "digits", "val_fraction": 0.4},
+           "model": {"backbone": "small_cnn", "dim": 8, "freeze_bn": False}, "miner": {"name": "asms"},
+           "loss": {"name": "soft_contrastive", "lam": {"meta": {"init": 0.6, "lr": 0.01}}},
+           "train": {"epochs": 3, "batch_size": 24, "k": 8, "lr": 1e-3, "batches_per_epoch": 4,
+                     "checkpoint_every": 1},
+           "eval": {"metric": "map@r", "nmi": False, "every": 3}}
+    full = ConsoleReporter(tmp_path / "full")
+    train(cfg, reporter=full)
+    with pytest.raises(Interrupt):
+        train(cfg, reporter=StopAfter(tmp_path / "cut", stop_after=1))
+    resumed = ConsoleReporter(tmp_path / "cut")
+    train(cfg, reporter=resumed)
+    keys = ("lam", "lam_end", "lam_hypergrad", "lam_hypergrad_mean", "lam_hypergrad_snr", "loss")
+    for a, b in zip(full.history[1:], resumed.history):
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    assert full.history[-1]["lam_end"] < 0.6 - 0.05  # 12 meta steps of at most 0.01, most of them whole
+
+
+def test_trajectory_plot_marks_epochs_without_hypergradient_signal():
+    from synthetic_study import example_table
+
+    from dmltune.analysis import analyse, study_table
+    from dmltune.analysis.plots import trajectories_figure
+
+    table = example_table()
+    ddtas = table.arm == "ddtas"
+    # per epoch and seed: epoch 1 clear in every seed, epoch 2 in one seed of three, epoch 3 clear (negative)
+    snr = {(1, 0): 5.0, (1, 1): 3.0, (1, 2): 2.5, (2, 0): 4.0, (2, 1): 0.3, (2, 2): -1.0,
+           (3, 0): -3.0, (3, 1): -2.5, (3, 2): -6.0}
+    table.loc[ddtas, "lam_hypergrad_snr"] = [snr[(e, s)] for e, s in zip(table.epoch[ddtas], table.seed[ddtas])]
+    source = {"eval": {"metric": "map@r"}, "arms": [{"name": a} for a in dict.fromkeys(table.arm)]}
+    fig = trajectories_figure(analyse(study_table(table, source), {"reference": "ddtas"}))
+    ax = fig.axes[0]
+    assert ax.get_ylabel().startswith("λ")
+    hollow = [line for line in ax.lines if line.get_markerfacecolor() == "white" and len(line.get_xdata())]
+    assert [list(line.get_xdata()) for line in hollow] == [[2]]
+    assert any("SNR < 2" in t.get_text() for t in ax.get_legend().get_texts())

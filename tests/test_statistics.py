@@ -221,7 +221,7 @@ def test_few_seeds_are_flagged_everywhere_and_axes_stay_in_range(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     report = (folder / "report.md").read_text()
     assert "fewer than 3 seeds" in report and "fewer than 3 seeds" in run.stdout and "†" in report
-    from dmltune import plots
+    from dmltune.analysis import plots
     from dmltune.analysis import read_study_table
 
     a = analyse(read_study_table(folder))

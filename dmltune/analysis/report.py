@@ -27,7 +27,10 @@ FIGURE_NOTES = {
                 "grid; the red line on the colour bar is the reference arm's value. A sharp peak means the fixed "
                 "thresholds need careful tuning.",
     "trajectories": "λ and the tolerances γ̂ per epoch for each arm's selected configuration (mean over seeds); "
-                    "flat lines are fixed values, moving ones are adapted during training.",
+                    "flat lines are fixed values, moving ones are adapted during training. A meta-learned λ has "
+                    "hollow markers at epochs whose hypergradient signal-to-noise ratio (the epoch's mean "
+                    "hypergradient over its standard error, median |SNR| over seeds) is below 2: there the "
+                    "hypergradient's sign was not detectable, so λ's movement (if any) is not evidence.",
     "mined_pairs": "Positive and negative pairs the miner keeps per batch, per epoch (as in DDTAS's Fig. 4).",
     "test_metric": "Test metric at the configuration selected on validation, with its confidence interval over seeds "
                    "(clipped to the metric's range).",
@@ -269,7 +272,7 @@ def write_report(study_dir: str | Path, overrides: dict | None = None, metric: s
     a = analyse(read_study_table(folder, metric), overrides)
     drawn = {}
     if figures:
-        from ..plots import save_figures
+        from .plots import save_figures
 
         drawn = save_figures(a, folder / "figures")
     write_tables(a, folder / "tables")

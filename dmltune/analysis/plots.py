@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .analysis import Analysis, configurations
-from .analysis.trials import KEY, short_name
+from .compare import Analysis
+from .selection import configurations
+from .trials import KEY, short_name
 
 FIGURES = ("best_so_far", "heatmaps", "trajectories", "mined_pairs", "test_metric", "similarity_histograms")
 
@@ -167,8 +168,25 @@ def _per_epoch_mean(analysis: Analysis, column: str) -> dict[str, pd.Series]:
     return out
 
 
+SNR_SIGNIFICANT = 2.0  # an epoch's hypergradient counts as signal when |mean| ≥ 2 standard errors
+
+
+def _low_snr_epochs(analysis: Analysis, arm: str) -> pd.Series | None:
+    """Meta-λ arms: per epoch, whether the median over seeds of |hypergradient SNR| (the epoch's
+    mean hypergradient over its standard error) is below SNR_SIGNIFICANT (or unknown); None for an
+    arm without a meta-learned λ."""
+    rows = _selected_epochs(analysis, arm)
+    if "lam_hypergrad_snr" not in rows or not rows["lam_hypergrad_snr"].notna().any():
+        return None
+    snr = rows.assign(_abs=rows["lam_hypergrad_snr"].abs()).groupby("epoch")["_abs"].median()
+    return ~(snr >= SNR_SIGNIFICANT)
+
+
 def trajectories_figure(analysis: Analysis) -> Figure | None:
-    """3. λ and the tolerances γ̂_pos, γ̂_neg per epoch (selected configuration, mean over seeds)."""
+    """3. λ and the tolerances γ̂_pos, γ̂_neg per epoch (selected configuration, mean over seeds).
+
+    A meta-learned λ's epochs whose hypergradient SNR (median over seeds) is below 2 have hollow
+    markers: there λ had no detectable signal to follow, so its movement is not evidence."""
     panels = [(c, label) for c, label in (("lam", "λ (loss threshold)"), ("gamma_pos", "γ̂_pos"), ("gamma_neg", "γ̂_neg"))
               if _per_epoch_mean(analysis, c)]
     if not panels:
@@ -176,8 +194,22 @@ def trajectories_figure(analysis: Analysis) -> Figure | None:
     colours = _arm_colours(analysis)
     fig, axes = _grid(len(panels))
     for ax, (column, label) in zip(axes, panels):
+        hollow_shown = False
         for arm, series in _per_epoch_mean(analysis, column).items():
-            ax.plot(series.index, series.to_numpy(), marker=".", color=colours[arm], label=arm)
+            low = _low_snr_epochs(analysis, arm) if column == "lam" else None
+            if low is None:
+                ax.plot(series.index, series.to_numpy(), marker=".", color=colours[arm], label=arm)
+                continue
+            low = low.reindex(series.index, fill_value=True).to_numpy(dtype=bool)
+            x, y = series.index.to_numpy(), series.to_numpy()
+            ax.plot(x, y, color=colours[arm], label=arm)
+            ax.plot(x[~low], y[~low], linestyle="none", marker="o", markersize=4, color=colours[arm])
+            ax.plot(x[low], y[low], linestyle="none", marker="o", markersize=4, markerfacecolor="white",
+                    markeredgecolor=colours[arm])
+            hollow_shown = hollow_shown or bool(low.any())
+        if hollow_shown:
+            ax.plot([], [], linestyle="none", marker="o", markersize=4, markerfacecolor="white",
+                    markeredgecolor="grey", label=f"hollow: hypergradient SNR < {SNR_SIGNIFICANT:g}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
