@@ -7,15 +7,8 @@
     g_opt, d_opt = gen.build_optimizers()
 """
 
-from .mirage import (
-    GENERATORS,
-    Discriminator,
-    Generation,
-    Mirage,
-    NoGeneration,
-    build_generation,
-    round_half_up,
-)
+from .base import GENERATORS, Generation, NoGeneration, build_generation
+from .mirage import Discriminator, Mirage, round_half_up
 
 __all__ = [
     "GENERATORS",
