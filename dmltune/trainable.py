@@ -107,19 +107,20 @@ class Evaluator:
         return torch.cat(out)
 
     def metrics(self, model, which: str, autocast) -> dict[str, float]:
-        from .evaluate import evaluate, histogram_columns, similarity_histograms
+        from .evaluate import evaluate, histogram_columns, nmi_options, similarity_histograms
 
         wanted = ("recall", "map@r", "r_precision") + (("nmi",) if self.cfg["nmi"] else ())
         if which == "test" and self.query is not None:
             q = self.embed(model, self.query, autocast)
             g = self.embed(model, self.gallery, autocast)
-            result = evaluate(q, self.query.labels(), g, self.gallery.labels(), ks=self.cfg["ks"], metrics=wanted)
+            result = evaluate(q, self.query.labels(), g, self.gallery.labels(), ks=self.cfg["ks"], metrics=wanted,
+                              **nmi_options(self.cfg))
         else:
             source = self.val if which == "val" else self.test
             if source is None:
                 return {}
             emb = self.embed(model, source, autocast)
-            result = evaluate(emb, source.labels(), ks=self.cfg["ks"], metrics=wanted)
+            result = evaluate(emb, source.labels(), ks=self.cfg["ks"], metrics=wanted, **nmi_options(self.cfg))
             if which == "val" and self.cfg["similarity_bins"]:
                 hist = similarity_histograms(emb, source.labels(), bins=self.cfg["similarity_bins"])
                 return {**{f"val/{k}": v for k, v in result.items()}, **histogram_columns("val_simhist", *hist)}

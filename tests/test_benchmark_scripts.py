@@ -137,3 +137,19 @@ def test_verdict_calibration_benchmark_runs(tmp_path):
     run_script("verdict_calibration.py", "--studies", "3", "--out", str(out))
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 8 and all(abs(r["matched"] + r["not_matched"] + r["inconclusive"] - 1) < 1e-9 for r in rows)
+
+
+def test_nmi_clustering_benchmark_runs(tmp_path):
+    out = tmp_path / "nmi_clustering.json"
+    run_script("nmi_clustering.py", "--device", "cpu", "--classes", "8", "--per-class", "4", "6", "--dims", "8",
+               "--spreads", "0.5", "--seeds", "2", "--sizes", "40x8", "--cost-dim", "8", "--out", str(out))
+    data = json.loads(out.read_text())
+    agreement = [r for r in data["rows"] if r["table"] == "agreement"]
+    (cost,) = [r for r in data["rows"] if r["table"] == "cost"]
+    assert [r["data_seed"] for r in agreement] == [0, 1]
+    settings = ("default", "faiss k-means++ x10", "faiss random x10", "old (faiss 1x20)")
+    for r in agreement:
+        assert all(0 <= r[key] <= 1 for key in settings + ("reference", "sklearn_random_state_1"))
+        assert r["default"] == r["reference"]  # 40 points × 8 classes: the default is sklearn's KMeans(n_init=10)
+    assert cost["n"] == 40 and cost["default_backend"] == "sklearn"
+    assert all(cost[key]["seconds"] > 0 and 0 <= cost[key]["nmi"] <= 1 for key in settings)

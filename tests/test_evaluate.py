@@ -197,3 +197,177 @@ def test_similarity_histograms_without_positive_pairs_are_zero():
     emb = F.normalize(torch.randn(5, 3), dim=1)
     pos, neg = similarity_histograms(emb, torch.arange(5), bins=4)
     assert pos.sum() == 0 and neg.sum() == pytest.approx(1.0)
+
+
+# --- NMI's k-means (issue #14 item 6): the papers' scikit-learn KMeans(n_init=10) by default ---
+
+OLD_NMI = {"nmi_backend": "faiss", "nmi_init": "random", "nmi_restarts": 1, "nmi_iterations": 20}
+
+
+def blob_embeddings(n_classes, per_class, d, spread, seed):
+    """Classes around random unit-vector centres, noise of total norm ≈ spread, L2-normalised;
+    ``per_class`` = (min, max) class size."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(per_class[0], per_class[1] + 1, (n_classes,), generator=g)
+    labels = torch.arange(n_classes).repeat_interleave(sizes)
+    centres = F.normalize(torch.randn(n_classes, d, generator=g), dim=1)
+    emb = centres[labels] + spread / d ** 0.5 * torch.randn(len(labels), d, generator=g)
+    return F.normalize(emb, dim=1), labels
+
+
+def sklearn_kmeans_nmi(emb, labels, n_init=10, random_state=0):
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import normalized_mutual_info_score
+
+    kmeans = KMeans(n_clusters=len(labels.unique()), n_init=n_init, random_state=random_state)
+    return normalized_mutual_info_score(labels.numpy(), kmeans.fit(emb.numpy()).labels_)
+
+
+@pytest.mark.parametrize("spread, seed", [(0.8, 0), (1.1, 1)])
+def test_default_nmi_agrees_with_sklearn_kmeans_n_init_10(spread, seed):
+    """100 classes of 10–20: the default NMI is within 0.005 of scikit-learn's KMeans(n_init=10),
+    on data where the old clustering (faiss, one random start, 20 iterations) is well below it."""
+    emb, labels = blob_embeddings(100, (10, 20), 32, spread, seed)
+    reference = sklearn_kmeans_nmi(emb, labels)
+    assert 0.8 < reference < 0.99
+    ours = evaluate(emb, labels, metrics=("nmi",))["nmi"]
+    assert abs(ours - reference) <= 0.005
+    old = evaluate(emb, labels, metrics=("nmi",), **OLD_NMI)["nmi"]
+    assert reference - old > 0.01
+
+
+def test_faiss_kmeanspp_restarts_agree_with_sklearn_where_random_starts_fall_short():
+    """Above SKLEARN_MAX_WORK the default runs faiss from k-means++ seeds (best of 10); on
+    well-separated 100-class data it is within 0.005 of sklearn, while 10 faiss restarts of up to
+    300 iterations from random starts stay more than 0.01 below."""
+    for seed in range(3):
+        emb, labels = blob_embeddings(100, (10, 10), 32, 0.6, seed)
+        reference = sklearn_kmeans_nmi(emb, labels)
+        assert reference > 0.99
+        ours = evaluate(emb, labels, metrics=("nmi",), nmi_backend="faiss")["nmi"]
+        assert abs(ours - reference) <= 0.005, seed
+        random_starts = evaluate(emb, labels, metrics=("nmi",), nmi_backend="faiss", nmi_init="random")["nmi"]
+        assert reference - random_starts > 0.01, seed
+
+
+def test_old_nmi_settings_reproduce_the_old_clustering():
+    """faiss, random init, 1 restart, 20 iterations is the clustering before the change, bit for bit."""
+    import faiss
+    from sklearn.metrics import normalized_mutual_info_score
+
+    emb, labels = blob_embeddings(30, (5, 15), 16, 1.0, 3)
+    kmeans = faiss.Kmeans(16, 30, niter=20, seed=0, verbose=False, min_points_per_centroid=1,
+                          max_points_per_centroid=1 << 30)
+    kmeans.train(emb.numpy())
+    old = normalized_mutual_info_score(labels.numpy(), kmeans.index.search(emb.numpy(), 1)[1][:, 0])
+    assert evaluate(emb, labels, metrics=("nmi",), **OLD_NMI)["nmi"] == old
+    assert evaluate(emb, labels, metrics=("nmi",))["nmi"] != old
+
+
+def test_nmi_settings_reach_the_clustering_and_a_seed_fixes_it():
+    emb, labels = blob_embeddings(30, (8, 8), 16, 1.3, 2)
+
+    def nmi(**settings):
+        return evaluate(emb, labels, metrics=("nmi",), **settings)["nmi"]
+
+    default = nmi()
+    assert nmi() == default  # deterministic
+    assert nmi(nmi_backend="sklearn") == default  # "auto" is sklearn at this size
+    for changed in ({"nmi_backend": "faiss"}, {"nmi_restarts": 1}, {"nmi_seed": 1}, {"nmi_init": "random"}):
+        assert nmi(**changed) != default, changed
+    assert nmi(nmi_iterations=1, nmi_restarts=1) != nmi(nmi_restarts=1)
+    faiss_one = {"nmi_backend": "faiss", "nmi_restarts": 1}
+    assert nmi(nmi_iterations=1, **faiss_one) != nmi(**faiss_one)
+    assert nmi(nmi_seed=4, **faiss_one) == nmi(nmi_seed=4, **faiss_one)
+
+
+def test_auto_switches_to_faiss_above_the_work_limit(monkeypatch):
+    import dmltune.evaluate as ev
+
+    assert ev.nmi_backend_for(5924, 100) == "sklearn"  # CUB's test set
+    assert ev.nmi_backend_for(8131, 98) == "sklearn"  # Cars
+    assert ev.nmi_backend_for(60502, 11316) == "faiss"  # SOP
+    assert ev.nmi_backend_for(60502, 11316, "sklearn") == "sklearn"
+    emb, labels = blob_embeddings(20, (5, 5), 8, 0.5, 0)
+    monkeypatch.setattr(ev, "SKLEARN_MAX_WORK", 100 * 20 - 1)
+    assert evaluate(emb, labels, metrics=("nmi",))["nmi"] == evaluate(emb, labels, metrics=("nmi",), nmi_backend="faiss")["nmi"]
+    monkeypatch.setattr(ev, "SKLEARN_MAX_WORK", 100 * 20)
+    assert evaluate(emb, labels, metrics=("nmi",))["nmi"] == evaluate(emb, labels, metrics=("nmi",), nmi_backend="sklearn")["nmi"]
+
+
+def test_kmeans_plusplus_seeds_one_point_per_separated_class():
+    from dmltune.evaluate import kmeans_plusplus
+
+    emb, labels = blob_embeddings(40, (3, 30), 16, 0.05, 2)
+    seeds = kmeans_plusplus(emb, 40, torch.Generator().manual_seed(0))
+    rows = torch.cdist(seeds, emb).argmin(dim=1)
+    assert torch.equal(seeds, emb[rows])  # seeds are data points
+    assert sorted(labels[rows].tolist()) == list(range(40))  # one in each class (random picks would miss ~1/3)
+    again = kmeans_plusplus(emb, 40, torch.Generator().manual_seed(0))
+    assert torch.equal(seeds, again)
+
+
+def test_nmi_of_non_finite_embeddings_is_nan():
+    emb, labels = blob_embeddings(5, (4, 4), 8, 0.5, 0)
+    emb[3, 2] = float("nan")
+    for backend in ("sklearn", "faiss"):
+        assert math.isnan(evaluate(emb, labels, metrics=("nmi",), nmi_backend=backend)["nmi"])
+
+
+def test_bad_nmi_arguments():
+    emb, labels = blob_embeddings(5, (4, 4), 8, 0.5, 0)
+    with pytest.raises(ValueError, match="unknown NMI backend 'gpu'"):
+        evaluate(emb, labels, metrics=("nmi",), nmi_backend="gpu")
+    with pytest.raises(ValueError, match="unknown NMI init 'kmeans'"):
+        evaluate(emb, labels, metrics=("nmi",), nmi_init="kmeans")
+    with pytest.raises(ValueError, match="restarts ≥ 1 and iterations ≥ 1"):
+        evaluate(emb, labels, metrics=("nmi",), nmi_restarts=0)
+    with pytest.raises(ValueError, match="restarts ≥ 1 and iterations ≥ 1"):
+        evaluate(emb, labels, metrics=("nmi",), nmi_iterations=0)
+
+
+def test_nmi_eval_parameters_validate_and_match_evaluate_defaults():
+    from dmltune.config import EVAL
+    from dmltune.evaluate import NMI_BACKENDS, NMI_DEFAULTS, NMI_INITS, nmi_options
+    from dmltune.registry import ConfigError
+
+    defaults = EVAL.validate({})
+    assert {key: defaults[key] for key in NMI_DEFAULTS} == NMI_DEFAULTS == nmi_options(defaults)
+    params = {p.name: p for p in EVAL.params}
+    assert params["nmi_backend"].choices == NMI_BACKENDS and params["nmi_init"].choices == NMI_INITS
+    custom = {"nmi_backend": "faiss", "nmi_init": "random", "nmi_restarts": 3, "nmi_iterations": 50, "nmi_seed": 7}
+    assert nmi_options(EVAL.validate(custom)) == custom
+    where = "study.yaml: eval"
+    bad = [
+        ({"nmi_restarts": 0}, r"study.yaml: eval: 'nmi_restarts' = 0 is outside its valid range \[1, 1000\]"),
+        ({"nmi_iterations": 2.5}, "study.yaml: eval: 'nmi_iterations' must be an integer, got 2.5"),
+        ({"nmi_seed": -1}, r"'nmi_seed' = -1 is outside its valid range"),
+        ({"nmi_backend": "sklean"}, r"'nmi_backend' = 'sklean' is not valid; choose one of 'auto', 'sklearn', "
+                                    r"'faiss' \(did you mean 'sklearn'\?\)"),
+        ({"nmi_init": "kmeans++"}, r"'nmi_init' = 'kmeans\+\+' is not valid; .* \(did you mean 'k-means\+\+'\?\)"),
+        ({"nmi_restart": 3}, r"has no parameter 'nmi_restart' \(did you mean 'nmi_restarts'\?\)"),
+    ]
+    for values, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            EVAL.validate(values, where=where)
+
+
+def test_trainable_passes_the_eval_nmi_settings_to_the_clustering(monkeypatch):
+    import dmltune.evaluate as ev
+    from dmltune.trainable import train
+
+    calls = []
+    real = ev.cluster_nmi
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "cluster_nmi", spy)
+    nmi = {"nmi_backend": "faiss", "nmi_init": "random", "nmi_restarts": 2, "nmi_iterations": 7, "nmi_seed": 5}
+    out = train({"seed": 0, "dataset": {"name": "digits", "val_fraction": 0.4},
+                 "model": {"backbone": "small_cnn", "dim": 8}, "loss": {"name": "soft_contrastive"},
+                 "train": {"epochs": 1, "batch_size": 12, "k": 4, "batches_per_epoch": 1},
+                 "eval": {"nmi": True, "similarity_bins": 0, **nmi}})
+    assert calls == [{"seed": 5, "restarts": 2, "iterations": 7, "init": "random", "backend": "faiss"}] * 2  # val, test
+    assert 0 < out["val/nmi"] <= 1 and 0 < out["test/nmi"] <= 1
