@@ -421,7 +421,7 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
     # one row per epoch, so a repeated report changes nothing.
     if in_tune_session():
         for past in history:
-            reporter.report(dict(past))
+            reporter.report({**past, "replayed": True})  # the table prefers the original row where it exists
 
     gpu_fraction = reporter.gpu_fraction() if trial.device.type == "cuda" else 0.0
     selection = f"val/{ev['metric']}"

@@ -49,9 +49,13 @@ def experiment_rows(folder: Path, arm: str) -> list[pd.DataFrame]:
         df = frames.get(trial.trial_id, frames.get(trial.path))
         df = df.copy() if df is not None and len(df) else pd.DataFrame([{}])
         df = df.drop(columns=[c for c in df.columns if c.startswith("config/")])  # replaced by ours below
-        # a restored experiment can list a result twice (and, after a checkpoint repair, Tune's
-        # iteration counter restarts below the epoch the trial resumed from): one row per epoch
+        # a restored experiment can list a result twice (a restored trial replays its epochs up to
+        # the checkpoint, and after a checkpoint repair Tune's iteration counter restarts below the
+        # epoch the trial resumed from): one row per epoch, the original where it exists, else the
+        # replayed copy (``replayed`` is true on such a row)
+        df["replayed"] = df["replayed"].eq(True) if "replayed" in df else False
         if "epoch" in df:
+            df = df.iloc[(~df["replayed"]).argsort(kind="stable")]  # replayed rows first, originals last
             df = df.drop_duplicates(subset="epoch", keep="last")
         elif "training_iteration" in df:
             df = df.drop_duplicates(subset="training_iteration", keep="last")
