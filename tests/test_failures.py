@@ -225,3 +225,16 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint(tmp_path):
     assert sorted(table.epoch) == list(range(1, 13))  # every epoch once, none lost, none twice
     restored = table[(table.iterations_since_restore < table.training_iteration) & ~table.replayed]
     assert len(restored) > 0 and restored.epoch.min() >= 3  # continued from a checkpoint, not from scratch
+
+
+def test_checkpoint_repair_skips_an_unreadable_experiment_state(tmp_path):
+    """A driver killed while writing its experiment state leaves an empty or cut-off file: the repair
+    reads the newest readable state instead of failing (and leaves a folder without one to Ray)."""
+    import json
+
+    from dmltune.study.checkpoint_repair import recorded_checkpoints, repair_missing_checkpoints
+
+    (tmp_path / "experiment_state-2026-12-02_09-00-00.json").write_text(json.dumps({"trial_data": []}))
+    for text in ("", '{"trial_data": [["x", '):
+        (tmp_path / "experiment_state-2026-12-02_09-30-00.json").write_text(text)
+        assert recorded_checkpoints(tmp_path) == [] and repair_missing_checkpoints(tmp_path) == []

@@ -24,11 +24,17 @@ def recorded_checkpoints(folder: Path) -> list[Path]:
     ``folder``, so a moved study folder still works)."""
     from ray import cloudpickle
 
-    states = sorted(folder.glob("experiment_state-*.json"))
-    if not states:
+    trial_data = None
+    for state in sorted(folder.glob("experiment_state-*.json"), reverse=True):
+        try:  # the newest readable one (a file being written, or cut off by a kill, is skipped)
+            trial_data = json.loads(state.read_text()).get("trial_data", [])
+            break
+        except (OSError, ValueError):
+            continue
+    if not trial_data:
         return []
     out = []
-    for _, runtime in json.loads(states[-1].read_text()).get("trial_data", []):
+    for _, runtime in trial_data:
         manager = json.loads(runtime).get("checkpoint_manager") or {}
         try:
             latest = cloudpickle.loads(bytes.fromhex(manager["value"])).latest_checkpoint_result
