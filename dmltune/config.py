@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
+from .evaluate import NMI_BACKENDS, NMI_DEFAULTS, NMI_INITS
 from .meta_lambda import META_PARAMS
 from .registry import Component, ConfigError, Param
 
@@ -49,14 +50,15 @@ EVAL_PARAMS = (
     Param("metric", str, "map@r", help="selection metric, a key of the evaluation (e.g. map@r, recall@1)"),
     Param("ks", list, [1, 2, 4, 8], help="K values of Recall@K"),
     Param("nmi", bool, True, help="compute NMI (k-means) as well"),
-    Param("nmi_backend", str, "auto", choices=("auto", "sklearn", "faiss"),
+    # NMI's k-means: defaults and choices are evaluate.py's (one source)
+    Param("nmi_backend", str, NMI_DEFAULTS["nmi_backend"], choices=NMI_BACKENDS,
           help="k-means of NMI: sklearn (the papers' KMeans), faiss, or auto (sklearn up to 2e6 points × clusters)"),
-    Param("nmi_init", str, "k-means++", choices=("k-means++", "random"), help="k-means seeding of NMI"),
-    Param("nmi_restarts", int, 10, low=1, high=1000,
+    Param("nmi_init", str, NMI_DEFAULTS["nmi_init"], choices=NMI_INITS, help="k-means seeding of NMI"),
+    Param("nmi_restarts", int, NMI_DEFAULTS["nmi_restarts"], low=1, high=1000,
           help="k-means runs for NMI; the lowest-inertia one counts (sklearn's n_init)"),
-    Param("nmi_iterations", int, 300, low=1, high=100000,
+    Param("nmi_iterations", int, NMI_DEFAULTS["nmi_iterations"], low=1, high=100000,
           help="most Lloyd iterations per k-means run (sklearn's max_iter)"),
-    Param("nmi_seed", int, 0, low=0, high=2**31 - 1, help="seed of NMI's k-means"),
+    Param("nmi_seed", int, NMI_DEFAULTS["nmi_seed"], low=0, high=2**31 - 1, help="seed of NMI's k-means"),
     Param("batch_size", int, 256, low=1, help="images per forward pass when embedding"),
     Param("similarity_bins", int, 40, low=0, high=400,
           help="record histograms of validation pair similarities in this many bins (0 = off)"),

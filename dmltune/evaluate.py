@@ -119,8 +119,9 @@ def nmi_backend_for(n_points: int, n_clusters: int, backend: str = "auto") -> st
     return backend
 
 
-def cluster_nmi(embeddings: torch.Tensor, labels: torch.Tensor, seed: int = 0, restarts: int = 10,
-                iterations: int = 300, init: str = "k-means++", backend: str = "auto") -> float:
+def cluster_nmi(embeddings: torch.Tensor, labels: torch.Tensor, seed: int = NMI_DEFAULTS["nmi_seed"],
+                restarts: int = NMI_DEFAULTS["nmi_restarts"], iterations: int = NMI_DEFAULTS["nmi_iterations"],
+                init: str = NMI_DEFAULTS["nmi_init"], backend: str = NMI_DEFAULTS["nmi_backend"]) -> float:
     """NMI between ``labels`` and a k-means clustering with one cluster per label.
 
     ``restarts`` k-means runs of at most ``iterations`` Lloyd iterations each, from ``init`` seeds
@@ -211,9 +212,11 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator) -> torc
 
 def evaluate(query_emb, query_labels, gallery_emb=None, gallery_labels=None,
              ks: Iterable[int] = (1, 2, 4, 8), metrics: Sequence[str] = ALL_METRICS,
-             nmi_seed: int = 0, backend: str = "auto", device: torch.device | str | None = None,
-             chunk: int = 4096, nmi_backend: str = "auto", nmi_init: str = "k-means++", nmi_restarts: int = 10,
-             nmi_iterations: int = 300) -> dict[str, float]:
+             nmi_seed: int = NMI_DEFAULTS["nmi_seed"], backend: str = "auto",
+             device: torch.device | str | None = None, chunk: int = 4096,
+             nmi_backend: str = NMI_DEFAULTS["nmi_backend"], nmi_init: str = NMI_DEFAULTS["nmi_init"],
+             nmi_restarts: int = NMI_DEFAULTS["nmi_restarts"],
+             nmi_iterations: int = NMI_DEFAULTS["nmi_iterations"]) -> dict[str, float]:
     """Retrieval metrics of L2-normalised embeddings, as fractions in [0, 1].
 
     Keys: ``recall@K`` for each K of ``ks``, ``map@r``, ``r_precision``, ``nmi`` (those asked for in
