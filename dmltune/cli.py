@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .interruption import StudyInterrupted
 from .registry import ConfigError, Registry
 
 
@@ -190,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"dmltune: error: {err}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, StudyInterrupted) as err:
+        print(f"dmltune: {err or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -238,3 +238,29 @@ def test_checkpoint_repair_skips_an_unreadable_experiment_state(tmp_path):
     for text in ("", '{"trial_data": [["x", '):
         (tmp_path / "experiment_state-2026-12-02_09-30-00.json").write_text(text)
         assert recorded_checkpoints(tmp_path) == [] and repair_missing_checkpoints(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_whole_study_with_one_line_and_exit_130(tmp_path):
+    """Tune's own SIGINT handler ended only the running arm and let the next one start (exit 0)."""
+    import signal
+
+    raw = {**STUDY, "dataset": {"name": "digits", "val_fraction": 0.4}, "concurrency": 1, "retries": 0,
+           "seeds": [0, 1, 2],
+           "train": {**STUDY["train"], "epochs": 6, "batch_size": 24, "k": 8, "batches_per_epoch": 8},
+           "arms": [{"name": "first", "loss": {"name": "ms"}}, {"name": "second", "loss": {"name": "ms"}}]}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", str(path)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in driver.stdout:  # one trial of the first arm has finished
+        if line.startswith("[1/6]"):
+            break
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 130, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("dmltune:")]
+    assert lines == [f"dmltune: interrupted during arm 'first'; every finished trial is kept: continue with "
+                     f"`dmltune resume {tmp_path / 'results' / 'f'}`"], err[-2000:]
+    assert "Traceback" not in err
+    assert not (tmp_path / "results" / "f" / "second").exists()  # the next arm never started

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from ..interruption import StudyInterrupted
 from ..trainable import tune_trainable
 from .checkpoint_repair import repair_missing_checkpoints
 from .consolidate import consolidate
@@ -25,6 +26,7 @@ from .domains import replace_at
 from .schema import Arm, Study
 
 STUDY_RECORD = "study.yaml"
+
 
 
 def plan_lines(study: Study) -> list[str]:
@@ -156,6 +158,9 @@ def run_study(study: Study, address: str | None = None) -> Path:
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    # Ctrl-C stops the whole study (Tune's own handler would end only the current arm and let the
+    # next one start, with no trace in the exit code); resume continues from the last checkpoints
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0: no tables
     # short trials checkpoint every epoch by design; Tune's advice about snapshot frequency is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -182,7 +187,11 @@ def run_study(study: Study, address: str | None = None) -> Path:
                     tuner = tune.Tuner(trainable, param_space=_param_space(arm, seed_space),
                                        tune_config=_tune_config(study, arm, metric, searcher_seed),
                                        run_config=run_config)
-                tuner.fit()
+                try:
+                    tuner.fit()
+                except KeyboardInterrupt:
+                    raise StudyInterrupted(f"interrupted during arm '{arm.name}'; every finished trial is kept: "
+                                           f"continue with `dmltune resume {study.directory}`") from None
         consolidate(study)  # reading the experiments back needs Ray running
     finally:
         if started_here:
