@@ -134,8 +134,12 @@ def test_killed_driver_then_resume_loses_nothing(tmp_path, lost_checkpoint):
     if lost_checkpoint:  # Ray's race: the recorded checkpoint deleted, a newer one not yet recorded
         import shutil
 
+        from dmltune.study.checkpoint_repair import _readable
+
         for path in [p for p in unfinished if p.exists()]:  # (else the race happened by itself)
             newer = path.parent / f"checkpoint_{int(path.name.split('_')[1]) + 1:06d}"
+            if newer.exists() and not _readable(newer):  # cut off by the kill: Ray deletes the recorded
+                shutil.rmtree(newer)  # checkpoint only once it has received the newer one whole
             if not newer.exists():
                 shutil.copytree(path, newer)
             shutil.rmtree(path)
@@ -238,6 +242,32 @@ def test_checkpoint_repair_skips_an_unreadable_experiment_state(tmp_path):
     for text in ("", '{"trial_data": [["x", '):
         (tmp_path / "experiment_state-2026-12-02_09-30-00.json").write_text(text)
         assert recorded_checkpoints(tmp_path) == [] and repair_missing_checkpoints(tmp_path) == []
+
+
+def test_checkpoint_repair_skips_a_cut_off_newer_checkpoint(tmp_path, monkeypatch):
+    """A kill can leave the newest checkpoint half-written: the repair copies the oldest newer one that
+    loads, and leaves a trial with none that loads to Ray (which records it failed, with the reason)."""
+    import torch
+
+    from dmltune.study import checkpoint_repair
+    from dmltune.training_state import CHECKPOINT_FILE, save_checkpoint
+
+    trial = tmp_path / "trial_a"
+    recorded = trial / "checkpoint_000002"
+    (trial / "checkpoint_000003").mkdir(parents=True)
+    (trial / "checkpoint_000003" / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 cut")
+    save_checkpoint(trial / "checkpoint_000004", {"epoch": 4})
+    save_checkpoint(trial / "checkpoint_000005", {"epoch": 5})
+    monkeypatch.setattr(checkpoint_repair, "recorded_checkpoints", lambda folder: [recorded])
+    assert checkpoint_repair.repair_missing_checkpoints(tmp_path) == [recorded]
+    assert torch.load(recorded / CHECKPOINT_FILE, weights_only=True) == {"epoch": 4}
+
+    import shutil
+
+    shutil.rmtree(recorded)
+    for name in ("checkpoint_000004", "checkpoint_000005"):  # none readable: nothing copied
+        (trial / name / CHECKPOINT_FILE).write_bytes(b"")
+    assert checkpoint_repair.repair_missing_checkpoints(tmp_path) == [] and not recorded.exists()
 
 
 @pytest.mark.slow

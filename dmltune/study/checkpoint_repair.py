@@ -5,9 +5,9 @@ registers the new one, but records the new one in the experiment state only at t
 A driver killed in between leaves a state that points at a deleted checkpoint, and ``Tuner.restore``
 then fails that trial ("Could not recover from checkpoint as it does not exist on storage"). The
 trial's newer checkpoint is still on disk, so before restoring, each missing recorded checkpoint is
-replaced by a copy of the oldest newer checkpoint of the same trial: the one whose registration
-deleted it, so one Ray had received whole (a still newer one may have been cut off mid-write by the
-kill). The trainable resumes from the epoch stored inside it and, like every restored trial, first
+replaced by a copy of the oldest readable newer checkpoint of the same trial: normally the one whose
+registration deleted it, so one Ray had received whole (a still newer one may have been cut off
+mid-write by the kill, and a checkpoint whose state file does not load is never used). The trainable resumes from the epoch stored inside it and, like every restored trial, first
 reports every epoch up to it again (the driver copies results to the study folder in the background,
 so they may lag the checkpoint), so no epoch is lost; the results table keeps one row per epoch.
 """
@@ -46,16 +46,29 @@ def recorded_checkpoints(folder: Path) -> list[Path]:
     return out
 
 
+def _readable(checkpoint: Path) -> bool:
+    from dmltune.training_state import CheckpointError, load_checkpoint
+
+    try:
+        load_checkpoint(checkpoint)
+    except CheckpointError:
+        return False
+    return True
+
+
 def repair_missing_checkpoints(folder: Path) -> list[Path]:
-    """Restore every recorded-but-deleted checkpoint from its trial's oldest newer one (the newest
-    when there is none newer); returns those fixed."""
+    """Restore every recorded-but-deleted checkpoint from its trial's oldest readable newer one (the
+    newest readable one when none newer is); returns those fixed. A trial with no readable checkpoint
+    is left to Ray, which records it as failed with its reason."""
     fixed = []
     for path in recorded_checkpoints(Path(folder)):
         if path.exists() or not path.parent.is_dir():
             continue
         present = sorted(p for p in path.parent.glob("checkpoint_*") if p.is_dir())
         newer = [p for p in present if p.name > path.name]
-        if present:
-            shutil.copytree(newer[0] if newer else present[-1], path)
+        older = [p for p in reversed(present) if p.name < path.name]
+        source = next((p for p in newer + older if _readable(p)), None)
+        if source is not None:
+            shutil.copytree(source, path)
             fixed.append(path)
     return fixed
