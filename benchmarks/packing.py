@@ -58,8 +58,8 @@ def packing_trainable(config):
 
     import torch as _torch
 
-    from dmltune.reporting import TuneReporter
-    from dmltune.trainable import train
+    from dmltune.training.reporting import TuneReporter
+    from dmltune.training import train
 
     class Reporter(TuneReporter):
         keeps_checkpoints = False

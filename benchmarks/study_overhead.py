@@ -66,8 +66,8 @@ def dmltune_trainable(config):
     import time as _time
 
     t_import = _time.perf_counter()
-    from dmltune.reporting import TuneReporter
-    from dmltune.trainable import train
+    from dmltune.training.reporting import TuneReporter
+    from dmltune.training import train
 
     start = _time.perf_counter()
     import_s = start - t_import

@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve_config
     from .config_files import apply_overrides, read_yaml
     from .pairs.coupling import decoupled_notes
-    from .trainable import train
+    from .training import train
 
     config = apply_overrides(read_yaml(args.config), args.set)
     resolve_config(config, where=str(args.config))  # every mistake reported before anything is built

@@ -20,7 +20,7 @@ import copy
 from typing import Any, Mapping
 
 from .evaluate import NMI_BACKENDS, NMI_DEFAULTS, NMI_INITS
-from .meta_lambda import META_PARAMS
+from .meta_lambda import META_PARAMS, check_clamp
 from .registry import Component, ConfigError, Param
 
 TRAIN_PARAMS = (
@@ -115,13 +115,7 @@ def _loss_section(config: Mapping, where: str) -> dict:
         if name in LOSSES and not LOSSES.lookup(name).factory.has_lambda:
             raise ConfigError(f"{where}: loss '{name}' has no threshold λ to meta-learn; remove loss.lam")
         meta = META.validate(lam["meta"] or {}, where=f"{where}: loss.lam.meta")
-        clamp = meta["clamp"]
-        if (len(clamp) != 2 or not all(isinstance(c, (int, float)) for c in clamp) or clamp[0] > clamp[1]):
-            raise ConfigError(f"{where}: loss.lam.meta.clamp must be [lo, hi] with lo ≤ hi, got {clamp}")
-        if not clamp[0] <= meta["init"] <= clamp[1]:
-            raise ConfigError(
-                f"{where}: loss.lam.meta.init = {meta['init']} lies outside clamp {clamp}; widen clamp or move init"
-            )
+        check_clamp(meta["init"], meta["clamp"], f"{where}: loss.lam.meta")
         batch = meta["meta_batch"]
         if set(batch) - {"classes", "per_class"} or not all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in batch.values()):

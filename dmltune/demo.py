@@ -13,8 +13,8 @@ import io
 import statistics
 import time
 
-from .reporting import ConsoleReporter
-from .trainable import train
+from .training.reporting import ConsoleReporter
+from .training import train
 
 BASE = {
     "dataset": {"name": "digits", "val_fraction": 0.4},

@@ -36,15 +36,11 @@ import copy
 from functools import lru_cache
 from typing import Callable, Mapping
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .registry import Param
-
-META_BATCH_MAX_CLASSES = 128
-"""Classes per meta batch when ``meta_batch`` leaves ``classes`` out and the training set has more
-(SOP, In-Shop): the meta batches then cycle through all training classes, 128 at a time."""
+from .data.sampler import META_BATCH_MAX_CLASSES, MetaBatchSampler  # noqa: F401 (their old home)
+from .registry import ConfigError, Param
 
 GATE_SHARPNESS = 8
 """Exponent of the gated update's ramp ``min(1, |t|/c)^8``: 1 % of the step at |t| = 0.56 c, 34 %
@@ -79,6 +75,19 @@ META_PARAMS = (
 )
 
 
+_DEFAULTS = {p.name: p.default for p in META_PARAMS}
+_UPDATES = next(p.choices for p in META_PARAMS if p.name == "update")
+
+
+def check_clamp(init: float, clamp, where: str = "loss.lam.meta") -> None:
+    """``clamp`` is ``[lo, hi]`` with lo ≤ hi and ``init`` lies inside it; else a one-line ConfigError."""
+    if (len(clamp) != 2 or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clamp)
+            or clamp[0] > clamp[1]):
+        raise ConfigError(f"{where}: clamp must be [lo, hi] with lo ≤ hi, got {list(clamp)}")
+    if not clamp[0] <= init <= clamp[1]:
+        raise ConfigError(f"{where}: init = {init} lies outside clamp {list(clamp)}; widen clamp or move init")
+
+
 @lru_cache(maxsize=256)
 def _critical_t(df: float, gate: float) -> float:
     """Two-sided Student-t critical value with ``df`` degrees of freedom at the tail probability of
@@ -88,75 +97,16 @@ def _critical_t(df: float, gate: float) -> float:
     return float(stdtrit(df, ndtr(gate)))
 
 
-class MetaBatchSampler:
-    """Meta batches of ``classes`` training classes × ``per_class`` images, reproducible per epoch
-    (``classes=None``: every training class, at most ``max_classes``).
-
-    Each epoch walks through random orders of all training classes, ``classes`` at a time; a batch
-    that straddles two orders defers a class it already holds to the next batch instead of
-    dropping it. So every pass through an order visits every class: with ``classes`` equal to the
-    number of training classes every batch holds all of them, and with fewer (a capped meta batch)
-    the first ⌈C/classes⌉ meta batches of an epoch cover all C classes, as does each later pass.
-    """
-
-    def __init__(self, labels, classes: int | None, per_class: int, batches_per_epoch: int, seed: int = 0,
-                 max_classes: int = META_BATCH_MAX_CLASSES):
-        labels = np.asarray(labels)
-        self.members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-        if classes is None:  # every training class, at most max_classes per batch
-            classes = min(len(self.members), max_classes)
-        if classes > len(self.members):
-            from .registry import ConfigError
-
-            raise ConfigError(f"loss.lam.meta.meta_batch asks for {classes} classes but the training set has "
-                              f"{len(self.members)}; lower meta_batch.classes or leave it out (= all classes)")
-        self.classes, self.per_class, self.seed = classes, per_class, seed
-        self.batches_per_epoch = batches_per_epoch
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        queue: list[int] = []  # the current order, next class last
-        for _ in range(self.batches_per_epoch):
-            chosen: list[int] = []
-            taken: set[int] = set()
-            deferred: list[int] = []
-            while len(chosen) < self.classes:
-                if not queue:
-                    queue = list(rng.permutation(len(self.members)))[::-1]
-                c = int(queue.pop())
-                if c in taken:
-                    deferred.append(c)
-                else:
-                    chosen.append(c)
-                    taken.add(c)
-            queue.extend(reversed(deferred))
-            yield np.concatenate([rng.choice(self.members[c], self.per_class,
-                                             replace=len(self.members[c]) < self.per_class) for c in chosen])
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.seed = int(state["epoch"]), int(state["seed"])
-
-
 class MetaLambda:
     """Holds λ and updates it by one-step look-ahead meta-gradients."""
 
-    def __init__(self, init: float, lr: float, inner_lr: float, clamp: tuple[float, float],
-                 every: int = 1, device: torch.device | str | None = None, dtype=torch.float32,
-                 update: str = "sgd", window: int = 50, gate: float = 4.0):
+    def __init__(self, init: float = _DEFAULTS["init"], lr: float = _DEFAULTS["lr"], inner_lr: float = 1e-5,
+                 clamp: tuple[float, float] = tuple(_DEFAULTS["clamp"]), every: int = _DEFAULTS["every"],
+                 device: torch.device | str | None = None, dtype=torch.float32, update: str = _DEFAULTS["update"],
+                 window: int = _DEFAULTS["window"], gate: float = _DEFAULTS["gate"]):
+        check_clamp(init, clamp, "meta λ")
         lo, hi = clamp
-        if not lo <= init <= hi:
-            raise ValueError(f"meta λ: init {init} lies outside clamp [{lo}, {hi}]; widen clamp or move init")
-        if update not in ("gated", "adam", "sgd"):
+        if update not in _UPDATES:
             raise ValueError(f"meta λ: unknown update {update!r}; use 'gated', 'adam' or 'sgd'")
         self.lr, self.inner_lr, self.every, self.update = lr, inner_lr, every, update
         self.lo, self.hi = lo, hi

@@ -4,6 +4,10 @@ Every miner, loss, backbone and dataset is registered under a name together with
 accepts (type, default, valid range). Study files are validated against these declarations before
 anything runs, and ``dmltune list`` prints them. Adding a component means writing it and
 decorating it with ``REGISTRY.register(...)``; nothing else needs to change.
+
+Every registry builds the same way, ``REGISTRY.build(name, params, **context)``: ``params`` are the
+declared parameters (validated, defaults filled in), ``context`` the runtime objects a factory
+needs beside them (a generator's class labels, the trial an adaptive part belongs to).
 """
 
 from __future__ import annotations
@@ -143,8 +147,14 @@ class Component:
             out[key] = by_name[key].check(value, where)
         return out
 
-    def build(self, **values: Any) -> Any:
-        return self.factory(**self.validate(values))
+    def build(self, params: Mapping[str, Any] | None = None, /, **context: Any) -> Any:
+        """The component built from ``params`` (validated against the declaration, defaults filled in)
+        and ``context``: runtime objects the factory needs beside its declared parameters (class
+        labels, a device, the trial being built), passed on unchecked."""
+        if params is not None and not isinstance(params, Mapping):
+            raise ConfigError(f"{self.kind} '{self.name}': parameters must be a mapping of name to value, "
+                              f"got {type(params).__name__}")
+        return self.factory(**context, **self.validate(params or {}))
 
 
 @dataclass
@@ -178,8 +188,10 @@ class Registry(Mapping[str, Component]):
             raise ConfigError(f"unknown {self.kind} {name!r}{hint}; valid choices: {choices}")
         return self._items[name]
 
-    def build(self, name: str, **values: Any) -> Any:
-        return self.lookup(name).build(**values)
+    def build(self, name: str, params: Mapping[str, Any] | None = None, /, **context: Any) -> Any:
+        """The one factory convention of every registry: ``build(name, params, **context)``; the
+        parameters are validated here and nowhere else (see :meth:`Component.build`)."""
+        return self.lookup(name).build(params, **context)
 
     def __getitem__(self, name: str) -> Component:
         return self.lookup(name)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from dmltune.registry import ConfigError
 from dmltune.analysis import read_study_table
-from dmltune.training_state import CheckpointError, load_checkpoint, save_checkpoint
+from dmltune.training.state import CheckpointError, load_checkpoint, save_checkpoint
 
 STUDY = {
     "name": "f",
@@ -250,7 +250,7 @@ def test_checkpoint_repair_skips_a_cut_off_newer_checkpoint(tmp_path, monkeypatc
     import torch
 
     from dmltune.study import checkpoint_repair
-    from dmltune.training_state import CHECKPOINT_FILE, save_checkpoint
+    from dmltune.training.state import CHECKPOINT_FILE, save_checkpoint
 
     trial = tmp_path / "trial_a"
     recorded = trial / "checkpoint_000002"

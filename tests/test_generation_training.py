@@ -9,18 +9,12 @@ import torch
 
 from dmltune.config import resolve_config
 from dmltune.pairs.masks import label_masks
-from dmltune.reporting import ConsoleReporter
-from dmltune.trainable import Trial, train
+from dmltune.training import Trial, train
+from dmltune.training.reporting import ConsoleReporter
+from trial_configs import tiny_config
 
-BASE = {
-    "seed": 0,
-    "dataset": {"name": "digits", "val_fraction": 0.4},
-    "model": {"backbone": "small_cnn", "dim": 16, "freeze_bn": False},
-    "miner": {"name": "at_asms"},
-    "loss": {"name": "contrastive"},
-    "train": {"epochs": 2, "batch_size": 24, "k": 8, "lr": 1e-3, "batches_per_epoch": 3},
-    "eval": {"metric": "map@r", "nmi": False},
-}
+BASE = tiny_config(seed=0, miner={"name": "at_asms"}, loss={"name": "contrastive"}, train__epochs=2,
+                   train__batches_per_epoch=3)
 MIRAGE = {"name": "mirage", "lr": 0.01, "virtual_ratio": 2.0, "hidden": 32}
 
 
@@ -73,12 +67,12 @@ def test_each_optimiser_moves_only_its_own_parameters(frozen):
     lr = {"train": {"lr": 0.0}} if frozen == "model" else {}
     gen = {**MIRAGE, "lr": 0.0} if frozen == "generation" else MIRAGE
     trial = Trial(resolve_config(cfg(gen, **lr)))
-    model, G, D = _params(trial.model), _params(trial.generation.G), _params(trial.generation.D)
-    protos = trial.generation.prototypes.detach().clone()
+    model, G, D = _params(trial.model), _params(trial.generation.module.G), _params(trial.generation.module.D)
+    protos = trial.generation.module.prototypes.detach().clone()
     trial.run_epoch(1)
-    moved = {"model": any(_changed(model, trial.model)), "G": any(_changed(G, trial.generation.G)),
-             "D": any(_changed(D, trial.generation.D)),
-             "prototypes": not torch.equal(protos, trial.generation.prototypes)}
+    moved = {"model": any(_changed(model, trial.model)), "G": any(_changed(G, trial.generation.module.G)),
+             "D": any(_changed(D, trial.generation.module.D)),
+             "prototypes": not torch.equal(protos, trial.generation.module.prototypes)}
     if frozen == "model":
         assert moved == {"model": False, "G": True, "D": True, "prototypes": True}
     else:
@@ -96,7 +90,7 @@ def test_virtual_examples_are_never_positives_of_real_anchors():
 
     trial.miner = recording
     trial.run_epoch(1)
-    gen = trial.generation
+    gen = trial.generation.module
     for labels in seen:
         real = labels[:24]
         assert not gen.is_virtual(real).any() and gen.is_virtual(labels).any()
@@ -113,10 +107,10 @@ def test_short_digits_run_raises_the_buffer_area_share():
         config["seed"], config["dataset"]["val_fraction"] = seed, 0.0
         config["miner"] = {"name": "none"}
         trial = Trial(resolve_config(config))
-        start = trial.generation.buffer_area_share()
+        start = trial.generation.module.buffer_area_share()
         for epoch in range(1, 7):
             trial.run_epoch(epoch)
-        assert trial.generation.buffer_area_share() > start, seed
+        assert trial.generation.module.buffer_area_share() > start, seed
 
 
 def test_resume_with_generation_matches_an_uninterrupted_run(tmp_path):

@@ -56,7 +56,7 @@ def test_hypergradient_matches_finite_differences(loss_name):
     head, feats, labels, meta_feats, meta_labels = tiny_problem()
     train_loss, params, meta_loss = closures(head, feats, labels, meta_feats, meta_labels, loss_name)
     psi, lam0, h = 0.5, 0.6, 1e-5
-    gen = MetaLambda(init=lam0, lr=0.1, inner_lr=psi, clamp=(0.0, 1.0), dtype=torch.float64)
+    gen = MetaLambda(init=lam0, lr=0.1, inner_lr=psi, clamp=(0.0, 1.0), dtype=torch.float64, update="sgd")
     exact = gen.hypergradient(train_loss, params, meta_loss).item()
     plus = lookahead_meta_loss(train_loss, params, meta_loss, lam0 + h, psi)
     minus = lookahead_meta_loss(train_loss, params, meta_loss, lam0 - h, psi)
@@ -71,21 +71,21 @@ def test_lambda_moves_towards_lower_meta_loss_and_stays_clamped():
     psi = 0.5
     values = {lam: lookahead_meta_loss(train_loss, params, meta_loss, lam, psi) for lam in (0.3, 0.7)}
     better = min(values, key=values.get)
-    gen = MetaLambda(init=0.5, lr=0.05, inner_lr=psi, clamp=(0.0, 1.0), dtype=torch.float64)
+    gen = MetaLambda(init=0.5, lr=0.05, inner_lr=psi, clamp=(0.0, 1.0), dtype=torch.float64, update="sgd")
     before = gen.lam.item()
     gen.step(train_loss, params, meta_loss)
     after = gen.lam.item()
     assert (after - before) * (better - 0.5) > 0, (before, after, values)
-    huge = MetaLambda(init=0.5, lr=1e9, inner_lr=psi, clamp=(0.2, 0.8), dtype=torch.float64)
+    huge = MetaLambda(init=0.5, lr=1e9, inner_lr=psi, clamp=(0.2, 0.8), dtype=torch.float64, update="sgd")
     huge.step(train_loss, params, meta_loss)
     assert huge.lam.item() in (0.2, 0.8)
 
 
 def test_every_k_and_state_round_trip():
-    gen = MetaLambda(init=0.7, lr=0.1, inner_lr=0.1, clamp=(0.0, 1.0), every=3)
+    gen = MetaLambda(init=0.7, lr=0.1, inner_lr=0.1, clamp=(0.0, 1.0), every=3, update="sgd")
     assert [i for i in range(10) if gen.due(i)] == [0, 3, 6, 9]
     gen.lam = torch.tensor(0.42)
-    other = MetaLambda(init=0.7, lr=0.1, inner_lr=0.1, clamp=(0.0, 1.0))
+    other = MetaLambda(init=0.7, lr=0.1, inner_lr=0.1, clamp=(0.0, 1.0), update="sgd")
     other.load_state_dict(gen.state_dict())
     assert other.lam.item() == pytest.approx(0.42)
 
@@ -104,7 +104,7 @@ def test_loss_without_lambda_gives_zero_hypergradient():
         e = embed(head, params, feats)
         return contrastive(e @ e.T, labels) + 0 * lam
 
-    gen = MetaLambda(init=0.5, lr=0.1, inner_lr=0.1, clamp=(0.0, 1.0), dtype=torch.float64)
+    gen = MetaLambda(init=0.5, lr=0.1, inner_lr=0.1, clamp=(0.0, 1.0), dtype=torch.float64, update="sgd")
     assert gen.hypergradient(train_loss, params, meta_loss).item() == 0.0
 
 
@@ -112,14 +112,14 @@ def test_lifted_lambda_only_shifts_the_loss_so_its_hypergradient_vanishes():
     # log Σ e^{λ − S} = λ + log Σ e^{−S}: while the hinge is active, λ does not change ∇θ L.
     head, feats, labels, meta_feats, meta_labels = tiny_problem()
     train_loss, params, meta_loss = closures(head, feats, labels, meta_feats, meta_labels, "lifted")
-    gen = MetaLambda(init=0.6, lr=0.1, inner_lr=0.5, clamp=(0.0, 1.0), dtype=torch.float64)
+    gen = MetaLambda(init=0.6, lr=0.1, inner_lr=0.5, clamp=(0.0, 1.0), dtype=torch.float64, update="sgd")
     assert abs(gen.hypergradient(train_loss, params, meta_loss).item()) < 1e-12
 
 
 def test_adam_update_moves_lambda_by_about_lr_in_the_same_direction():
     head, feats, labels, meta_feats, meta_labels = tiny_problem(1)
     train_loss, params, meta_loss = closures(head, feats, labels, meta_feats, meta_labels)
-    sgd = MetaLambda(init=0.5, lr=1e-3, inner_lr=1e-4, clamp=(0.0, 1.0), dtype=torch.float64)
+    sgd = MetaLambda(init=0.5, lr=1e-3, inner_lr=1e-4, clamp=(0.0, 1.0), dtype=torch.float64, update="sgd")
     adam = MetaLambda(init=0.5, lr=0.02, inner_lr=1e-4, clamp=(0.0, 1.0), dtype=torch.float64, update="adam")
     sgd.step(train_loss, params, meta_loss)
     adam.step(train_loss, params, meta_loss)
@@ -138,7 +138,7 @@ def test_hypergradient_via_similarities_equals_double_backward(loss_name):
     head, feats, labels, meta_feats, meta_labels = tiny_problem(2)
     train_loss, params, meta_loss = closures(head, feats, labels, meta_feats, meta_labels, loss_name)
     loss_fn, miner = get_loss(loss_name), get_miner("none")
-    gen = MetaLambda(init=0.55, lr=0.1, inner_lr=0.3, clamp=(0.0, 1.0), dtype=torch.float64)
+    gen = MetaLambda(init=0.55, lr=0.1, inner_lr=0.3, clamp=(0.0, 1.0), dtype=torch.float64, update="sgd")
     reference = gen.hypergradient(train_loss, params, meta_loss).item()
 
     e = embed(head, params, feats)
@@ -274,7 +274,7 @@ def test_epoch_summary_is_the_mean_and_its_t_statistic():
 
 def tiny_trial(**dataset):
     from dmltune.config import resolve_config
-    from dmltune.trainable import Trial
+    from dmltune.training import Trial
 
     cfg = {"seed": 1, "dataset": dataset, "model": {"backbone": "small_cnn", "dim": 8, "freeze_bn": False},
            "miner": {"name": "none"}, "loss": {"name": "soft_contrastive", "lam": {"meta": {}}},
@@ -283,9 +283,9 @@ def tiny_trial(**dataset):
 
 
 def meta_batches(trial, epoch=1):
-    trial.meta_sampler.set_epoch(epoch)
+    trial.meta.sampler.set_epoch(epoch)
     labels = trial.train_labels.cpu()
-    return [labels[torch.as_tensor(b)] for b in trial.meta_sampler]
+    return [labels[torch.as_tensor(b)] for b in trial.meta.sampler]
 
 
 def test_default_meta_batch_holds_every_training_class():
@@ -317,7 +317,7 @@ def test_capped_meta_batches_cycle_through_every_class():
 
 def test_meta_batches_are_drawn_only_for_meta_steps():
     from dmltune.config import resolve_config
-    from dmltune.trainable import Trial
+    from dmltune.training import Trial
 
     cfg = {"seed": 0, "dataset": {"name": "synthetic", "classes": 40, "per_class": 4, "size": 8, "channels": 1,
                                   "val_fraction": 0.0, "transform": {"preset": "8px"}},
@@ -326,12 +326,10 @@ def test_meta_batches_are_drawn_only_for_meta_steps():
            "train": {"epochs": 1, "batch_size": 8, "k": 2, "lr": 1e-3, "batches_per_epoch": 12},
            "eval": {"nmi": False}}
     trial = Trial(resolve_config(cfg))
-    used = []
-    real_step = trial.step
-    trial.step = lambda images, idx, progress, meta_idx=None: (used.append(meta_idx), real_step(
-        images, idx, progress, meta_idx))[1]
+    drawn = []
+    real_next = trial.meta.next_meta_batch
+    trial.meta.next_meta_batch = lambda: (drawn.append(real_next()), drawn[-1])[1]
     report = trial.run_epoch(1)
-    drawn = [m for m in used if m is not None]
     assert len(drawn) == 4  # iterations 0, 3, 6, 9
     # consecutive meta steps walk through the 20 classes, 5 at a time
     labels = trial.train_labels.cpu()
@@ -342,20 +340,18 @@ def test_meta_batches_are_drawn_only_for_meta_steps():
 def test_resume_with_the_gated_update_reproduces_a_moving_lambda(tmp_path, monkeypatch):
     """Exact resume of the gated state, with a hypergradient given a consistent part so that λ moves."""
     import dmltune.meta_lambda as meta_lambda
-    from dmltune.reporting import ConsoleReporter
-    from dmltune.trainable import train
+    from dmltune.training import train
+    from dmltune.training.reporting import ConsoleReporter
 
     from test_trainable import Interrupt, StopAfter
 
     real = meta_lambda.MetaLambda.hypergradient_via_similarities
     monkeypatch.setattr(meta_lambda.MetaLambda, "hypergradient_via_similarities",
                         lambda self, *a: real(self, *a) + 1e-2)
-    cfg = {"seed": 0, "dataset": {"name": "digits", "val_fraction": 0.4},
-           "model": {"backbone": "small_cnn", "dim": 8, "freeze_bn": False}, "miner": {"name": "asms"},
-           "loss": {"name": "soft_contrastive", "lam": {"meta": {"init": 0.6, "lr": 0.01}}},
-           "train": {"epochs": 3, "batch_size": 24, "k": 8, "lr": 1e-3, "batches_per_epoch": 4,
-                     "checkpoint_every": 1},
-           "eval": {"metric": "map@r", "nmi": False, "every": 3}}
+    from trial_configs import tiny_config
+
+    cfg = tiny_config(seed=0, model__dim=8, loss={"name": "soft_contrastive", "lam": {"meta": {"init": 0.6, "lr": 0.01}}},
+                      train__epochs=3, train__batches_per_epoch=4, train__checkpoint_every=1, eval__every=3)
     full = ConsoleReporter(tmp_path / "full")
     train(cfg, reporter=full)
     with pytest.raises(Interrupt):

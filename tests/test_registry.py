@@ -26,7 +26,7 @@ def make_registry():
 
 
 def test_defaults_are_filled_and_ints_widen_to_float():
-    built = make_registry().build("spring", stiffness=2)
+    built = make_registry().build("spring", {"stiffness": 2})
     assert built == {"stiffness": 2.0, "coils": 3, "shape": "round", "damped": False, "lam": 0.5, "label": None}
     assert isinstance(built["stiffness"], float)
 
@@ -50,7 +50,7 @@ def test_defaults_are_filled_and_ints_widen_to_float():
 )
 def test_bad_values_raise_one_line_errors(values, fragment):
     with pytest.raises(ConfigError) as info:
-        make_registry().build("spring", **values)
+        make_registry().build("spring", values)
     message = str(info.value)
     assert fragment in message
     assert "\n" not in message
@@ -59,7 +59,7 @@ def test_bad_values_raise_one_line_errors(values, fragment):
 
 def test_tensor_parameter_passes_through_unchanged():
     lam = torch.tensor(0.3, requires_grad=True)
-    assert make_registry().build("spring", lam=lam)["lam"] is lam
+    assert make_registry().build("spring", {"lam": lam})["lam"] is lam
 
 
 def test_unknown_component_lists_choices():
@@ -74,7 +74,7 @@ def test_unknown_component_lists_choices():
 
 def test_unknown_parameter_lists_valid_ones():
     with pytest.raises(ConfigError, match="valid parameters: stiffness, coils, shape, damped, lam, label"):
-        make_registry().build("spring", colour="red")
+        make_registry().build("spring", {"colour": "red"})
 
 
 def test_double_registration_is_refused():
@@ -99,3 +99,18 @@ def test_cli_list_and_config_error_exit_code(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "losses:" in out and "soft_contrastive" in out
+
+
+def test_build_passes_runtime_context_unchecked_beside_validated_parameters():
+    reg = Registry("part")
+
+    @reg.register("sized", Param("scale", float, 1.0, low=0.0))
+    def sized(size, scale):
+        return size * scale
+
+    assert reg.build("sized", {"scale": 2}, size=3) == 6.0
+    assert reg.build("sized", size=4) == 4.0  # parameters default
+    with pytest.raises(ConfigError, match="outside its valid range"):
+        reg.build("sized", {"scale": -1.0}, size=3)
+    with pytest.raises(ConfigError, match="parameters must be a mapping"):
+        reg.build("sized", [("scale", 2.0)], size=3)

@@ -1,6 +1,5 @@
 """The trainable on CPU: a full run, exact resume from a checkpoint, divergence, meta-λ, Ray Tune."""
 
-import copy
 import math
 
 import pytest
@@ -8,29 +7,11 @@ import torch
 
 from dmltune.config import resolve_config
 from dmltune.registry import ConfigError
-from dmltune.reporting import ConsoleReporter
-from dmltune.trainable import build_optimizer, train, tune_trainable
+from dmltune.training import build_optimizer, train, tune_trainable
+from dmltune.training.reporting import ConsoleReporter
 
-BASE = {
-    "seed": 3,
-    "dataset": {"name": "digits", "val_fraction": 0.4},
-    "model": {"backbone": "small_cnn", "dim": 16, "freeze_bn": False},
-    "miner": {"name": "asms"},
-    "loss": {"name": "soft_contrastive"},
-    "train": {"epochs": 4, "batch_size": 24, "k": 8, "lr": 1e-3, "batches_per_epoch": 6},
-    "eval": {"metric": "map@r", "nmi": False},
-}
-
-
-def config(**changes):
-    cfg = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        node = cfg
-        *path, last = dotted.split("__")
-        for key in path:
-            node = node.setdefault(key, {})
-        node[last] = value
-    return cfg
+from trial_configs import TINY as BASE  # noqa: F401
+from trial_configs import tiny_config as config
 
 
 class Interrupt(Exception):
@@ -87,13 +68,13 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, meta):
 
 
 def test_divergence_ends_the_trial_cleanly(tmp_path, monkeypatch):
-    import dmltune.trainable as trainable
+    from dmltune.pairs import LOSSES
 
-    real_get_loss = trainable.get_loss
+    real_build = LOSSES.build
     calls = {"n": 0}
 
-    def poisoned(name, **params):
-        loss_fn = real_get_loss(name, **params)
+    def poisoned(name, params=None, /, **context):
+        loss_fn = real_build(name, params, **context)
 
         class Poisoned(type(loss_fn)):
             def __call__(self, *args, **kwargs):
@@ -104,7 +85,7 @@ def test_divergence_ends_the_trial_cleanly(tmp_path, monkeypatch):
         loss_fn.__class__ = Poisoned
         return loss_fn
 
-    monkeypatch.setattr(trainable, "get_loss", poisoned)
+    monkeypatch.setattr(LOSSES, "build", poisoned)
     reporter = ConsoleReporter(tmp_path)
     last = train(config(), reporter=reporter)
     assert last["status"] == "diverged" and last["epoch"] == 2
@@ -181,11 +162,12 @@ def test_inside_ray_tune(tmp_path):
 
 
 def test_meta_step_runs_every_k_iterations(tmp_path, monkeypatch):
-    import dmltune.trainable as trainable
+    from dmltune.training.meta import MetaLambdaStep
 
     calls = []
-    real = trainable._meta_step
-    monkeypatch.setattr(trainable, "_meta_step", lambda trial, *a: (calls.append(trial.iteration), real(trial, *a)))
+    real = MetaLambdaStep.update
+    monkeypatch.setattr(MetaLambdaStep, "update",
+                        lambda self, *a: (calls.append(self.trial.iteration), real(self, *a))[1])
     cfg = config(train__epochs=2)
     cfg["loss"]["lam"] = {"meta": {"init": 0.6, "every": 4}}
     train(cfg, reporter=ConsoleReporter(tmp_path))
@@ -196,15 +178,16 @@ def test_meta_step_runs_every_k_iterations(tmp_path, monkeypatch):
 def test_trainable_meta_step_matches_the_double_backward_hypergradient(scope):
     from torch.func import functional_call
 
-    import dmltune.trainable as trainable
+    from dmltune.training import Batch, Trial
 
     cfg = config()
     cfg["loss"]["lam"] = {"meta": {"init": 0.6, "scope": scope, "inner_lr": 0.5}}
-    trial = trainable.Trial(resolve_config(cfg))
+    trial = Trial(resolve_config(cfg))
+    meta = trial.meta  # the meta-λ part
     trial.model.double()
     trial.sampler.set_epoch(1)
-    trial.meta_sampler.set_epoch(1)
-    idx, meta_idx = next(iter(trial.sampler)), next(iter(trial.meta_sampler))
+    meta.sampler.set_epoch(1)
+    idx, meta_idx = next(iter(trial.sampler)), next(iter(meta.sampler))
     x = trial.transform(trial.source.batch(idx), train=False).double()
     y = trial.train_labels[torch.as_tensor(idx)]
     trial.transform = lambda images, train: images.double() / 255  # same meta input for both methods
@@ -212,9 +195,9 @@ def test_trainable_meta_step_matches_the_double_backward_hypergradient(scope):
     emb = trial.model.embed(feats)
     sim = emb @ emb.T
     mined = trial.miner(sim, y)
-    trial.last_input = x
-    trainable._meta_step(trial, sim, y, mined, 0.5, meta_idx, feats)
-    fast = trial.meta.last_hypergrad.item()
+    batch = Batch(x=x, y=y, features=feats, embeddings=emb, all_embeddings=emb, all_labels=y, sim=sim, mined=mined)
+    fast = meta.update(sim, batch, mined, 0.5, meta_idx).item()
+    assert fast == meta.lam.last_hypergrad.item()
 
     meta_x = trial.source.batch(meta_idx).double() / 255
     meta_y = trial.train_labels[torch.as_tensor(meta_idx)]
@@ -227,9 +210,9 @@ def test_trainable_meta_step_matches_the_double_backward_hypergradient(scope):
         out = functional_call(module, {**theta_hat, **buffers}, (meta_in,))
         e = torch.nn.functional.normalize(out, dim=1) if scope == "head" else out
         s = e @ e.T
-        return trial.meta_loss_fn(s, meta_y, trial.miner(s, meta_y))
+        return meta.meta_loss_fn(s, meta_y, trial.miner(s, meta_y))
 
-    trial.meta.lam = 0.6
-    reference = trial.meta.hypergradient(
+    meta.lam.lam = 0.6
+    reference = meta.lam.hypergradient(
         lambda lam: trial.loss_fn(sim, y, mined, progress=0.5, lam=lam), params, meta_loss).item()
     assert reference != 0 and fast == pytest.approx(reference, rel=1e-6)

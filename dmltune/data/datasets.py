@@ -247,7 +247,7 @@ def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.25,
     """
     if root is not None:
         params["root"] = root
-    return DATASETS.build(name, val_fraction=val_fraction, val_seed=val_seed, **params)
+    return DATASETS.build(name, {"val_fraction": val_fraction, "val_seed": val_seed, **params})
 
 
 __all__ = ["DATASETS", "ImageSet", "load_dataset", "read_idx"]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..registry import ConfigError, Registry
+from ..registry import Registry
 
 GENERATORS = Registry("generation")
 
@@ -116,13 +116,6 @@ def build_generation(name: str, params: Mapping[str, Any] | None, num_classes: i
     ``class_labels`` are the training classes' real labels (default ``0..num_classes−1``).
     Unknown names or parameters and out-of-range values raise a one-line ConfigError.
     """
-    component = GENERATORS.lookup(name)
-    if params is None:
-        params = {}
-    if not isinstance(params, Mapping):
-        raise ConfigError(f"generation '{name}': parameters must be a mapping of name to value, "
-                          f"got {type(params).__name__}")
-    values = component.validate(params)
     labels = _check_class_labels(num_classes, class_labels)
-    module = component.factory(labels, feature_dim, embed_dim, **values)
+    module = GENERATORS.build(name, params, class_labels=labels, feature_dim=feature_dim, embed_dim=embed_dim)
     return module.to(device)

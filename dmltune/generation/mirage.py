@@ -29,8 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
+from ..models.functional import with_detached_weights
 from ..registry import Param
 from .base import GENERATORS, EmbedFn, Generation
 
@@ -42,12 +42,6 @@ def round_half_up(x: float) -> int:
 def _mean_or_zero(values: Tensor) -> Tensor:
     """Mean of ``values``; an empty tensor gives a zero still connected to its graph."""
     return values.mean() if values.numel() else values.sum()
-
-
-def _with_detached_weights(module: nn.Module, *args: Tensor) -> Tensor:
-    """Run ``module`` with its parameters detached: gradients reach the inputs, not the weights."""
-    params = {name: p.detach() for name, p in module.named_parameters()}
-    return functional_call(module, params, args)
 
 
 class Discriminator(nn.Module):
@@ -207,7 +201,7 @@ class Mirage(Generation):
         rows = torch.cat([self._training_rows(n_train, generator, labels_from),
                           self._virtual_rows(n_virtual, generator)])
         z = self._latent(rows, generator)
-        features = self.G(z) if train_generator else _with_detached_weights(self.G, z)
+        features = self.G(z) if train_generator else with_detached_weights(self.G, z)
         return embed_fn(features), self.row_labels(rows)
 
     @torch.no_grad()
@@ -257,7 +251,7 @@ class Mirage(Generation):
         if n_virtual > 0 and self.num_virtual > 0 and self.adv_weight > 0:
             rows = self._virtual_rows(n_virtual, generator)
             x = embed_fn(self.G(self._latent(rows, generator)))
-            real_logit, class_logits = _with_detached_weights(self.D, x)
+            real_logit, class_logits = with_detached_weights(self.D, x)
             adv = F.softplus(real_logit).mean() + F.cross_entropy(class_logits, rows)
             loss = loss - self.adv_weight * adv
         return loss

@@ -49,7 +49,7 @@ class EmbeddingModel(nn.Module):
         if pooling not in POOLINGS:
             raise ConfigError(f"model: pooling {pooling!r} is not valid; choose one of {', '.join(POOLINGS)}")
         choice = {"in_channels": in_channels} if in_channels is not None else {}
-        spec = BACKBONES.lookup(backbone).build(pretrained=pretrained, weights=weights, **choice)
+        spec = BACKBONES.build(backbone, {"pretrained": pretrained, "weights": weights, **choice})
         self.backbone_name = backbone
         self.backbone = spec.body
         self.head = nn.Linear(spec.feature_dim, dim)

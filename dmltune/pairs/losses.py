@@ -221,4 +221,4 @@ class SoftContrastiveLoss(PairLoss):
 
 def get_loss(name: str, **params) -> PairLoss:
     """Build the loss registered as ``name``; unknown names or parameters raise ConfigError."""
-    return LOSSES.build(name, **params)
+    return LOSSES.build(name, params)

@@ -206,4 +206,4 @@ class DSMLMiner(Miner):
 
 def get_miner(name: str, **params) -> object:
     """Build the miner registered as ``name``; unknown names or parameters raise ConfigError."""
-    return MINERS.build(name, **params)
+    return MINERS.build(name, params)

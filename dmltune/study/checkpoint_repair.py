@@ -47,7 +47,7 @@ def recorded_checkpoints(folder: Path) -> list[Path]:
 
 
 def _readable(checkpoint: Path) -> bool:
-    from dmltune.training_state import CheckpointError, load_checkpoint
+    from dmltune.training.state import CheckpointError, load_checkpoint
 
     try:
         load_checkpoint(checkpoint)

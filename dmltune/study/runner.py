@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..interruption import StudyInterrupted
-from ..trainable import tune_trainable
+from ..training import tune_trainable
 from .checkpoint_repair import repair_missing_checkpoints
 from .consolidate import consolidate
 from .domains import replace_at

@@ -1,0 +1,106 @@
+"""The trainable: train and evaluate one configuration, one report per epoch.
+
+``train(config)`` runs inside a Ray Tune trial (reports with ``ray.tune.report``, checkpoints
+through Tune, resumes from ``ray.tune.get_checkpoint()``) or standalone (one printed line per epoch,
+checkpoints in a local folder). The same seed gives the same numbers whether or not the run was
+interrupted and resumed from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from .reporting import in_tune_session, make_reporter
+from .settings import TrialSettings
+from .state import load_checkpoint, save_checkpoint
+from .trial import Trial
+
+
+class Progress:
+    """Where a run stands: the next epoch, the wall time so far, the last validation, past reports."""
+
+    def __init__(self):
+        self.start_epoch, self.wall_s, self.last_val, self.history = 1, 0.0, {}, []
+
+    def restore(self, trial: Trial, reporter) -> None:
+        """Continue from the reporter's checkpoint, if any. In Tune, every epoch up to it is reported
+        again: the driver writes results to a staging folder and copies them to the study folder in
+        the background, so a driver killed after recording the checkpoint can leave the stored results
+        some epochs behind it. The table keeps one row per epoch (the original where it exists)."""
+        with reporter.restore_dir() as restore:
+            if restore is None:
+                return
+            state = load_checkpoint(restore, map_location=trial.runtime.device)
+            trial.load_state_dict(state)
+            self.start_epoch, self.wall_s, self.last_val = state["epoch"] + 1, state["wall_s"], state["last_val"]
+            self.history = list(state["reports"]) if "reports" in state else [state["report"]] if "report" in state else []
+        if in_tune_session():
+            for past in self.history:
+                reporter.report({**past, "replayed": True})
+
+    def checkpoint_state(self, trial: Trial, epoch: int) -> dict:
+        return {**trial.state_dict(), "epoch": epoch, "wall_s": self.wall_s, "last_val": self.last_val,
+                "reports": self.history}
+
+
+def _evaluate_epoch(trial: Trial, progress: Progress, report: dict, epoch: int) -> None:
+    """Validation at its cadence (the last one is carried in later reports), the test at the end."""
+    s = trial.settings
+    if s.eval.every and (epoch % s.eval.every == 0 or epoch == s.train.epochs):
+        progress.last_val = {**trial.evaluate("val"), "val_epoch": epoch}
+    report.update(progress.last_val)
+    report.setdefault(f"val/{s.eval.metric}", float("nan"))
+    if epoch == s.train.epochs or (s.eval.test_every and epoch % s.eval.test_every == 0):
+        report.update(trial.evaluate("test"))
+
+
+def _report(trial: Trial, progress: Progress, reporter, report: dict, epoch: int) -> None:
+    """Report the epoch, with a checkpoint when one is due."""
+    train = trial.settings.train
+    due = epoch == train.epochs or (train.checkpoint_every and epoch % train.checkpoint_every == 0)
+    if due and reporter.keeps_checkpoints:
+        with tempfile.TemporaryDirectory(prefix="dmltune-ckpt-") as tmp:
+            save_checkpoint(Path(tmp), progress.checkpoint_state(trial, epoch))
+            reporter.report(report, checkpoint_dir=Path(tmp))
+    else:
+        reporter.report(report)
+
+
+def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, reporter=None) -> dict:
+    """Train and evaluate one configuration; report once per epoch; return the last report.
+
+    Inside a Ray Tune trial, reports and checkpoints go to Tune; standalone, a line per epoch is
+    printed and, with ``checkpoint_root``, checkpoints are kept there and a rerun resumes from them.
+    """
+    settings = TrialSettings.resolve(config)
+    reporter = reporter or make_reporter(checkpoint_root, settings.eval.metric)
+    trial = Trial(settings)
+    progress = Progress()
+    progress.restore(trial, reporter)
+    gpu_fraction = reporter.gpu_fraction() if trial.runtime.device.type == "cuda" else 0.0
+    report: dict = {}
+    for epoch in range(progress.start_epoch, settings.train.epochs + 1):
+        started = time.perf_counter()
+        report = trial.run_epoch(epoch)
+        if report["status"] == "diverged":
+            progress.wall_s += time.perf_counter() - started
+            report.update(wall_s=progress.wall_s, gpu_s=progress.wall_s * gpu_fraction,
+                          **{f"val/{settings.eval.metric}": float("nan")})
+            reporter.report(report)
+            return report
+        _evaluate_epoch(trial, progress, report, epoch)
+        progress.wall_s += time.perf_counter() - started
+        report.update(epoch_s=time.perf_counter() - started, wall_s=progress.wall_s,
+                      gpu_s=progress.wall_s * gpu_fraction)
+        progress.history.append(report)
+        _report(trial, progress, reporter, report, epoch)
+    return report
+
+
+def tune_trainable(config: Mapping[str, Any]) -> None:
+    """The function Ray Tune runs: ``train`` without a return value (a returned dict would be
+    reported to Tune a second time as an extra result)."""
+    train(config)

@@ -1,0 +1,60 @@
+"""Where and how a trial computes: the device, bf16 autocast, and the model's input layout."""
+
+from __future__ import annotations
+
+import torch
+
+from ..registry import ConfigError
+from .reporting import in_tune_session
+
+
+def pick_device(requested: str) -> torch.device:
+    """``auto``: the GPU Ray assigned to this trial (or the first one standalone), else the CPU.
+
+    Inside a Tune trial that was given no GPU, ``auto`` means the CPU even on a GPU machine: Ray may
+    not hide the node's GPUs from such a trial, and using one would take it from trials that own it.
+    """
+    if requested == "cpu":
+        return torch.device("cpu")
+    if in_tune_session():
+        import ray
+
+        if not ray.get_gpu_ids():
+            if requested == "cuda":
+                raise ConfigError("train.device = 'cuda' but the trial holds no GPU; give the study resources.gpu")
+            return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if requested == "cuda":
+            raise ConfigError("train.device = 'cuda' but no CUDA GPU is visible; use device: auto or cpu")
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def autocast_factory(device: torch.device, amp: str):
+    """A function returning a fresh autocast context: bf16 on CUDA unless ``amp`` is ``off``."""
+    enabled = device.type == "cuda" and amp in ("auto", "bf16")
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    return autocast
+
+
+def to_model_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """channels_last on CUDA (the convolutions' fast layout), unchanged elsewhere."""
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+class Runtime:
+    """The device of a trial and its autocast, chosen once from ``train.device`` and ``train.amp``."""
+
+    def __init__(self, device: str, amp: str):
+        self.device = pick_device(device)
+        self.autocast = autocast_factory(self.device, amp)
+
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        return to_model_input(x, self.device)
+
+    def place_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.device.type == "cuda" else model
