@@ -6,7 +6,7 @@
 For each backbone (``NAME`` or ``NAME@SIZE``), rows timed round-robin (interleaved rounds, median
 per row, so a change of load on a shared machine hits every row alike):
 
-* dmltune, three rows: a real trial (dmltune.trainable.Trial) on in-memory synthetic images timing
+* dmltune, four rows: a real trial (dmltune.training.Trial) on in-memory synthetic images timing
   its own step: cached uint8 batch → device crop/flip/normalise → backbone (bf16 autocast and
   channels_last on CUDA) → embedding → miner (at_asms) → loss (soft_contrastive) → backward →
   Adam; plain, meta-λ with a look-ahead through the head, and through the full network.
@@ -23,8 +23,12 @@ per row, so a change of load on a shared machine hits every row alike):
   already sits on the device (bf16 autocast and channels_last on CUDA, fp32 on CPU, like dmltune),
   loss = sum of the embedding: the ceiling dmltune's step can reach.
 
+* with ``--baseline REV``: the same dmltune rows with the step of git revision REV (imported from
+  ``git archive`` as a second package), in the same rounds: a refactoring's cost measured in one run.
+
 Columns: ms per step, img/s (B / step time), × plain (step time relative to dmltune's plain step),
-× ref (img/s relative to the reference), % bare (img/s as a share of the bare step's).
+× ref (img/s relative to the reference), % bare (img/s as a share of the bare step's), × base (step
+time relative to the baseline's same row; > 1 is slower).
 Defaults: ResNet50, BN-Inception and GoogLeNet at 224 px, B = 80 (16 classes × 5), dim 512 on
 CUDA; a small CNN at 28 px and ResNet18 at 64 px (few steps) on CPU. Targets (judged on CUDA only):
 dmltune plain ≥ 7× the reference and ≥ 90 % of the bare bf16 step for ResNet50 at 224 px, B = 80.
@@ -52,7 +56,7 @@ from common import header, per_anchor_loss, sync, write_json  # noqa: E402
 from dmltune.config import resolve_config  # noqa: E402
 from dmltune.data import ClassBalancedSampler  # noqa: E402
 from dmltune.models import build_model  # noqa: E402
-from dmltune.trainable import Trial  # noqa: E402
+from dmltune.training import Trial  # noqa: E402
 
 # The judged meta-λ rows keep the meta batch at the training batch's shape (B/K classes × K), so their
 # ratios compare with earlier runs; the last row uses the default meta batch (every training class).
@@ -98,8 +102,27 @@ def trial_config(args, backbone, size, meta_scope):
     return resolve_config(cfg)
 
 
-def dmltune_runner(trial: Trial):
-    """A function running ``n`` steps of the trial (cycling through one epoch of batches)."""
+def dmltune_runner(trial):
+    """A function running ``n`` steps of the trial (cycling through one epoch of batches; a meta-λ
+    trial draws its meta batches itself, cycling through one epoch of them)."""
+    trial.sampler.set_epoch(1)
+    batches = list(trial.sampler)
+    count = [0]
+
+    def run(n):
+        for _ in range(n):
+            b = batches[count[0] % len(batches)]
+            trial.step(trial.source.batch(b), b, 0.5)
+            count[0] += 1
+
+    return run
+
+
+def baseline_runner(trial):
+    """``dmltune_runner`` for a trial of an earlier commit whose step took the meta batch as an
+    argument (``step(images, idx, progress, meta_idx)``, before dmltune/training/ existed)."""
+    if not hasattr(trial, "meta_sampler"):
+        return dmltune_runner(trial)
     trial.sampler.set_epoch(1)
     batches = list(trial.sampler)
     trial.meta_sampler and trial.meta_sampler.set_epoch(1)
@@ -114,6 +137,20 @@ def dmltune_runner(trial: Trial):
             count[0] += 1
 
     return run
+
+
+def import_baseline(rev: str, folder: Path):
+    """dmltune as of git revision ``rev``, imported beside the working tree's as ``dmltune_baseline``
+    (its imports are relative, so the two packages and their registries stay apart)."""
+    import importlib
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "dmltune"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    (folder / "dmltune").rename(folder / "dmltune_baseline")
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("dmltune_baseline.trainable"), importlib.import_module("dmltune_baseline.config")
 
 
 # ---------------------------------------------------------------- the papers-style reference loop
@@ -205,7 +242,7 @@ def ms_loop_loss(sim, labels, epsilon, alpha, beta, lam):
 
 
 def build_like(trial: Trial) -> torch.nn.Module:
-    m = trial.cfg["model"]
+    m = trial.settings.model
     in_channels = trial.model.in_channels if m["backbone"] == "small_cnn" else None
     return build_model(m["backbone"], dim=m["dim"], freeze_bn=m["freeze_bn"],
                        **({"in_channels": in_channels} if in_channels else {}))
@@ -276,6 +313,11 @@ def bench_backbone(args, backbone, size, folder: Path) -> list[dict]:
     device = torch.device(args.device)
     trials = [Trial(trial_config(args, backbone, size, scope)) for _, scope in DMLTUNE_ROWS]
     entries = [(label, dmltune_runner(t), args.steps) for (label, _), t in zip(DMLTUNE_ROWS, trials)]
+    if args.baseline_modules:  # the same rows with the earlier commit's step
+        trainable, config = args.baseline_modules
+        for label, scope in DMLTUNE_ROWS:
+            old = trainable.Trial(config.resolve_config(dict(trial_config(args, backbone, size, scope))))
+            entries.append((f"{label} [{args.baseline}]", baseline_runner(old), args.steps))
     if not args.no_reference:
         entries.append((REFERENCE, reference_runner(args, trials[0], size, folder), args.ref_steps or args.steps))
     entries.append((BARE, bare_runner(args, trials[0], size), args.steps))
@@ -296,8 +338,9 @@ def bench_backbone(args, backbone, size, folder: Path) -> list[dict]:
     rows = []
     for (label, _, steps), times, peak in zip(entries, samples, peaks):
         seconds = statistics.median(times)
-        row = {"backbone": backbone, "size": size, "what": label, "impl": "dmltune" if label not in (REFERENCE, BARE)
-               else ("reference" if label == REFERENCE else "bare"),
+        impl = ("reference" if label == REFERENCE else "bare" if label == BARE
+                else "baseline" if label.endswith(f"[{args.baseline}]") else "dmltune")
+        row = {"backbone": backbone, "size": size, "what": label, "impl": impl,
                "ms_per_step": seconds * 1e3, "img_per_s": args.batch_size / seconds, "steps": steps,
                "rounds": len(times), "ms_per_step_rounds": [t * 1e3 for t in times]}
         if peak:
@@ -312,6 +355,9 @@ def bench_backbone(args, backbone, size, folder: Path) -> list[dict]:
             if ref is not None:
                 row["speedup_vs_reference"] = row["img_per_s"] / ref["img_per_s"]
             row["fraction_of_bare"] = row["img_per_s"] / bare["img_per_s"]
+            old = next((r for r in rows if r["what"] == f"{row['what']} [{args.baseline}]"), None)
+            if old is not None:  # > 1: this step is slower than the baseline's
+                row["ratio_to_baseline"] = row["ms_per_step"] / old["ms_per_step"]
     del trials, entries
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -336,8 +382,12 @@ def main(argv=None) -> int:
     parser.add_argument("--ref-workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="DataLoader workers of the reference")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
+    parser.add_argument("--baseline", default=None, metavar="REV",
+                        help="also time the same dmltune rows with the step of git revision REV (e.g. a commit "
+                             "before a refactoring), in the same interleaved rounds; adds the column × base")
     parser.add_argument("--out", default="benchmarks/results/train_step.json")
     args = parser.parse_args(argv)
+    args.baseline_modules = None
     on_cuda = args.device.startswith("cuda")
     if args.backbones is None:
         args.backbones = ["resnet50", "bn_inception", "googlenet"] if on_cuda else ["small_cnn@28", "resnet18@64"]
@@ -349,6 +399,8 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     rows = []
     with tempfile.TemporaryDirectory(prefix="dmltune-train-step-") as tmp:
+        if args.baseline:
+            args.baseline_modules = import_baseline(args.baseline, Path(tmp))
         for i, (backbone, size) in enumerate(specs):
             if default_steps is None:  # few steps for the big networks on a CPU
                 args.steps = 20 if on_cuda else (8 if backbone == "small_cnn" else 2)
@@ -359,12 +411,15 @@ def main(argv=None) -> int:
             rows += bench_backbone(args, backbone, size, folder)
 
     print(f"{header(device)}, B = {args.batch_size}, dim {args.dim}, reference loader workers {args.ref_workers}")
-    print(f"{'backbone':<14} {'px':>4} {'what':<44} {'ms/step':>9} {'img/s':>8} {'× plain':>8} {'× ref':>7} {'% bare':>7}")
+    width = max(44, *(len(r["what"]) for r in rows))
+    print(f"{'backbone':<14} {'px':>4} {'what':<{width}} {'ms/step':>9} {'img/s':>8} {'× plain':>8} {'× ref':>7} "
+          f"{'% bare':>7}" + (f" {'× base':>7}" if args.baseline else ""))
     for r in rows:
         ref = f"{r['speedup_vs_reference']:.1f}" if "speedup_vs_reference" in r else ""
         bare = f"{100 * r['fraction_of_bare']:.0f}" if "fraction_of_bare" in r else ""
-        print(f"{r['backbone']:<14} {r['size']:>4} {r['what']:<44} {r['ms_per_step']:>9.1f} {r['img_per_s']:>8.0f} "
-              f"{r['ratio_to_plain']:>8.2f} {ref:>7} {bare:>7}")
+        base = f" {r['ratio_to_baseline']:>7.3f}" if "ratio_to_baseline" in r else (" " * 8 if args.baseline else "")
+        print(f"{r['backbone']:<14} {r['size']:>4} {r['what']:<{width}} {r['ms_per_step']:>9.1f} {r['img_per_s']:>8.0f} "
+              f"{r['ratio_to_plain']:>8.2f} {ref:>7} {bare:>7}{base}")
     checks = []
     judged = [r for r in rows if r["backbone"] == "resnet50" and r["size"] == 224 and r["impl"] == "dmltune"]
     if on_cuda and judged and args.batch_size == 80:
@@ -380,7 +435,7 @@ def main(argv=None) -> int:
     elif not on_cuda:
         print("targets (ResNet50, 224 px, B = 80: ≥ 7× the reference, ≥ 90 % of a bare bf16 step, ≥ 2,800 img/s, "
               "meta-λ head ≤ 1.3× and full ≤ 4× plain) apply to an H100 and are not judged on CPU")
-    write_json(args.out, "train_step", device, rows, backbones=[f"{b}@{s}" for b, s in specs],
+    write_json(args.out, "train_step", device, rows, backbones=[f"{b}@{s}" for b, s in specs], baseline=args.baseline,
                batch_size=args.batch_size, dim=args.dim, ref_workers=args.ref_workers,
                ms_reference=MS, targets={text: ok for text, ok in checks})
     return 0

@@ -129,9 +129,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                        help="override a setting (repeatable; the value is YAML)")
+def _file_command(sub, name: str, func, help: str, file: str, file_help: str) -> argparse.ArgumentParser:
+    """A subcommand reading one YAML file, with ``--set`` overrides."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument(file, help=file_help)
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a setting (repeatable; the value is YAML)")
+    p.set_defaults(func=func)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,22 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", nargs="?", help="only this kind (miners, losses, backbones, datasets)")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("run", help="validate a study file, then run every arm with Ray Tune")
-    p.add_argument("study", help="study YAML file")
-    _add_overrides(p)
+    p = _file_command(sub, "run", cmd_run, "validate a study file, then run every arm with Ray Tune",
+                      "study", "study YAML file")
     p.add_argument("--address", help="Ray cluster to join (auto or HOST:PORT); default: start Ray in-process")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan only")
-    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="finish an interrupted study without re-running completed trials")
     p.add_argument("study_dir", help="the study's folder (storage/name)")
     p.add_argument("--address", help="Ray cluster to join; default: start Ray in-process")
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("validate", help="check a study file and print its plan; nothing runs")
-    p.add_argument("study", help="study YAML file")
-    _add_overrides(p)
-    p.set_defaults(func=cmd_validate)
+    _file_command(sub, "validate", cmd_validate, "check a study file and print its plan; nothing runs",
+                  "study", "study YAML file")
 
     p = sub.add_parser("report", help="analyse a study folder: write report.md, figures/ and tables/ into it")
     p.add_argument("study_dir", help="the study's folder (storage/name)")
@@ -171,11 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true", help="write report.md and tables/ without drawing figures")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("train", help="train one configuration standalone, one line per epoch")
-    p.add_argument("config", help="YAML file with the sections dataset, model, miner, loss, train, eval, seed")
-    _add_overrides(p)
+    p = _file_command(sub, "train", cmd_train, "train one configuration standalone, one line per epoch",
+                      "config", "YAML file with the sections dataset, model, miner, loss, train, eval, seed")
     p.add_argument("--checkpoint-dir", help="keep checkpoints here; rerunning the same command resumes")
-    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="short CPU demo: fixed vs adaptive thresholds on digits")
     p.add_argument("--epochs", type=int, default=8)

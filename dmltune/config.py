@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
-from .evaluate import NMI_BACKENDS, NMI_DEFAULTS, NMI_INITS
+from .nmi import NMI_BACKENDS, NMI_DEFAULTS, NMI_INITS
 from .meta_lambda import META_PARAMS, check_clamp
 from .registry import Component, ConfigError, Param
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from trial_configs import tiny_config as _tiny_config
+from trial_helpers import tiny_config as _tiny_config
 
 
 @pytest.fixture
 def tiny_config():
-    """``tiny_config(**changes)``: the shared tiny trainable config (tests/trial_configs.py), changed."""
+    """``tiny_config(**changes)``: the shared tiny trainable config (tests/trial_helpers.py), changed."""
     return _tiny_config

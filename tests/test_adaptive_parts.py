@@ -9,8 +9,7 @@ import torch
 from dmltune.training import ADAPTIVE, Trial, TrainingPart, train
 from dmltune.training.reporting import ConsoleReporter
 from dmltune.training.settings import TrialSettings
-from test_trainable import Interrupt, StopAfter
-from trial_configs import tiny_config
+from trial_helpers import full_and_resumed, tiny_config
 
 HOOKS = ("start_epoch", "extend_batch", "loss_arguments", "before_backward", "after_update", "epoch_report",
          "evaluation_report")
@@ -87,18 +86,13 @@ def test_a_toy_part_runs_at_every_hook_in_order(toy_registered):
 
 def test_a_toy_part_resumes_exactly_and_changes_nothing_else(tmp_path, toy_registered):
     cfg = tiny_config(train__epochs=3, train__batches_per_epoch=3)
-    full = ConsoleReporter(tmp_path / "full")
-    train(cfg, reporter=full)
-    with pytest.raises(Interrupt):
-        train(cfg, reporter=StopAfter(tmp_path / "cut", stop_after=1))
-    resumed = ConsoleReporter(tmp_path / "cut")
-    train(cfg, reporter=resumed)
-    assert [r["toy_average"] for r in full.history[1:]] == [r["toy_average"] for r in resumed.history]
+    full, resumed = full_and_resumed(cfg, tmp_path, stop_after_epoch=1)
+    assert [r["toy_average"] for r in full[1:]] == [r["toy_average"] for r in resumed]
     ADAPTIVE._items.pop("toy")
     try:
         without = ConsoleReporter(None)
         train(cfg, reporter=without)
     finally:
         ADAPTIVE.register("toy")(toy_registered)
-    for a, b in zip(full.history, without.history):
+    for a, b in zip(full, without.history):
         assert a["loss"] == b["loss"] and a["val/map@r"] == b["val/map@r"] and "toy_average" not in b

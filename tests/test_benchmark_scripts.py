@@ -153,3 +153,17 @@ def test_nmi_clustering_benchmark_runs(tmp_path):
         assert r["default"] == r["reference"]  # 40 points × 8 classes: the default is sklearn's KMeans(n_init=10)
     assert cost["n"] == 40 and cost["default_backend"] == "sklearn"
     assert all(cost[key]["seconds"] > 0 and 0 <= cost[key]["nmi"] <= 1 for key in settings)
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_times_a_baseline_revision_in_the_same_run(tmp_path):
+    out = tmp_path / "train_step.json"
+    run_script("train_step.py", "--device", "cpu", "--backbones", "small_cnn@28", "--batch-size", "10", "--dim", "8",
+               "--steps", "1", "--warmup", "1", "--rounds", "1", "--no-reference", "--baseline", "HEAD",
+               "--out", str(out))
+    data = json.loads(out.read_text())
+    ours = [r for r in data["rows"] if r["impl"] == "dmltune"]
+    base = [r for r in data["rows"] if r["impl"] == "baseline"]
+    assert data["baseline"] == "HEAD" and len(ours) == len(base) == 4
+    assert [r["what"] for r in base] == [f"{r['what']} [HEAD]" for r in ours]
+    assert all(r["ratio_to_baseline"] > 0 for r in ours)

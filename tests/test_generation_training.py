@@ -11,7 +11,7 @@ from dmltune.config import resolve_config
 from dmltune.pairs.masks import label_masks
 from dmltune.training import Trial, train
 from dmltune.training.reporting import ConsoleReporter
-from trial_configs import tiny_config
+from trial_helpers import tiny_config
 
 BASE = tiny_config(seed=0, miner={"name": "at_asms"}, loss={"name": "contrastive"}, train__epochs=2,
                    train__batches_per_epoch=3)
@@ -114,17 +114,12 @@ def test_short_digits_run_raises_the_buffer_area_share():
 
 
 def test_resume_with_generation_matches_an_uninterrupted_run(tmp_path):
-    from test_trainable import Interrupt, StopAfter
+    from trial_helpers import full_and_resumed
 
-    config = cfg(MIRAGE, train={"epochs": 3})
-    whole = reports(config, tmp_path / "whole")
-    with pytest.raises(Interrupt):
-        train(config, reporter=StopAfter(tmp_path / "split", 2))
-    resumed = ConsoleReporter(tmp_path / "split")
-    train(config, reporter=resumed)
-    assert [r["epoch"] for r in resumed.history] == [3]
+    whole, resumed = full_and_resumed(cfg(MIRAGE, train={"epochs": 3}), tmp_path, stop_after_epoch=2)
+    assert [r["epoch"] for r in resumed] == [3]
     for key in MODEL_KEYS + ("generator_loss", "discriminator_loss", "buffer_share"):
-        assert resumed.history[-1].get(key) == whole[-1].get(key), key
+        assert resumed[-1].get(key) == whole[-1].get(key), key
 
 
 def test_combines_with_meta_lambda_and_other_losses():

@@ -340,28 +340,20 @@ def test_meta_batches_are_drawn_only_for_meta_steps():
 def test_resume_with_the_gated_update_reproduces_a_moving_lambda(tmp_path, monkeypatch):
     """Exact resume of the gated state, with a hypergradient given a consistent part so that λ moves."""
     import dmltune.meta_lambda as meta_lambda
-    from dmltune.training import train
-    from dmltune.training.reporting import ConsoleReporter
-
-    from test_trainable import Interrupt, StopAfter
+    from trial_helpers import full_and_resumed
 
     real = meta_lambda.MetaLambda.hypergradient_via_similarities
     monkeypatch.setattr(meta_lambda.MetaLambda, "hypergradient_via_similarities",
                         lambda self, *a: real(self, *a) + 1e-2)
-    from trial_configs import tiny_config
+    from trial_helpers import tiny_config
 
     cfg = tiny_config(seed=0, model__dim=8, loss={"name": "soft_contrastive", "lam": {"meta": {"init": 0.6, "lr": 0.01}}},
                       train__epochs=3, train__batches_per_epoch=4, train__checkpoint_every=1, eval__every=3)
-    full = ConsoleReporter(tmp_path / "full")
-    train(cfg, reporter=full)
-    with pytest.raises(Interrupt):
-        train(cfg, reporter=StopAfter(tmp_path / "cut", stop_after=1))
-    resumed = ConsoleReporter(tmp_path / "cut")
-    train(cfg, reporter=resumed)
+    full, resumed = full_and_resumed(cfg, tmp_path, stop_after_epoch=1)
     keys = ("lam", "lam_end", "lam_hypergrad", "lam_hypergrad_mean", "lam_hypergrad_snr", "loss")
-    for a, b in zip(full.history[1:], resumed.history):
+    for a, b in zip(full[1:], resumed):
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
-    assert full.history[-1]["lam_end"] < 0.6 - 0.05  # 12 meta steps of at most 0.01, most of them whole
+    assert full[-1]["lam_end"] < 0.6 - 0.05  # 12 meta steps of at most 0.01, most of them whole
 
 
 def test_trajectory_plot_marks_epochs_without_hypergradient_signal():

@@ -10,25 +10,9 @@ from dmltune.registry import ConfigError
 from dmltune.training import build_optimizer, train, tune_trainable
 from dmltune.training.reporting import ConsoleReporter
 
-from trial_configs import TINY as BASE  # noqa: F401
-from trial_configs import tiny_config as config
-
-
-class Interrupt(Exception):
-    pass
-
-
-class StopAfter(ConsoleReporter):
-    """Console reporter that stops the run (like a killed process) after a given epoch's report."""
-
-    def __init__(self, root, stop_after):
-        super().__init__(root)
-        self.stop_after = stop_after
-
-    def report(self, metrics, checkpoint_dir=None):
-        super().report(metrics, checkpoint_dir)
-        if metrics["epoch"] == self.stop_after:
-            raise Interrupt
+from trial_helpers import TINY as BASE  # noqa: F401
+from trial_helpers import full_and_resumed
+from trial_helpers import tiny_config as config
 
 
 def test_standalone_run_reports_every_epoch(tmp_path, capsys):
@@ -55,12 +39,9 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, meta):
     if meta:
         # adam: digits' hypergradient is mostly noise, which the default (gated) update rightly ignores
         cfg["loss"]["lam"] = {"meta": {"init": 0.6, "lr": 0.05, "update": "adam", "scope": meta}}
-    full = train(cfg, reporter=ConsoleReporter(tmp_path / "full"))
-    with pytest.raises(Interrupt):
-        train(cfg, reporter=StopAfter(tmp_path / "cut", stop_after=2))
-    resumed = ConsoleReporter(tmp_path / "cut")
-    last = train(cfg, reporter=resumed)
-    assert [r["epoch"] for r in resumed.history] == [3, 4]
+    whole, resumed = full_and_resumed(cfg, tmp_path, stop_after_epoch=2)
+    full, last = whole[-1], resumed[-1]
+    assert [r["epoch"] for r in resumed] == [3, 4]
     for key in ("loss", "val/map@r", "test/recall@1", "test/map@r", "pos_after", "neg_after"):
         assert last[key] == full[key], key
     if meta:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .selection import FEW_SEEDS
+from .selection import FEW_SEEDS, Estimate
 
 
 def cost(hours) -> str:
@@ -58,3 +58,36 @@ FEW_SEEDS_FOOTNOTE = (f"† Interval from fewer than {FEW_SEEDS} seeds (n < {FEW
                       "Run more seeds.")
 
 __all__ = ["FEW_SEEDS_FOOTNOTE", "bracket", "cost", "count", "few_seeds_mark", "number"]
+
+
+# ---------------------------------------------------------------- report.md
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(none)\n"
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(r[h]).replace("|", "\\|") for h in header) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def interval_text(mean, half, n=None, digits=4) -> str:
+    return Estimate(mean, half, n if n is not None else (2 if math.isfinite(half) else 1)).text(digits)
+
+
+def gap_text(r: dict) -> str:
+    if not math.isfinite(r.get("gap", math.nan)):
+        return "–"
+    lo = "−∞" if not math.isfinite(r["gap_lower"]) else f"{r['gap_lower']:+.4f}"
+    hi = "+∞" if not math.isfinite(r["gap_upper"]) else f"{r['gap_upper']:+.4f}"
+    return f"{r['gap']:+.4f} [{lo}, {hi}]{few_seeds_mark(r.get('seeds'))}"
+
+
+def seeds_needed_text(r: dict) -> str:
+    if r["verdict"] != "inconclusive":
+        return "–"
+    value = r.get("seeds_needed", math.nan)
+    if isinstance(value, float) and math.isinf(value):
+        return "more than 10,000"
+    return count(value, 0)

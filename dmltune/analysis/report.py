@@ -12,8 +12,9 @@ import math
 from pathlib import Path
 
 from .compare import Analysis, analyse
-from .formatting import FEW_SEEDS_FOOTNOTE, bracket, cost, count, few_seeds_mark, number
-from .selection import Estimate, configurations
+from .formatting import (FEW_SEEDS_FOOTNOTE, bracket, cost, count, few_seeds_mark, gap_text, interval_text,
+                         markdown_table, number, seeds_needed_text)
+from .selection import configurations
 from .trials import read_study_table
 
 FIGURE_NOTES = {
@@ -41,43 +42,13 @@ FIGURE_NOTES = {
 VERDICT_TEXT = {"matched": "**matched**", "not_matched": "**not matched**", "inconclusive": "inconclusive"}
 
 
-def markdown_table(rows: list[dict]) -> str:
-    if not rows:
-        return "(none)\n"
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(r[h]).replace("|", "\\|") for h in header) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _interval(mean, half, n=None, digits=4) -> str:
-    return Estimate(mean, half, n if n is not None else (2 if math.isfinite(half) else 1)).text(digits)
-
-
-def _gap(r: dict) -> str:
-    if not math.isfinite(r.get("gap", math.nan)):
-        return "–"
-    lo = "−∞" if not math.isfinite(r["gap_lower"]) else f"{r['gap_lower']:+.4f}"
-    hi = "+∞" if not math.isfinite(r["gap_upper"]) else f"{r['gap_upper']:+.4f}"
-    return f"{r['gap']:+.4f} [{lo}, {hi}]{few_seeds_mark(r.get('seeds'))}"
-
-
-def _seeds_needed(r: dict) -> str:
-    if r["verdict"] != "inconclusive":
-        return "–"
-    value = r.get("seeds_needed", math.nan)
-    if isinstance(value, float) and math.isinf(value):
-        return "more than 10,000"
-    return count(value, 0)
-
-
 def verdict_rows(a: Analysis) -> list[dict]:
     rows = []
     for r in a.match.to_dict("records"):
         rows.append({"arm": r["arm"], "verdict": VERDICT_TEXT.get(r["verdict"], r["verdict"]),
                      "best configuration": r["best_configuration"],
-                     "gap to the reference [bounds]": _gap(r), "method": r["method"],
-                     "seeds per configuration": count(r["seeds"], 0), "seeds needed to decide": _seeds_needed(r),
+                     "gap to the reference [bounds]": gap_text(r), "method": r["method"],
+                     "seeds per configuration": count(r["seeds"], 0), "seeds needed to decide": seeds_needed_text(r),
                      "why": r["reason"]})
     return rows
 
@@ -90,7 +61,7 @@ def calibration_text(a: Analysis) -> str:
     if c["verdict"] == "matched":
         return (f"Calibration: an arm identical to {a.reference}, run on independent seeds, would be shown to match "
                 f"with {seeds} seeds.\n")
-    need = _seeds_needed(c)
+    need = seeds_needed_text(c)
     return (f"Calibration: an arm identical to {a.reference}, run on independent seeds, would be "
             f"**{c['verdict'].replace('_', ' ')}** with {seeds} seeds; about {need} seeds would show it matches "
             f"(with {a.settings['power']:.0%} power). A study with fewer seeds cannot confirm a match of δ = "
@@ -106,9 +77,9 @@ def arms_section(a: Analysis) -> str:
                      "configs": r.configurations,
                      "trials (ok / diverged / error / unfinished)": f"{r.trials} ({r.ok} / {r.diverged} / {r.errors} / {r.unfinished})",
                      "GPU time": cost(r.gpu_h), "wall time": cost(r.wall_h), "selected on validation": r.selected,
-                     f"val {st.metric[4:]} (mean ± {conf}% CI)": _interval(r.val, r.val_half, r.val_n),
+                     f"val {st.metric[4:]} (mean ± {conf}% CI)": interval_text(r.val, r.val_half, r.val_n),
                      "val, cross-fitted": number(r.val_crossfit),
-                     f"test {st.test_metric[5:]} (mean ± {conf}% CI)": _interval(r.test, r.test_half, r.seeds),
+                     f"test {st.test_metric[5:]} (mean ± {conf}% CI)": interval_text(r.test, r.test_half, r.seeds),
                      "verdict": r.verdict.replace("_", " ")})
     return markdown_table(rows)
 
@@ -177,7 +148,7 @@ def sensitivity_section(a: Analysis) -> str:
     for r in a.sensitivity.to_dict("records"):
         tun = "–"
         if math.isfinite(r.get("tunability", math.nan)):
-            tun = _interval(r["tunability"], r["tunability_half"], r["tunability_n"])
+            tun = interval_text(r["tunability"], r["tunability_half"], r["tunability_n"])
         rows.append({"arm": r["arm"], "configurations": r["configurations"], "worst": number(r.get("worst")),
                      "median": number(r.get("median")), "best": number(r.get("best")), "range": number(r.get("range")),
                      "shown to match": number(r.get("shown_matching"), 2),
@@ -192,7 +163,7 @@ def importance_section(a: Analysis) -> str:
     if imp.empty:
         return "(no arm searched two or more parameters)\n"
     rows = [{"arm": r["arm"], "parameter": r["parameter"], "fANOVA importance (all trials)": number(r["importance"], 3),
-             "per-seed fits (mean ± CI)": _interval(r["seed_mean"], r["seed_half"], r["seeds"], 3)}
+             "per-seed fits (mean ± CI)": interval_text(r["seed_mean"], r["seed_half"], r["seeds"], 3)}
             for r in imp.to_dict("records")]
     return markdown_table(rows)
 
@@ -305,13 +276,13 @@ def console_summary(a: Analysis) -> str:
                  f"{a.reference} − {a.settings['delta']:g}? {conf}% confidence)")
     for r in a.match.to_dict("records"):
         best = r["best_configuration"]
-        line = f"  {r['arm']:<24} {r['verdict']:<13} gap {_gap(r)} " + (best if best.startswith("(") else f"({best})")
+        line = f"  {r['arm']:<24} {r['verdict']:<13} gap {gap_text(r)} " + (best if best.startswith("(") else f"({best})")
         if r["verdict"] == "matched":
             line += (f"; expected {count(r['expected_trials_to_match'])} trials"
                      f"{bracket(r['expected_trials_low'], r['expected_trials_high'])}, "
                      f"{cost(r['expected_cost_to_match'])} {st.cost_unit} to match")
         elif r["verdict"] == "inconclusive":
-            line += f"; needs about {_seeds_needed(r)} seeds per configuration to decide"
+            line += f"; needs about {seeds_needed_text(r)} seeds per configuration to decide"
         lines.append(line)
     if a.calibration:
         lines.append("  " + calibration_text(a).strip().replace("**", ""))

@@ -78,6 +78,34 @@ def seeds_needed(effect: float, var_diff_per_seed: float, alpha: float, power: f
     return float(lo)
 
 
+def _seeds_to_decide(A, b, use_paired: bool, rho: float, effect: float, delta: float, level: float,
+                     power: float, tested: int) -> tuple[float, str]:
+    """An inconclusive verdict's seeds needed per configuration (from the observed seed variances) and
+    its reason. ``effect``: the best configuration's estimated gap + δ; ``level``: the test's α
+    (α / C when proving a match, which pays for the C chances)."""
+    var_a, var_b = pooled_variance(A), pooled_variance(b[None, :])
+    if not math.isfinite(var_a):
+        var_a = var_b                 # no configuration ran twice: borrow the reference's seed variance
+    if not math.isfinite(var_b):
+        var_b = var_a
+    if use_paired and math.isfinite(rho):
+        var_diff = max(var_a + var_b - 2 * rho * math.sqrt(var_a * var_b), 0.0)
+    else:
+        var_diff = var_a + var_b
+    needed = seeds_needed(effect, var_diff, level, power, paired=use_paired, var_a=var_a, var_b=var_b)
+    if tested == 0:
+        why = "no configuration has two seeds to estimate its spread"
+    else:
+        why = f"the best configuration's gap {effect - delta:+.4f} is within the seed noise"
+    if math.isfinite(needed):
+        why += f"; about {needed:.0f} seeds per configuration would decide with {power:.0%} power"
+    elif math.isnan(needed):
+        why += "; the seed variance is unknown, so the seeds needed cannot be estimated"
+    else:
+        why += f"; its estimate is too close to the target for any number of seeds up to {MAX_SEEDS}"
+    return needed, why
+
+
 def arm_verdict(arm: str, values: pd.DataFrame, ref: pd.Series, delta: float, confidence: float,
                 power: float = 0.8, labels: list[str] | None = None, pairing: bool | None = None) -> Verdict:
     """``values``: one row per configuration, one column per seed (NaN: no finished trial), failed
@@ -119,29 +147,8 @@ def arm_verdict(arm: str, values: pd.DataFrame, ref: pd.Series, delta: float, co
     if np.all(upper < 0):
         return verdict(NOT_MATCHED, math.nan, f"all {C} configuration{plural} fall short of the reference − δ "
                                               f"at {confidence:.0%} confidence")
-    # inconclusive: how many seeds would decide, from the observed seed variances
-    var_a, var_b = pooled_variance(A), pooled_variance(b[None, :])
-    if not math.isfinite(var_a):
-        var_a = var_b                 # no configuration ran twice: borrow the reference's seed variance
-    if not math.isfinite(var_b):
-        var_b = var_a
-    if use_paired and math.isfinite(rho):
-        var_diff = max(var_a + var_b - 2 * rho * math.sqrt(var_a * var_b), 0.0)
-    else:
-        var_diff = var_a + var_b
-    effect = float(theta[best])
-    level = alpha / C if effect > 0 else alpha     # proving a match pays for the C chances
-    needed = seeds_needed(effect, var_diff, level, power, paired=use_paired, var_a=var_a, var_b=var_b)
-    if tested == 0:
-        why = "no configuration has two seeds to estimate its spread"
-    else:
-        why = f"the best configuration's gap {theta[best] - delta:+.4f} is within the seed noise"
-    if math.isfinite(needed):
-        why += f"; about {needed:.0f} seeds per configuration would decide with {power:.0%} power"
-    elif math.isnan(needed):
-        why += "; the seed variance is unknown, so the seeds needed cannot be estimated"
-    else:
-        why += f"; its estimate is too close to the target for any number of seeds up to {MAX_SEEDS}"
+    needed, why = _seeds_to_decide(A, b, use_paired, rho, float(theta[best]), delta, alpha / C if theta[best] > 0
+                                   else alpha, power, tested)
     return verdict(INCONCLUSIVE, needed, why)
 
 
