@@ -17,11 +17,12 @@ parameters, so a mistake is reported in one line before anything is built or tra
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, Mapping
 
 from .nmi import NMI_BACKENDS, NMI_DEFAULTS, NMI_INITS
 from .meta_lambda import META_PARAMS, check_clamp
-from .registry import Component, ConfigError, Param
+from .registry import Component, ConfigError, Param, _did_you_mean, short_repr
 
 TRAIN_PARAMS = (
     Param("epochs", int, 10, low=1, help="training epochs"),
@@ -70,12 +71,71 @@ META = Component("section", "loss.lam.meta", dict, META_PARAMS)
 
 SECTIONS = ("seed", "dataset", "model", "miner", "loss", "generation", "train", "eval")
 
+# the shape of each section, for the message when a section is not a mapping
+SECTION_EXAMPLES = {
+    "dataset": "{name: cub200, root: data/CUB_200_2011}", "model": "{backbone: resnet50, dim: 512}",
+    "miner": "{name: asms}", "loss": "{name: soft_contrastive}", "generation": "{name: mirage}",
+    "train": "{epochs: 10, lr: 1.0e-5}", "eval": "{metric: map@r}",
+}
+NAME_KEYS = {"dataset": "name", "model": "backbone", "miner": "name", "loss": "name", "generation": "name"}
+MAX_SEED = 2**63 - 1
+
+
+def section_mapping(value: Any, section: str, where: str, example: str | None = None) -> dict:
+    """``value`` as a section's mapping (``{}`` when empty); anything else is a ConfigError that
+    shows the shape, e.g. ``'miner' must be a mapping like {name: asms}``."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str) and value and section in NAME_KEYS:
+        example = f"{{{NAME_KEYS[section]}: {value}}}"
+    example = example or SECTION_EXAMPLES.get(section, "{key: value}")
+    raise ConfigError(f"{where}: '{section}' must be a mapping like {example}, got {short_repr(value)}")
+
+
+def check_seed(seed: Any, where: str, key: str = "seed") -> int:
+    """``seed`` is an integer in 0 … 2**63 − 1 (what every random generator of a trial accepts)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{where}: '{key}' must be an integer, got {short_repr(seed)}")
+    if not 0 <= seed <= MAX_SEED:
+        shown = seed if abs(seed) < 10**30 else f"{str(seed)[:12]}... ({len(str(abs(seed)))} digits)"
+        raise ConfigError(f"{where}: '{key}' = {shown} does not fit: a seed is an integer in 0 … 2**63 − 1 "
+                          f"(64 bits); use a smaller non-negative seed")
+    return seed
+
+
+def eval_metrics(eval_section: Mapping[str, Any]) -> list[str]:
+    """The metrics an evaluation with these (resolved) eval settings computes."""
+    return (["map@r", "r_precision"] + [f"recall@{k}" for k in eval_section["ks"]]
+            + (["nmi"] if eval_section["nmi"] else []))
+
+
+def _check_eval(section: dict, where: str) -> None:
+    """eval.ks are positive integers, and eval.metric is a metric this evaluation computes."""
+    ks = section["ks"]
+    if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+        raise ConfigError(f"{where}: eval.ks must be positive integers (the K of Recall@K, e.g. [1, 2, 4, 8]), "
+                          f"got {short_repr(ks)}")
+    metric, computed = section["metric"], eval_metrics(section)
+    if metric in computed:
+        return
+    if metric == "nmi":
+        raise ConfigError(f"{where}: eval.metric nmi is never computed because eval.nmi is false; "
+                          "set eval.nmi: true or choose another metric")
+    recall = re.fullmatch(r"recall@([0-9]+)", metric)
+    if recall:
+        raise ConfigError(f"{where}: eval.metric {metric} is never computed: {recall.group(1)} is not in eval.ks "
+                          f"{ks}; add it to eval.ks or choose one of {', '.join(computed)}")
+    raise ConfigError(f"{where}: eval.metric {metric!r} is not a metric the evaluation computes"
+                      f"{_did_you_mean(metric, computed)}; choose one of {', '.join(computed)}")
+
 
 def _dataset_section(config: Mapping, where: str) -> dict:
     """The dataset's own parameters plus its ``transform`` (preset chosen by image size if absent)."""
     from .data import DATASETS, TRANSFORM
 
-    section = dict(config.get("dataset") or {})
+    section = section_mapping(config.get("dataset"), "dataset", where)
     transform = section.pop("transform", None) or {}
     if not isinstance(transform, Mapping):
         raise ConfigError(f"{where}: dataset.transform must be a mapping such as {{preset: imagenet}}")
@@ -90,7 +150,7 @@ SMALL_IMAGE_PRESETS = {"fashion_mnist": "28px", "digits": "8px"}
 
 
 def _named_section(config: Mapping, key: str, name_key: str, registry, where: str) -> dict:
-    section = dict(config.get(key) or {})
+    section = section_mapping(config.get(key), key, where)
     if name_key not in section:
         raise ConfigError(f"{where}: '{key}' needs a '{name_key}'; choose one of {', '.join(registry)}")
     name = section.pop(name_key)
@@ -105,7 +165,7 @@ def _named_section(config: Mapping, key: str, name_key: str, registry, where: st
 def _loss_section(config: Mapping, where: str) -> dict:
     from .pairs import LOSSES
 
-    section = dict(config.get("loss") or {})
+    section = section_mapping(config.get("loss"), "loss", where)
     lam = section.get("lam")
     meta = None
     if isinstance(lam, Mapping):
@@ -138,25 +198,27 @@ def resolve_config(config: Mapping[str, Any], where: str = "config") -> dict:
     from .pairs import MINERS
     from .pairs.coupling import couple_dynamic_thresholds
 
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of sections ({', '.join(SECTIONS)}), got {short_repr(config)}")
     unknown = set(config) - set(SECTIONS)
     if unknown:
-        raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; valid sections: {', '.join(SECTIONS)}")
-    config = couple_dynamic_thresholds(config)  # a dynamic loss takes the dsml miner's τ unless it sets its own
-    seed = config.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"{where}: 'seed' must be an integer, got {seed!r}")
+        raise ConfigError(f"{where}: unknown section(s) {sorted(unknown, key=str)}; valid sections: {', '.join(SECTIONS)}")
+    sections = {key: section_mapping(config.get(key), key, where) for key in SECTIONS if key != "seed"}
+    config = couple_dynamic_thresholds({**config, **sections})  # a dynamic loss takes the dsml miner's τ unless it sets its own
+    seed = check_seed(config.get("seed", 0), where)
     out = {
         "seed": seed,
         "dataset": _dataset_section(config, where),
-        "model": resolve_model(config.get("model") or {}, where=f"{where}: model"),
+        "model": resolve_model(sections["model"], where=f"{where}: model"),
         "miner": _named_section(config, "miner", "name", MINERS, where)
-        if config.get("miner") else {"name": "none"},
+        if sections["miner"] else {"name": "none"},
         "loss": _loss_section(config, where),
         "generation": _named_section(config, "generation", "name", GENERATORS, where)
-        if config.get("generation") else {"name": "none"},
-        "train": TRAIN.validate(config.get("train") or {}, where=f"{where}: train"),
-        "eval": EVAL.validate(config.get("eval") or {}, where=f"{where}: eval"),
+        if sections["generation"] else {"name": "none"},
+        "train": TRAIN.validate(sections["train"], where=f"{where}: train"),
+        "eval": EVAL.validate(sections["eval"], where=f"{where}: eval"),
     }
+    _check_eval(out["eval"], where)
     train = out["train"]
     if train["batch_size"] % train["k"]:
         raise ConfigError(

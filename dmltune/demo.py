@@ -13,6 +13,7 @@ import io
 import statistics
 import time
 
+from .registry import ConfigError
 from .training.reporting import ConsoleReporter
 from .training import train
 
@@ -40,7 +41,22 @@ def arm_config(miner: dict, loss: dict, seed: int, epochs: int) -> dict:
     return cfg
 
 
+def check_count(value, option: str) -> int:
+    """``value`` as a whole number ≥ 1; otherwise ConfigError naming the ``option``."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ConfigError(f"demo {option} must be a whole number ≥ 1, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"demo {option} must be a whole number ≥ 1, got {value!r}")
+    return value
+
+
 def run_demo(epochs: int = 8, seeds: int = 2) -> list[dict]:
+    """Train every arm for ``epochs`` epochs with seeds ``0 .. seeds − 1`` (both ≥ 1, else ConfigError);
+    print one line per arm and return the per-seed test metrics."""
+    epochs, seeds = check_count(epochs, "--epochs"), check_count(seeds, "--seeds")
     print("digits: training classes 0-4 (2 held out for validation), test classes 5-9; small CNN, "
           f"{epochs} epochs, {seeds} seeds per arm\n")
     print(f"{'arm':<42} {'test R@1':>16} {'test MAP@R':>16} {'λ at end':>9} {'seconds':>8}")

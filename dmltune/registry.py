@@ -19,7 +19,22 @@ from typing import Any, Callable, Iterator, Mapping
 
 
 class ConfigError(ValueError):
-    """A configuration mistake, described in one line that says how to fix it."""
+    """A configuration mistake, described in one line that says how to fix it.
+
+    A message that would span lines (a value from a file quoted in it, another library's error) is
+    joined into one, so the command line always prints exactly one line.
+    """
+
+    def __init__(self, message: Any = "", *args: Any) -> None:
+        if isinstance(message, str) and any(c in message for c in "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"):
+            message = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+        super().__init__(message, *args)
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to about ``limit`` characters for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _did_you_mean(word: str, choices) -> str:
@@ -80,8 +95,12 @@ class Param:
             return value
         if self.kind is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{where}: '{self.name}' must be a number, got {value!r}")
-            value = float(value)
+                raise ConfigError(f"{where}: '{self.name}' must be a number, got {short_repr(value)}")
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ConfigError(f"{where}: '{self.name}' = {_number(value)} is too large; give a number "
+                                  f"in {self.describe_range()}") from None
             if not math.isfinite(value):
                 raise ConfigError(f"{where}: '{self.name}' must be finite, got {value!r}")
             self._check_range(value, where)
@@ -96,14 +115,24 @@ class Param:
                 )
             return value
         if not isinstance(value, self.kind):
-            raise ConfigError(f"{where}: '{self.name}' must be a {self.kind.__name__}, got {value!r}")
+            kind = {"dict": "mapping", "list": "list"}.get(self.kind.__name__, self.kind.__name__)
+            raise ConfigError(f"{where}: '{self.name}' must be a {kind}, got {short_repr(value)}")
         return value
 
     def _check_range(self, value: float, where: str) -> None:
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             raise ConfigError(
-                f"{where}: '{self.name}' = {value:g} is outside its valid range {self.describe_range()}"
+                f"{where}: '{self.name}' = {_number(value)} is outside its valid range {self.describe_range()}"
             )
+
+
+def _number(value: float) -> str:
+    """``value`` for a message: ``:g`` formatting, and integers too large for a float shortened."""
+    try:
+        return f"{value:g}"
+    except OverflowError:
+        digits = str(value) if abs(value) < 10**4000 else "an integer of over 4000 digits"
+        return digits if len(digits) <= 24 else f"{digits[:10]}...({len(digits)} digits)"
 
 
 def _is_tensor(value: Any) -> bool:
@@ -135,9 +164,16 @@ class Component:
     def validate(self, values: Mapping[str, Any], where: str | None = None) -> dict[str, Any]:
         """Check ``values`` against the declared parameters; return them merged over the defaults."""
         where = where or f"{self.kind} '{self.name}'"
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{where} must be a mapping of parameter: value (like {{{self.params[0].name}: ...}}), "
+                              f"got {short_repr(values)}" if self.params else
+                              f"{where} must be a mapping, got {short_repr(values)}")
         by_name = {p.name: p for p in self.params}
         out = self.defaults
         for key, value in values.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{where}: the key {key!r} is not a parameter name; "
+                                  f"valid parameters: {', '.join(by_name) or 'none'}")
             if key not in by_name:
                 valid = ", ".join(by_name) or "none"
                 raise ConfigError(
@@ -197,7 +233,7 @@ class Registry(Mapping[str, Component]):
         return self.lookup(name)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return isinstance(name, str) and name in self._items
 
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
         return self._items.get(name, default)

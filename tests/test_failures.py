@@ -61,11 +61,11 @@ def test_truncated_results_table_names_the_file(tmp_path):
 
 
 def make_folder_dataset(root, corrupt):
-    for c in range(6):
+    for c in range(12):  # 6 training classes: 2 for validation, 4 to train on (a batch needs 3)
         for j in range(3):
             folder = root / f"class_{c}"
             folder.mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (12, 10), (c * 40, j * 60, 90)).save(folder / f"{j}.png")
+            Image.new("RGB", (12, 10), (c * 20, j * 60, 90)).save(folder / f"{j}.png")
     if corrupt:
         (root / "class_0" / "1.png").write_bytes(b"not an image at all")
 
@@ -76,12 +76,13 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     make_folder_dataset(good, corrupt=False)
     make_folder_dataset(bad, corrupt=True)
     transform = {"preset": "8px", "resize": 8, "crop": 8}
-    path = write_study(tmp_path, dataset={"name": "folder", "val_fraction": 0.0, "transform": transform},
+    path = write_study(tmp_path, dataset={"name": "folder", "val_fraction": 0.34, "transform": transform},
                        arms=[{"name": "broken", "loss": {"name": "ms"}, "dataset": {"root": str(bad)}},
                              {"name": "fine", "loss": {"name": "ms"}, "dataset": {"root": str(good)}}])
-    proc = subprocess.run([sys.executable, "-m", "dmltune", "run", str(path)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, "-m", "dmltune", "run", str(path), "--no-data-scan"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)  # (the scan would refuse the corrupt image up front)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # some trials errored
+    assert "1 trial(s) ended in error" in proc.stderr and "cannot decode image" in proc.stderr
     table = pd.read_parquet(tmp_path / "results" / "f" / "trials.parquet")
     broken = table[table.arm == "broken"]
     fine = table[table.arm == "fine"]

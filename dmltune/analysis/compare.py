@@ -77,10 +77,36 @@ def probability_column(settings: dict) -> str:
     return f"trials_needed_p{round(100 * settings['probability'])}"
 
 
+def planned_arms(source: dict) -> list[tuple[str, bool]] | None:
+    """(name, searched) of every arm the study file plans, in order; None without a usable record."""
+    from ..study.domains import find_domains
+    from ..study.schema import SHARED
+
+    arms = source.get("arms") if isinstance(source, dict) else None
+    if not isinstance(arms, list) or not all(isinstance(a, dict) and "name" in a for a in arms):
+        return None
+    shared = {k: source[k] for k in SHARED if k in source}
+    try:
+        return [(str(a["name"]), any(True for _ in find_domains({**shared, **a}))) for a in arms]
+    except ConfigError:
+        return None
+
+
 def default_reference(st: StudyTable) -> str:
-    """The last arm that runs a single configuration (needs no tuning); else the last arm."""
-    single = [a for a in st.arms if not st.dims[a]]
-    return (single or st.arms)[-1]
+    """The last arm the study plans that runs a single configuration (needs no tuning), else its last
+    arm; it is taken from the study's record, never from whichever arms happen to have rows, so a
+    missing reference is an error that names it. Without a record: the same rule over the table."""
+    planned = planned_arms(st.source)
+    if planned is None:
+        single = [a for a in st.arms if not st.dims[a]]
+        return (single or st.arms)[-1]
+    single = [name for name, searched in planned if not searched and not st.dims.get(name)]
+    reference = (single or [name for name, _ in planned])[-1]
+    if reference not in st.arms:
+        raise ConfigError(f"analysis: the reference arm {reference!r} (the study's last single-configuration arm) has "
+                          f"no trials in the results table; finish it with `dmltune resume`, or choose another with "
+                          f"--reference ({', '.join(st.arms)})")
+    return reference
 
 
 def resolve_settings(st: StudyTable, overrides: dict | None = None) -> dict:

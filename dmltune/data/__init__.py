@@ -13,8 +13,10 @@
 from .cache import ImageSource, decode_image
 from .datasets import DATASETS, load_dataset, read_idx
 from .sampler import ClassBalancedSampler
+from .scan import DEFAULT_MAX_PIXELS, ScanReport, scan_image_files, scan_image_tree
 from .splits import DatasetSplits, ImageSet
 from .transforms import PRESETS, TRANSFORM, BatchTransform, TransformSpec
 
-__all__ = ["DATASETS", "PRESETS", "TRANSFORM", "BatchTransform", "ClassBalancedSampler", "DatasetSplits",
-           "ImageSet", "ImageSource", "TransformSpec", "decode_image", "load_dataset", "read_idx"]
+__all__ = ["DATASETS", "DEFAULT_MAX_PIXELS", "PRESETS", "TRANSFORM", "BatchTransform", "ClassBalancedSampler",
+           "DatasetSplits", "ImageSet", "ImageSource", "ScanReport", "TransformSpec", "decode_image", "load_dataset",
+           "read_idx", "scan_image_files", "scan_image_tree"]

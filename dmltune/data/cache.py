@@ -15,18 +15,27 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from .scan import ImageProblem, open_image
 from .splits import ImageSet
 
 
-def decode_image(path: str, size: int, channels: int = 3) -> np.ndarray:
-    """One image file → uint8 C×size×size: shorter side resized to ``size``, then centre-cropped."""
-    from PIL import Image, UnidentifiedImageError
+def decode_image(path: str, size: int, channels: int = 3, max_pixels: int | None = None) -> np.ndarray:
+    """One image file → uint8 C×size×size: shorter side resized to ``size``, then centre-cropped.
+
+    An image over ``max_pixels`` (None: dmltune's default cap, see :mod:`.scan`) is refused from its
+    header, before anything is decoded; any failure raises ``RuntimeError("cannot decode image …")``.
+    """
+    from PIL import Image
 
     try:
-        img = Image.open(path)
+        img = open_image(path, max_pixels)
+    except ImageProblem as err:
+        raise RuntimeError(f"cannot decode image {err.path}: {err.problem}; {err.fix}") from None
+    try:
         img.load()
-    except (OSError, UnidentifiedImageError) as err:
-        raise RuntimeError(f"cannot decode image {path}: {err}") from None
+    except Exception as err:  # OSError for truncated data; PIL raises others for damaged files
+        img.close()
+        raise RuntimeError(f"cannot decode image {path}: {' '.join(str(err).split())}") from None
     with img:
         img = img.convert("RGB" if channels == 3 else "L")
         w, h = img.size
@@ -49,14 +58,14 @@ def resize_array(images: np.ndarray, size: int) -> np.ndarray:
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
-    def __init__(self, paths, size, channels):
-        self.paths, self.size, self.channels = paths, size, channels
+    def __init__(self, paths, size, channels, max_pixels=None):
+        self.paths, self.size, self.channels, self.max_pixels = paths, size, channels, max_pixels
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return torch.from_numpy(decode_image(self.paths[i], self.size, self.channels))
+        return torch.from_numpy(decode_image(self.paths[i], self.size, self.channels, self.max_pixels))
 
 
 class ImageSource:
@@ -80,7 +89,8 @@ class ImageSource:
             arr = resize_array(self.set.images, self.size)
         else:
             with ThreadPoolExecutor(max_workers=max(self.workers, 1)) as pool:
-                arr = np.stack(list(pool.map(lambda p: decode_image(p, self.size, self.channels), self.set.paths)))
+                arr = np.stack(list(pool.map(lambda p: decode_image(p, self.size, self.channels, self.set.max_pixels),
+                                             self.set.paths)))
         cache = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
         return cache
 
@@ -95,7 +105,8 @@ class ImageSource:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         if self.cache is not None:
             return self.cache[idx.to(self.device)]
-        return torch.stack([_DecodeDataset(self.set.paths, self.size, self.channels)[i] for i in idx.tolist()]).to(self.device)
+        decode = _DecodeDataset(self.set.paths, self.size, self.channels, self.set.max_pixels)
+        return torch.stack([decode[i] for i in idx.tolist()]).to(self.device)
 
     def batches(self, index_batches: Iterable) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         """(uint8 images on the device, indices) for each batch of indices, lazily; in loader mode
@@ -112,7 +123,7 @@ class ImageSource:
                 yield pending[-1].tolist()
 
         loader = torch.utils.data.DataLoader(
-            _DecodeDataset(self.set.paths, self.size, self.channels), batch_sampler=recorded(),
+            _DecodeDataset(self.set.paths, self.size, self.channels, self.set.max_pixels), batch_sampler=recorded(),
             num_workers=self.workers, pin_memory=self.device.type == "cuda")
         for images in loader:
             yield images.to(self.device, non_blocking=True), pending.pop(0)

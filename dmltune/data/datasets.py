@@ -13,22 +13,27 @@
 
 A validation set is carved from the training classes (``val_fraction``, ``val_seed``). Nothing is
 downloaded unless ``download: true`` is given where a download is possible (Fashion-MNIST).
+
+The datasets read from image files (cub200, cars196, sop, inshop, folder) take ``max_pixels``, the
+cap on one image's pixels that both the scan and the training-time decoder enforce, and, as a
+context argument of :func:`load_dataset`, ``scan``: check every image's header before returning
+(:mod:`.scan`; ``validate`` and ``run`` do this once per dataset, trials do not).
 """
 
 from __future__ import annotations
 
 import gzip
+import inspect
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ..registry import ConfigError, Param, Registry
+from .scan import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, scan_image_files, scan_image_tree  # noqa: F401 (IMAGE_SUFFIXES re-exported)
 from .splits import DatasetSplits, ImageSet, class_disjoint_splits, make_set, split_train_val
 
 DATASETS = Registry("dataset")
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
 
 
@@ -40,6 +45,22 @@ _SPLIT_PARAMS = (
     Param("val_fraction", float, 0.25, low=0.0, high=0.9, help="share of training classes held out for validation"),
     Param("val_seed", int, 0, low=0, help="seed of the validation-class draw"),
 )
+_FILE_PARAMS = (
+    *_SPLIT_PARAMS,
+    Param("max_pixels", int, DEFAULT_MAX_PIXELS, low=1,
+          help="largest image allowed, in pixels (a bigger one is refused as a decompression bomb)"),
+)
+
+
+def _image_files(splits: DatasetSplits, max_pixels: int, scan: bool) -> DatasetSplits:
+    """The pixel cap recorded on every image set (the decoder enforces it), and with ``scan`` every
+    image file checked (header only; see :mod:`.scan`)."""
+    sets = [s for s in (splits.train, splits.val, splits.test, splits.query, splits.gallery) if s is not None]
+    for image_set in sets:
+        image_set.max_pixels = max_pixels
+    if scan:
+        scan_image_files((p for s in sets for p in s.paths), max_pixels, dataset=splits.name)
+    return splits
 
 
 def _require(path: Path, dataset: str, how: str) -> Path:
@@ -53,7 +74,10 @@ def _root(root, dataset, env, how) -> Path:
     root = root or os.environ.get(env)
     if not root:
         raise ConfigError(f"dataset '{dataset}' needs dataset.root (or ${env}); {how}")
-    return Path(os.path.expanduser(root)).resolve()
+    try:
+        return Path(os.path.expanduser(root)).resolve()
+    except (OSError, RuntimeError):  # Python < 3.13 raises RuntimeError for a symlink loop
+        raise ConfigError(f"dataset '{dataset}': {root} is a symlink loop; {how}, and set dataset.root to it") from None
 
 
 def _read_rows(path: Path, skip: int = 0) -> list[list[str]]:
@@ -61,8 +85,8 @@ def _read_rows(path: Path, skip: int = 0) -> list[list[str]]:
     return [line.split() for line in lines if line.strip()]
 
 
-@DATASETS.register("cub200", _root_param(help="the CUB_200_2011 folder"), *_SPLIT_PARAMS)
-def cub200(root=None, val_fraction=0.25, val_seed=0) -> DatasetSplits:
+@DATASETS.register("cub200", _root_param(help="the CUB_200_2011 folder"), *_FILE_PARAMS)
+def cub200(root=None, val_fraction=0.25, val_seed=0, max_pixels=DEFAULT_MAX_PIXELS, scan=False) -> DatasetSplits:
     """CUB-200-2011 birds: classes 1–100 train, 101–200 test."""
     how = "get CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ and extract it"
     base = _root(root, "cub200", "DMLTUNE_CUB200", how)
@@ -71,11 +95,12 @@ def cub200(root=None, val_fraction=0.25, val_seed=0) -> DatasetSplits:
     ids = sorted(images, key=int)
     paths = [str(base / "images" / images[i]) for i in ids]
     classes = [int(labels[i]) for i in ids]
-    return class_disjoint_splits("cub200", classes, range(1, 101), range(101, 201), val_fraction, val_seed, paths=paths)
+    splits = class_disjoint_splits("cub200", classes, range(1, 101), range(101, 201), val_fraction, val_seed, paths=paths)
+    return _image_files(splits, max_pixels, scan)
 
 
-@DATASETS.register("cars196", _root_param(help="the folder with cars_annos.mat and car_ims/"), *_SPLIT_PARAMS)
-def cars196(root=None, val_fraction=0.25, val_seed=0) -> DatasetSplits:
+@DATASETS.register("cars196", _root_param(help="the folder with cars_annos.mat and car_ims/"), *_FILE_PARAMS)
+def cars196(root=None, val_fraction=0.25, val_seed=0, max_pixels=DEFAULT_MAX_PIXELS, scan=False) -> DatasetSplits:
     """Stanford Cars196: classes 1–98 train, 99–196 test."""
     from scipy.io import loadmat
 
@@ -85,11 +110,12 @@ def cars196(root=None, val_fraction=0.25, val_seed=0) -> DatasetSplits:
     annos = loadmat(str(_require(base / "cars_annos.mat", "cars196", how)), squeeze_me=True)["annotations"]
     paths = [str(base / str(a["relative_im_path"])) for a in annos]
     classes = [int(a["class"]) for a in annos]
-    return class_disjoint_splits("cars196", classes, range(1, 99), range(99, 197), val_fraction, val_seed, paths=paths)
+    splits = class_disjoint_splits("cars196", classes, range(1, 99), range(99, 197), val_fraction, val_seed, paths=paths)
+    return _image_files(splits, max_pixels, scan)
 
 
-@DATASETS.register("sop", _root_param(help="the Stanford_Online_Products folder"), *_SPLIT_PARAMS)
-def sop(root=None, val_fraction=0.25, val_seed=0) -> DatasetSplits:
+@DATASETS.register("sop", _root_param(help="the Stanford_Online_Products folder"), *_FILE_PARAMS)
+def sop(root=None, val_fraction=0.25, val_seed=0, max_pixels=DEFAULT_MAX_PIXELS, scan=False) -> DatasetSplits:
     """Stanford Online Products: Ebay_train.txt classes train, Ebay_test.txt classes test."""
     how = "get Stanford_Online_Products.zip from https://cvgl.stanford.edu/projects/lifted_struct/ and extract it"
     base = _root(root, "sop", "DMLTUNE_SOP", how)
@@ -100,16 +126,16 @@ def sop(root=None, val_fraction=0.25, val_seed=0) -> DatasetSplits:
     train_classes = sorted(set(splits["train"][0]))
     test_classes = sorted(set(splits["test"][0]))
     fit, val = split_train_val(train_classes, val_fraction, val_seed)
-    return DatasetSplits(
+    return _image_files(DatasetSplits(
         name="sop",
         train=make_set(splits["train"][0], fit, paths=splits["train"][1]),
         val=make_set(splits["train"][0], val, paths=splits["train"][1]),
         test=make_set(splits["test"][0], test_classes, paths=splits["test"][1]),
-    )
+    ), max_pixels, scan)
 
 
-@DATASETS.register("inshop", _root_param(help="the In-shop Clothes Retrieval folder"), *_SPLIT_PARAMS)
-def inshop(root=None, val_fraction=0.25, val_seed=0) -> DatasetSplits:
+@DATASETS.register("inshop", _root_param(help="the In-shop Clothes Retrieval folder"), *_FILE_PARAMS)
+def inshop(root=None, val_fraction=0.25, val_seed=0, max_pixels=DEFAULT_MAX_PIXELS, scan=False) -> DatasetSplits:
     """DeepFashion In-Shop: train items; test as query and gallery sets of the same items."""
     how = ("get the In-shop Clothes Retrieval Benchmark (img/ and Eval/list_eval_partition.txt) from "
            "https://mmlab.ie.cuhk.edu.hk/projects/DeepFashion/InShopRetrieval.html")
@@ -126,38 +152,39 @@ def inshop(root=None, val_fraction=0.25, val_seed=0) -> DatasetSplits:
     test_items = sorted(set(by_status["query"][0]) | set(by_status["gallery"][0]))
     fit, val = split_train_val(train_items, val_fraction, val_seed)
     labels, paths = by_status["train"]
-    return DatasetSplits(
+    return _image_files(DatasetSplits(
         name="inshop",
         train=make_set(labels, fit, paths=paths),
         val=make_set(labels, val, paths=paths),
         test=None,
         query=make_set(by_status["query"][0], test_items, paths=by_status["query"][1]),
         gallery=make_set(by_status["gallery"][0], test_items, paths=by_status["gallery"][1]),
-    )
+    ), max_pixels, scan)
 
 
 @DATASETS.register(
     "folder",
     _root_param(help="a folder with one sub-folder of images per class"),
     Param("train_fraction", float, 0.5, low=0.1, high=0.9, help="share of the (sorted) classes used for training"),
-    *_SPLIT_PARAMS,
+    *_FILE_PARAMS,
 )
-def folder(root=None, train_fraction=0.5, val_fraction=0.25, val_seed=0) -> DatasetSplits:
-    """Any class-per-folder tree: the first train_fraction of the sorted class folders train, the rest test."""
+def folder(root=None, train_fraction=0.5, val_fraction=0.25, val_seed=0, max_pixels=DEFAULT_MAX_PIXELS,
+           scan=False) -> DatasetSplits:
+    """Any class-per-folder tree: the first train_fraction of the sorted class folders train, the rest test.
+
+    Class folders are the root's sub-folders, images the files with an image suffix directly inside
+    them; names starting with a dot are skipped. With ``scan`` the tree is checked first
+    (:func:`.scan.scan_image_tree`): no broken or oversized image, no loop, no single-image class.
+    """
     base = _root(root, "folder", "DMLTUNE_FOLDER", "point it at a folder holding one sub-folder per class")
-    _require(base, "folder", "point it at a folder holding one sub-folder per class")
-    classes, paths, labels = sorted(d.name for d in base.iterdir() if d.is_dir()), [], []
-    for name in classes:
-        for f in sorted((base / name).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                paths.append(str(f))
-                labels.append(name)
-    classes = [c for c in classes if c in set(labels)]
+    tree = scan_image_tree(base, max_pixels, dataset="folder", check_files=scan)
+    classes = tree.classes
     if len(classes) < 4:
         raise ConfigError(f"dataset 'folder': {base} has {len(classes)} class folders with images; at least 4 are needed")
     n_train = min(max(int(round(train_fraction * len(classes))), 2), len(classes) - 2)
-    return class_disjoint_splits("folder", labels, classes[:n_train], classes[n_train:], val_fraction, val_seed,
-                                 paths=paths)
+    splits = class_disjoint_splits("folder", tree.labels, classes[:n_train], classes[n_train:], val_fraction, val_seed,
+                                   paths=tree.paths)
+    return _image_files(splits, max_pixels, scan=False)  # already scanned with the tree
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -239,15 +266,18 @@ def synthetic(classes=20, per_class=10, size=32, channels=3, seed=0, val_fractio
 
 
 def load_dataset(name: str, root: str | None = None, val_fraction: float = 0.25, val_seed: int = 0,
-                 **params) -> DatasetSplits:
+                 scan: bool = False, **params) -> DatasetSplits:
     """The splits of dataset ``name``; unknown names, bad parameters or missing files raise ConfigError.
 
     ``root`` is passed on only when given, so datasets without files (digits, synthetic) accept
     ``root=None``; an empty root means the dataset's default (or its environment variable).
+    ``scan``: datasets read from image files first check every image (header only, see
+    :mod:`.scan`) and refuse a bad one in one line; in-memory datasets ignore it.
     """
     if root is not None:
         params["root"] = root
-    return DATASETS.build(name, {"val_fraction": val_fraction, "val_seed": val_seed, **params})
+    context = {"scan": scan} if "scan" in inspect.signature(DATASETS.lookup(name).factory).parameters else {}
+    return DATASETS.build(name, {"val_fraction": val_fraction, "val_seed": val_seed, **params}, **context)
 
 
 __all__ = ["DATASETS", "ImageSet", "load_dataset", "read_idx"]

@@ -20,6 +20,7 @@ class ImageSet:
     paths: list[str] | None = None      # image files, or
     images: np.ndarray | None = None    # uint8 N×C×H×W in memory
     classes: list = field(default_factory=list)  # original class id of each label
+    max_pixels: int | None = None       # pixel cap of its image files (None: dmltune's default)
 
     def __post_init__(self):
         self.labels = np.asarray(self.labels, dtype=np.int64)

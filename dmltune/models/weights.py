@@ -22,10 +22,19 @@ def hub_checkpoint_dir() -> Path:
 def find_weights(backbone: str, file_names: tuple[str, ...], url: str, explicit: str | None) -> Path:
     """The weights file to load: ``explicit`` if given, else the first of ``file_names`` found."""
     if explicit:
-        path = Path(os.path.expanduser(explicit)).resolve()
-        if not path.is_file():
+        if "\0" in explicit:
+            raise ConfigError(f"model.weights: {explicit!r} contains a NUL character; give the path of a local "
+                              f"{backbone} checkpoint")
+        path = Path(os.path.expanduser(explicit)).absolute()
+        try:
+            path = path.resolve()
+            found = path.is_file()
+        except (OSError, RuntimeError) as err:
+            raise ConfigError(f"model.weights: {path} cannot be used ({getattr(err, 'strerror', None) or err}); "
+                              f"give the path of a local {backbone} checkpoint") from None
+        if not found:
             raise ConfigError(f"model.weights: file {path} does not exist; give the path of a local {backbone} checkpoint")
-        return path
+        return check_checkpoint_file(path, backbone)
     folder = hub_checkpoint_dir()
     for name in file_names:
         if (folder / name).is_file():
@@ -35,6 +44,25 @@ def find_weights(backbone: str, file_names: tuple[str, ...], url: str, explicit:
         f"pretrained {backbone} weights not found (looked in {looked}); dmltune does not download: "
         f"fetch {url} into {folder} (or set TORCH_HOME), or pass model.weights=PATH, or set model.pretrained=false"
     )
+
+
+def check_checkpoint_file(path: Path, backbone: str) -> Path:
+    """``path`` if it looks like a file ``torch.save`` wrote (a zip archive, or a pickle in the legacy
+    format); an empty file (an interrupted download) or another kind of file is a ConfigError.
+    Reads the first bytes only: loading is left to :func:`load_state_dict_file`."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as err:
+        raise ConfigError(f"weights file {path} cannot be read ({err.strerror}); check its permissions") from None
+    if not head:
+        raise ConfigError(f"weights file {path} is empty (0 bytes; an interrupted download?); "
+                          f"give a {backbone} checkpoint saved with torch.save")
+    legacy_pickle = len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5
+    if not (head.startswith(b"PK\x03\x04") or legacy_pickle):
+        raise ConfigError(f"weights file {path} cannot be read: it is not a PyTorch checkpoint (torch.save writes a "
+                          f"zip archive or a pickle; this file starts with {head!r}); give a {backbone} .pth/.pt file")
+    return path
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:

@@ -31,15 +31,25 @@ def flatten(tree: dict, prefix: str = "config/") -> dict:
     return out
 
 
+UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
+"""Tune statuses of a trial that never finished although its experiment did: its node died (or its
+actor was lost) and no retry was left. Such a trial counts as an error, with that reason."""
+
+
 def _error_summary(trial) -> str:
     path = getattr(trial, "error_file", None) or ""
     if path and Path(path).is_file():
         lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
         return lines[-1][:500] if lines else "error"
+    if trial.status in UNFINISHED:
+        return (f"the trial did not finish (Tune status {trial.status}): its node died or its worker was lost, "
+                "and no retry was left (study 'retries')")
     return "error" if trial.status == "ERROR" else ""
 
 
-def experiment_rows(folder: Path, arm: str) -> list[pd.DataFrame]:
+def experiment_rows(folder: Path, arm: str, interrupted: bool = False) -> list[pd.DataFrame]:
+    """One frame per trial of the experiment in ``folder``. After an interruption an unfinished trial
+    is ``incomplete`` (resume continues it); otherwise it is an error (see UNFINISHED)."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(folder))
@@ -59,7 +69,8 @@ def experiment_rows(folder: Path, arm: str) -> list[pd.DataFrame]:
             df = df.drop_duplicates(subset="epoch", keep="last")
         elif "training_iteration" in df:
             df = df.drop_duplicates(subset="training_iteration", keep="last")
-        error = _error_summary(trial)
+        lost = trial.status in UNFINISHED and not interrupted
+        error = _error_summary(trial) if lost or trial.status not in UNFINISHED else ""
         meta = {"arm": arm, "experiment": folder.name, "trial_id": trial.trial_id,
                 "seed": trial.config.get("seed"), "trial_status": trial.status, "error": error,
                 **flatten({k: v for k, v in couple_dynamic_thresholds(trial.config).items() if k != "seed"})}
@@ -68,20 +79,23 @@ def experiment_rows(folder: Path, arm: str) -> list[pd.DataFrame]:
         if "status" not in df:
             df["status"] = None
         df["status"] = df["status"].fillna("error" if trial.status == "ERROR" else "incomplete")
-        if trial.status == "ERROR":
+        if trial.status == "ERROR" or lost:
             df["status"] = "error"
+        elif trial.status in UNFINISHED:
+            df["status"] = "incomplete"
         out.append(df)
     return out
 
 
-def consolidate(study) -> pd.DataFrame:
+def consolidate(study, interrupted: bool = False) -> pd.DataFrame:
+    """Write ``trials.parquet`` and ``trials.csv`` from every experiment of the study."""
     frames = []
     for arm in study.arms:
         base = study.directory / arm.name
         folders = [base] if arm.search["mode"] == "grid" else sorted(base.glob("seed_*"))
         for folder in folders:
             if folder.is_dir():
-                frames.extend(experiment_rows(folder, arm.name))
+                frames.extend(experiment_rows(folder, arm.name, interrupted))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     first = ["arm", "experiment", "trial_id", "seed", "trial_status", "status", "error", "epoch"]
     table = table[[c for c in first if c in table] + [c for c in table.columns if c not in first]]

@@ -11,21 +11,20 @@ and ``trials.csv`` in the study folder.
 from __future__ import annotations
 
 import copy
+import errno
 import os
-import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from ..interruption import StudyInterrupted
+from ..interruption import StudyFailed, StudyInterrupted
+from ..registry import ConfigError
 from ..training import tune_trainable
 from .checkpoint_repair import repair_missing_checkpoints
 from .consolidate import consolidate
 from .domains import replace_at
+from .lifecycle import STUDY_RECORD, StudyLock, write_record  # noqa: F401 (STUDY_RECORD: its old home)
+from .progress import Progress
 from .schema import Arm, Study
-
-STUDY_RECORD = "study.yaml"
 
 
 
@@ -91,51 +90,8 @@ def _tune_config(study: Study, arm: Arm, metric: str, searcher_seed: int):
     return tune.TuneConfig(metric=metric, mode="max", search_alg=search, scheduler=scheduler, num_samples=samples)
 
 
-class Progress:
-    """One line per finished trial, with a running tally over the whole study."""
-
-    def __init__(self, total: int, metric: str):
-        self.total, self.done, self.metric = total, 0, metric  # (no stream kept: Tune pickles callbacks)
-        self.started = time.perf_counter()
-
-    def callback(self, arm: Arm):
-        from ray.tune import Callback
-
-        progress, arm_name, paths = self, arm.name, [p for p, _ in arm.domains]
-
-        class _Printer(Callback):
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                progress.finished(arm_name, paths, trial, "ok")
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                progress.finished(arm_name, paths, trial, "error")
-
-        return _Printer()
-
-    def finished(self, arm_name, paths, trial, outcome) -> None:
-        self.done += 1
-        last = trial.last_result or {}
-        status = last.get("status", outcome) if outcome == "ok" else outcome
-        value = last.get(self.metric)
-        shown = f"{self.metric} {value:.4f}" if isinstance(value, float) else "no result"
-        test = last.get("test/recall@1")
-        test_text = f", test R@1 {test:.4f}" if isinstance(test, float) else ""
-        elapsed = time.perf_counter() - self.started
-        searched = ""
-        for path in paths:
-            node = trial.config
-            for key in path:
-                node = node.get(key, {}) if isinstance(node, dict) else {}
-            value = f"{node:.4g}" if isinstance(node, float) else node
-            searched += f" {path[-1]}={value}"
-        print(f"[{self.done}/{self.total}] {arm_name}{searched} seed {trial.config.get('seed')} {status}: "
-              f"{shown}{test_text} ({last.get('epoch', 0)} epochs) · {elapsed:.0f} s", file=sys.stdout, flush=True)
-
-
 def check_storage(folder: Path) -> None:
     """The study folder can be created and written, or a one-line error says why."""
-    from ..registry import ConfigError
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".write-test"
@@ -146,15 +102,16 @@ def check_storage(folder: Path) -> None:
                           "set storage to a folder you can write (--set storage=PATH)") from None
 
 
-def run_study(study: Study, address: str | None = None) -> Path:
-    """Run (or finish) every arm, then write the consolidated tables; returns the study folder."""
-    import ray
-    from ray import tune
+@dataclass
+class StudyOutcome:
+    """What a run or resume did: the folder, the trials that ended in error, and whether any trial ran."""
 
-    check_storage(study.directory)
-    record = study.directory / STUDY_RECORD
-    if not record.exists():
-        record.write_text(yaml.safe_dump(study.source, sort_keys=False))
+    directory: Path
+    errored: list[str]
+    ran: bool
+
+
+def _prepare_environment(address: str | None) -> None:
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
@@ -164,36 +121,190 @@ def run_study(study: Study, address: str | None = None) -> Path:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0: no tables
     # short trials checkpoint every epoch by design; Tune's advice about snapshot frequency is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    metric = f"val/{study.arms[0].resolved['eval']['metric']}"
-    progress = Progress(sum(a.trials_per_seed * len(study.seeds) for a in study.arms), metric)
+
+
+def _start_ray(address: str | None) -> bool:
+    """Start Ray in-process or join ``address``; True when started here (and to be shut down here)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
     try:
-        for arm in study.arms:
-            trainable = tune.with_resources(tune_trainable, {"cpu": study.resources["cpu"],
-                                                             "gpu": arm.gpu(study.resources.get("gpu", 0))})
-            for folder, seed_space, searcher_seed in _experiments(study, arm):
-                run_config = tune.RunConfig(
-                    storage_path=str(folder.parent), name=folder.name, verbose=0,
-                    callbacks=[progress.callback(arm)],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    failure_config=tune.FailureConfig(max_failures=study.retries))
-                if tune.Tuner.can_restore(str(folder)):
-                    repair_missing_checkpoints(folder)
-                    tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
-                                               resume_errored=False)
-                else:
-                    tuner = tune.Tuner(trainable, param_space=_param_space(arm, seed_space),
-                                       tune_config=_tune_config(study, arm, metric, searcher_seed),
-                                       run_config=run_config)
-                try:
-                    tuner.fit()
-                except KeyboardInterrupt:
-                    raise StudyInterrupted(f"interrupted during arm '{arm.name}'; every finished trial is kept: "
-                                           f"continue with `dmltune resume {study.directory}`") from None
-        consolidate(study)  # reading the experiments back needs Ray running
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except Exception as err:
+        if type(err).__name__ == "AuthenticationError":
+            raise ConfigError(f"the Ray cluster at {address} requires token authentication: set RAY_AUTH_MODE=token "
+                              "and give the cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
+                              "RAY_AUTH_TOKEN); see the README, 'On a Ray cluster'") from None
+        if address is not None and isinstance(err, (ConnectionError, TimeoutError)):
+            auth = ("" if os.environ.get("RAY_AUTH_MODE") == "token" else
+                    "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give its token "
+                    "(see the README, 'On a Ray cluster')")
+            raise ConfigError(f"cannot reach the Ray cluster at {address} ({err}); start it or check --address{auth}") from None
+        raise
+    return True
+
+
+def check_resources(study: Study, available: dict, where: str) -> None:
+    """Each trial's CPU and GPU request fits on ``where`` (Ray's resource totals, or this machine's);
+    a trial that can never be placed would leave Tune waiting for ever."""
+    cpu, have_cpu = study.resources["cpu"], float(available.get("CPU", 0))
+    if cpu > have_cpu:
+        raise ConfigError(f"resources.cpu = {cpu:g} per trial, but {where} has {have_cpu:g} CPUs; "
+                          f"set resources.cpu to at most {have_cpu:g}")
+    gpu = max((arm.gpu(study.resources.get("gpu", 0)) for arm in study.arms), default=0.0)
+    have_gpu = float(available.get("GPU", 0))
+    if gpu > 0 and gpu > have_gpu:
+        fix = "set resources.gpu: 0 (train on the CPU)" if have_gpu == 0 else f"set resources.gpu to at most {have_gpu:g}"
+        raise ConfigError(f"resources.gpu asks for {gpu:g} GPU per trial, but {where} has "
+                          f"{'no GPU' if have_gpu == 0 else f'{have_gpu:g}'}; {fix}")
+
+
+def local_resources() -> dict:
+    """This machine's CPUs and CUDA GPUs, as Ray would count them."""
+    import torch
+
+    return {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count() if torch.cuda.is_available() else 0}
+
+
+def cluster_resources(address: str) -> dict:
+    """The resource totals of the Ray cluster at ``address`` (joined briefly)."""
+    import ray
+
+    _prepare_environment(address)
+    started_here = _start_ray(address)
+    try:
+        return dict(ray.cluster_resources())
     finally:
         if started_here:
             ray.shutdown()
-    return study.directory
+
+
+def _experiment_tuner(study: Study, arm: Arm, folder: Path, seed_space, searcher_seed, metric: str,
+                      callbacks: list, stopper, retry_errored: bool):
+    from ray import tune
+
+    trainable = tune.with_resources(tune_trainable, {"cpu": study.resources["cpu"],
+                                                     "gpu": arm.gpu(study.resources.get("gpu", 0))})
+    if tune.Tuner.can_restore(str(folder)):
+        repair_missing_checkpoints(folder)
+        tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=retry_errored)
+        run_config = tuner._local_tuner.get_run_config()  # a restored experiment brings its old callbacks
+        run_config.callbacks, run_config.stop = callbacks, stopper
+        return tuner
+    run_config = tune.RunConfig(
+        storage_path=str(folder.parent), name=folder.name, verbose=0, callbacks=callbacks, stop=stopper,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=study.retries))
+    return tune.Tuner(trainable, param_space=_param_space(arm, seed_space),
+                      tune_config=_tune_config(study, arm, metric, searcher_seed), run_config=run_config)
+
+
+def _done_before(study: Study, retry_errored: bool) -> tuple[int, int]:
+    """Trials already finished in the study's experiments, and epochs already reported."""
+    from ray.tune import ExperimentAnalysis
+
+    trials = epochs = 0
+    for arm in study.arms:
+        for folder, _, _ in _experiments(study, arm):
+            if not (folder / "tuner.pkl").is_file():
+                continue
+            try:
+                found = ExperimentAnalysis(str(folder)).trials
+            except Exception:  # an unreadable state: Tune will say so when it restores the experiment
+                continue
+            for trial in found:
+                finished = trial.status == "TERMINATED" or (trial.status == "ERROR" and not retry_errored)
+                trials += finished
+                epochs += arm_epochs(arm) if finished else int((trial.last_result or {}).get("epoch", 0))
+    return trials, epochs
+
+
+def arm_epochs(arm: Arm) -> int:
+    return int(arm.resolved["train"]["epochs"])
+
+
+def _disk_error(err: BaseException) -> OSError | None:
+    """The OSError for a full or read-only disk anywhere in ``err``'s chain of causes."""
+    seen = 0
+    while err is not None and seen < 20:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
+def _fit(tuner, study: Study, arm: Arm) -> None:
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        try:  # the table so far, so that `dmltune report` can show it (marked unfinished)
+            consolidate(study, interrupted=True)
+        except (Exception, KeyboardInterrupt):
+            pass
+        raise StudyInterrupted(f"interrupted during arm '{arm.name}'; every finished trial is kept: "
+                               f"continue with `dmltune resume {study.directory}`") from None
+    except Exception as err:
+        disk = _disk_error(err)
+        if disk is None:
+            raise
+        what = "no space left" if disk.errno in (errno.ENOSPC, errno.EDQUOT) else "read-only file system"
+        raise StudyFailed(f"{what} on {disk.filename or study.directory}; every finished trial is kept: free space "
+                          f"(or make it writable), then `dmltune resume {study.directory}`") from None
+
+
+def run_study(study: Study, address: str | None = None, retry_errored: bool = False) -> StudyOutcome:
+    """Run (or finish) every arm, then write the consolidated tables. The folder is locked for the
+    run; errored trials are restarted from scratch only with ``retry_errored``."""
+    check_storage(study.directory)
+    with StudyLock(study.directory) as lock:
+        _prepare_environment(address)
+        started_here = _start_ray(address)
+        try:
+            import ray
+
+            check_resources(study, ray.cluster_resources(), f"the Ray cluster at {address}" if address else "this machine")
+            write_record(study)  # the plan is recorded once it is known to run
+            return _run_arms(study, lock, retry_errored)
+        finally:
+            if started_here:
+                import ray
+
+                ray.shutdown()
+
+
+def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcome:
+    from .folder_watch import FolderGone
+
+    metric = f"val/{study.arms[0].resolved['eval']['metric']}"
+    done_trials, done_epochs = _done_before(study, retry_errored)
+    total = sum(a.trials_per_seed * len(study.seeds) for a in study.arms)
+    total_epochs = sum(a.trials_per_seed * len(study.seeds) * arm_epochs(a) for a in study.arms)
+    progress = Progress(total, total_epochs, metric, done_trials, min(done_epochs, total_epochs))
+    if done_trials >= total:
+        print(f"every trial of study '{study.name}' is already done ({total} trials); nothing to run", flush=True)
+    stopper = FolderGone(lock.path)
+    try:
+        for arm in study.arms:
+            for folder, seed_space, searcher_seed in _experiments(study, arm):
+                tuner = _experiment_tuner(study, arm, folder, seed_space, searcher_seed, metric,
+                                          [progress.callback(arm, arm_epochs(arm))], stopper, retry_errored)
+                _fit(tuner, study, arm)
+                if not lock.folder_present():
+                    raise StudyFailed(f"the study folder {study.directory} was deleted while the study ran; stopped "
+                                      "(nothing more is written there): run the study again to start over")
+        table = consolidate(study)  # reading the experiments back needs Ray running
+    finally:
+        progress.close()
+    return StudyOutcome(study.directory, errored_trials(table), progress.done > done_trials)
+
+
+def errored_trials(table) -> list[str]:
+    """``arm trial seed S: reason`` of every trial whose last row is an error (the whole study, also
+    trials that errored in an earlier run)."""
+    if table is None or table.empty or "status" not in table:
+        return []
+    last = table.groupby("trial_id", sort=False).tail(1)
+    return [f"{r.arm} {r.trial_id} seed {r.seed}: {str(r.error or 'error')[:200]}"
+            for r in last[last.status == "error"].itertuples()]

@@ -13,27 +13,35 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..config import resolve_config
+from ..registry import ConfigError
 from .reporting import in_tune_session, make_reporter
 from .settings import TrialSettings
-from .state import load_checkpoint, save_checkpoint
+from .state import config_changes, describe_changes, load_checkpoint, plain_config, save_checkpoint
 from .trial import Trial
 
 
 class Progress:
-    """Where a run stands: the next epoch, the wall time so far, the last validation, past reports."""
+    """Where a run stands: the next epoch, the wall time so far, the last validation, past reports;
+    ``config`` is the resolved configuration (plain values), saved with every checkpoint."""
 
-    def __init__(self):
+    def __init__(self, config: dict | None = None):
         self.start_epoch, self.wall_s, self.last_val, self.history = 1, 0.0, {}, []
+        self.config = config
 
     def restore(self, trial: Trial, reporter) -> None:
         """Continue from the reporter's checkpoint, if any. In Tune, every epoch up to it is reported
         again: the driver writes results to a staging folder and copies them to the study folder in
         the background, so a driver killed after recording the checkpoint can leave the stored results
-        some epochs behind it. The table keeps one row per epoch (the original where it exists)."""
+        some epochs behind it. The table keeps one row per epoch (the original where it exists).
+        A checkpoint made with a different configuration is refused (ConfigError), see
+        :func:`check_same_config`; one without a recorded configuration (older versions) is not checked."""
         with reporter.restore_dir() as restore:
             if restore is None:
                 return
             state = load_checkpoint(restore, map_location=trial.runtime.device)
+            if self.config is not None and "config" in state:
+                check_same_config(state["config"], self.config, reporter)
             trial.load_state_dict(state)
             self.start_epoch, self.wall_s, self.last_val = state["epoch"] + 1, state["wall_s"], state["last_val"]
             self.history = list(state["reports"]) if "reports" in state else [state["report"]] if "report" in state else []
@@ -42,8 +50,34 @@ class Progress:
                 reporter.report({**past, "replayed": True})
 
     def checkpoint_state(self, trial: Trial, epoch: int) -> dict:
-        return {**trial.state_dict(), "epoch": epoch, "wall_s": self.wall_s, "last_val": self.last_val,
-                "reports": self.history}
+        state = {**trial.state_dict(), "epoch": epoch, "wall_s": self.wall_s, "last_val": self.last_val,
+                 "reports": self.history}
+        if self.config is not None:
+            state["config"] = self.config
+        return state
+
+
+def check_same_config(saved: dict, current: dict, reporter=None) -> None:
+    """Raise ConfigError naming up to three settings (``miner.name: asms → ms``) when the checkpoint's
+    configuration differs from the current one in anything but the settings a resume may change
+    (``state.RESUME_MAY_DIFFER``: epochs, evaluation, checkpoint cadence, device, workers, cache,
+    data location). Standalone, the fix is another checkpoint folder or deleting this one. Inside
+    Ray Tune a trial is restored with its own configuration, so there it never triggers.
+
+    The recorded configuration is resolved again first, so a parameter added since the checkpoint
+    was made compares at its default rather than as missing."""
+    try:
+        saved = plain_config(resolve_config(saved, where="checkpoint"))
+    except (ValueError, TypeError, KeyError, AttributeError):  # ConfigError is a ValueError
+        pass  # recorded by a version whose settings no longer validate: compare them as they are
+    changes = config_changes(saved, current)
+    if not changes:
+        return
+    root = getattr(reporter, "checkpoint_root", None)
+    where, fix = ((f"the checkpoint in {root}", f"use another --checkpoint-dir or delete {root} to start from scratch")
+                  if root else ("the trial's checkpoint", "delete it to restart the trial from scratch"))
+    raise ConfigError(f"{where} was made with a different configuration ({describe_changes(changes)}); "
+                      f"refusing to resume: {fix}")
 
 
 def _evaluate_epoch(trial: Trial, progress: Progress, report: dict, epoch: int) -> None:
@@ -75,10 +109,11 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
     Inside a Ray Tune trial, reports and checkpoints go to Tune; standalone, a line per epoch is
     printed and, with ``checkpoint_root``, checkpoints are kept there and a rerun resumes from them.
     """
-    settings = TrialSettings.resolve(config)
+    resolved = resolve_config(config)
+    settings = TrialSettings.from_resolved(resolved)
     reporter = reporter or make_reporter(checkpoint_root, settings.eval.metric)
     trial = Trial(settings)
-    progress = Progress()
+    progress = Progress(plain_config(resolved))
     progress.restore(trial, reporter)
     gpu_fraction = reporter.gpu_fraction() if trial.runtime.device.type == "cuda" else 0.0
     report: dict = {}

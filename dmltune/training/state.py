@@ -1,16 +1,19 @@
 """Seeding, random-number-generator state, and the checkpoint a trial resumes from.
 
 A checkpoint holds exactly what resume needs: model, optimizer and scheduler state, the sampler's
-position, every RNG state, λ of the meta generator, the running history of metrics and the epoch.
+position, every RNG state, λ of the meta generator, the running history of metrics and the epoch,
+and the resolved configuration it was made with (plain values): a resume under a configuration that
+differs in more than ``RESUME_MAY_DIFFER`` is refused (``loop.check_same_config``).
 It is written with ``torch.save`` and read back with ``torch.load(weights_only=True)``, so it
 contains only tensors and plain Python containers.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -63,10 +66,72 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
 def load_checkpoint(directory: Path, map_location="cpu") -> dict[str, Any]:
     path = Path(directory) / CHECKPOINT_FILE
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is missing; delete the trial's checkpoint folder to restart it")
+        raise CheckpointError(f"checkpoint {path} is missing; to run the trial again from scratch, "
+                              "`dmltune resume STUDY_DIR --retry-errored` (standalone: delete the checkpoint folder)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated or corrupt file
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(err).__name__}); delete it to restart the trial from scratch"
+            f"checkpoint {path} cannot be read ({type(err).__name__}); to run the trial again from scratch, "
+            "`dmltune resume STUDY_DIR --retry-errored` (standalone: delete the checkpoint folder)"
         ) from None
+
+
+# Settings a resumed run may change: they say where and how long it runs, how often it is evaluated and
+# checkpointed, and where the data lies, not what is trained. Anything else differing from the
+# configuration a checkpoint was made with (miner, loss, model, data split, optimizer, batches, seed,
+# amp, ...) refuses the resume: the old state would silently go on training under new settings.
+RESUME_MAY_DIFFER = (
+    "train.epochs", "train.checkpoint_every", "train.device", "train.workers", "train.cache", "train.cache_gb",
+    "eval", "dataset.root", "dataset.download",
+)
+
+
+def plain_config(value: Any) -> Any:
+    """``value`` as plain containers (dicts with str keys, lists) of str, int, float, bool and None, as
+    ``torch.load(weights_only=True)`` reads back; tuples become lists, scalars (numpy, 0-dim tensors)
+    Python numbers, anything else its repr."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain_config(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_config(v) for v in value]
+    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+        return plain_config(value.item())
+    if isinstance(value, np.ndarray):
+        return plain_config(value.tolist())
+    return repr(value)
+
+
+def _may_differ(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in RESUME_MAY_DIFFER)
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` of every setting that differs between two plain configs,
+    except those a resume may change (``RESUME_MAY_DIFFER``); a missing key reads as ``<absent>``. When
+    a component's ``name`` differs, only the name is listed (its parameters differ with it)."""
+    if prefix and _may_differ(prefix):
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        if "name" in old and "name" in new and old["name"] != new["name"]:  # another component: its
+            return [(f"{prefix}.name" if prefix else "name", old["name"], new["name"])]  # parameters follow
+        changes = []
+        for key in list(old) + [k for k in new if k not in old]:
+            changes += config_changes(old.get(key, "<absent>"), new.get(key, "<absent>"),
+                                      f"{prefix}.{key}" if prefix else str(key))
+        return changes
+    same = old == new or (isinstance(old, float) and isinstance(new, float) and math.isnan(old) and math.isnan(new))
+    return [] if same else [(prefix or "config", old, new)]
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]], most: int = 3) -> str:
+    """``miner.name: asms → ms, train.lr: 0.001 → 0.01 (and 2 more)``."""
+    text = ", ".join(f"{key}: {_short(old)} → {_short(new)}" for key, old, new in changes[:most])
+    return text + (f" (and {len(changes) - most} more)" if len(changes) > most else "")

@@ -1,0 +1,108 @@
+"""What a running study prints: a line per running trial as its epochs finish, and one per finished trial.
+
+    grid gamma_pos=0.1 seed 0: epoch 3/10, val/map@r 0.5123, 812 img/s · study 14/63 epochs, ETA 2 min
+    [4/21] grid gamma_pos=0.1 seed 0 ok: val/map@r 0.5412 (10 epochs) · 95 s
+
+Epoch lines come at most every ``interval`` seconds per trial (and always for a trial's last epoch);
+they are plain lines, so a log file reads like the terminal. The counters cover the whole study:
+trials and epochs that finished in an earlier run count as done from the start, so a resumed study
+continues at ``[k+1/N]``. Ray Tune pickles a run's callbacks (and a restored experiment brings back
+its old ones), so a callback holds only a key into this module's table of live progress objects.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+_LIVE: dict[int, "Progress"] = {}
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _trial_label(arm_name: str, paths, trial) -> str:
+    searched = ""
+    for path in paths:
+        node = trial.config
+        for key in path:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        value = f"{node:.4g}" if isinstance(node, float) else node
+        searched += f" {path[-1]}={value}"
+    return f"{arm_name}{searched} seed {trial.config.get('seed')}"
+
+
+class Progress:
+    """Study-wide counters and the lines; ``callback(arm)`` gives the Tune callback of one arm."""
+
+    def __init__(self, total_trials: int, total_epochs: int, metric: str, done_trials: int = 0,
+                 done_epochs: int = 0, interval: float = 10.0, stream=None):
+        self.total, self.done, self.metric = total_trials, done_trials, metric
+        self.total_epochs, self.done_epochs, self.epochs_at_start = total_epochs, done_epochs, done_epochs
+        self.interval, self.stream = interval, stream
+        self.started = time.perf_counter()
+        self.last_line: dict[str, float] = {}
+        self.key = id(self)
+        _LIVE[self.key] = self
+
+    def close(self) -> None:
+        _LIVE.pop(self.key, None)
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stdout, flush=True)
+
+    def callback(self, arm, epochs: int):
+        from ray.tune import Callback
+
+        key, arm_name, paths = self.key, arm.name, [p for p, _ in arm.domains]
+
+        class _Lines(Callback):
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                if key in _LIVE and not result.get("replayed"):
+                    _LIVE[key].epoch(_trial_label(arm_name, paths, trial), trial.trial_id, result, epochs)
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                if key in _LIVE:
+                    _LIVE[key].finished(_trial_label(arm_name, paths, trial), trial, "ok", epochs)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                if key in _LIVE:
+                    _LIVE[key].finished(_trial_label(arm_name, paths, trial), trial, "error", epochs)
+
+        return _Lines()
+
+    def eta(self) -> str:
+        ran = self.done_epochs - self.epochs_at_start
+        elapsed = time.perf_counter() - self.started
+        if ran <= 0 or self.done_epochs >= self.total_epochs:
+            return ""
+        return f", ETA {duration(elapsed / ran * (self.total_epochs - self.done_epochs))}"
+
+    def epoch(self, label: str, trial_id: str, result: dict, epochs: int) -> None:
+        self.done_epochs += 1
+        now, epoch = time.perf_counter(), result.get("epoch", 0)
+        if now - self.last_line.get(trial_id, -1e9) < self.interval and epoch != epochs:
+            return
+        self.last_line[trial_id] = now
+        value = result.get(self.metric)
+        shown = f"{self.metric} {value:.4f}" if isinstance(value, float) and value == value else f"{self.metric} –"
+        speed = result.get("images_per_s")
+        speed_text = f", {speed:.0f} img/s" if isinstance(speed, (int, float)) else ""
+        self._print(f"  {label}: epoch {epoch}/{epochs}, {shown}{speed_text} · study "
+                    f"{min(self.done_epochs, self.total_epochs)}/{self.total_epochs} epochs{self.eta()}")
+
+    def finished(self, label: str, trial, outcome: str, epochs: int) -> None:
+        self.done += 1
+        last = trial.last_result or {}
+        self.done_epochs += max(0, epochs - int(last.get("epoch", 0) or 0))  # stopped early: none to come
+        status = last.get("status", outcome) if outcome == "ok" else outcome
+        value = last.get(self.metric)
+        shown = f"{self.metric} {value:.4f}" if isinstance(value, float) else "no result"
+        elapsed = time.perf_counter() - self.started
+        self._print(f"[{self.done}/{self.total}] {label} {status}: {shown} ({last.get('epoch', 0)} epochs) · "
+                    f"{elapsed:.0f} s")

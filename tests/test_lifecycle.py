@@ -1,0 +1,221 @@
+"""The study folder's life, with real processes: one owner at a time, honest exit codes, a lost
+worker recorded as an error and run again on request, reruns that never mix two plans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+STUDY = {
+    "name": "life",
+    "seeds": [0],
+    "resources": {"cpu": 1},
+    "concurrency": 1,
+    "retries": 0,
+    "dataset": {"name": "digits", "val_fraction": 0.4},
+    "model": {"backbone": "small_cnn", "dim": 8, "freeze_bn": False},
+    "train": {"epochs": 1, "batch_size": 12, "k": 4, "lr": 0.001, "batches_per_epoch": 2, "workers": 0},
+    "eval": {"metric": "map@r", "nmi": False, "similarity_bins": 0},
+    "arms": [{"name": "grid", "miner": {"name": "asms", "gamma_pos": {"grid": [0.0, 0.1]}},
+              "loss": {"name": "soft_contrastive"}}],
+}
+
+
+def write(tmp_path, **changes) -> str:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, **changes}))
+    return str(path)
+
+
+def dmltune(tmp_path, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "dmltune", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def final_rows(folder):
+    return pd.read_parquet(folder / "trials.parquet").groupby("trial_id").tail(1)
+
+
+def running_trial_workers(driver_pid: int) -> list:
+    import psutil
+
+    found = []
+    for child in psutil.Process(driver_pid).children(recursive=True):
+        try:
+            if child.name().startswith("ray::ImplicitFunc") and ".train" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_one_owner_a_lost_worker_is_an_error_exit_1_and_retry_errored_runs_it_again(tmp_path):
+    """A second driver is refused; a killed worker (retries: 0) leaves an error with its reason and exit 1;
+    a trial that errors on resume stays errored until `resume --retry-errored` runs it from scratch."""
+    epochs = 30
+    path = write(tmp_path, train={**STUDY["train"], "epochs": epochs, "batches_per_epoch": 20},
+                 eval={**STUDY["eval"], "every": 10},
+                 arms=[{"name": "one", "miner": {"name": "asms"}, "loss": {"name": "soft_contrastive"}}])
+    folder = tmp_path / "results" / "life"
+    driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", path], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in driver.stdout:  # the trial is training
+            if f"epoch 1/{epochs}" in line:
+                break
+        workers = []
+        deadline = time.time() + 60
+        while not workers and time.time() < deadline:
+            workers = running_trial_workers(driver.pid)
+            time.sleep(0.2)
+        assert workers, "no running trial worker found"
+        for worker in workers:  # paused, so the first driver is surely still running
+            worker.suspend()
+        second = dmltune(tmp_path, "run", path, timeout=120)  # a second driver on the same folder
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stdout + second.stderr
+        assert f"pid {driver.pid}" in second.stderr and socket.gethostname() in second.stderr
+        for worker in workers:  # the worker dies, as with a lost node; retries: 0
+            worker.send_signal(signal.SIGKILL)
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 1, out[-2000:] + err[-2000:]
+    assert "1 trial(s) ended in error" in err and "--retry-errored" in err
+    rows = final_rows(folder)
+    assert list(rows.status) == ["error"] and "did not finish" in rows.error.iloc[0]  # with its reason
+    states = list(folder.glob("one/*/checkpoint_*/trial_state.pt"))
+    assert states
+    for state in states:  # and its checkpoint is damaged: resuming it fails, as a trial error
+        state.write_bytes(b"not a checkpoint")
+    plain = dmltune(tmp_path, "resume", str(folder))
+    assert plain.returncode == 1 and "cannot be read" in plain.stderr and "--retry-errored" in plain.stderr
+    assert dmltune(tmp_path, "resume", str(folder)).returncode == 1  # a plain resume leaves it errored
+    retried = dmltune(tmp_path, "resume", str(folder), "--retry-errored")  # from scratch
+    assert retried.returncode == 0, retried.stdout[-2000:] + retried.stderr[-2000:]
+    rows = final_rows(folder)
+    assert list(rows.status) == ["ok"] and (rows.epoch == epochs).all()
+
+
+@pytest.mark.slow
+def test_reruns_never_mix_two_plans(tmp_path):
+    path = write(tmp_path)
+    folder = tmp_path / "results" / "life"
+    first = dmltune(tmp_path, "run", path)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    again = dmltune(tmp_path, "run", path)  # unchanged: nothing runs, and it says so
+    assert again.returncode == 0 and "every trial of study 'life' is already done (2 trials)" in again.stdout
+    assert "[1/2]" not in again.stdout
+    changed = dmltune(tmp_path, "run", path, "--set", "seeds=[0, 1]")
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1
+    assert "seeds: [0] → [0, 1]" in changed.stderr and "--fresh" in changed.stderr and "resume" in changed.stderr
+    assert yaml.safe_load((folder / "study.yaml").read_text())["seeds"] == [0]  # the record is untouched
+    fresh = dmltune(tmp_path, "run", path, "--set", "seeds=[0, 1]", "--fresh")
+    assert fresh.returncode == 0, fresh.stdout[-2000:] + fresh.stderr[-2000:]
+    aside = [p for p in folder.parent.iterdir() if p.name.startswith("life.old-")]
+    assert len(aside) == 1 and (aside[0] / "trials.parquet").is_file()  # moved aside, not deleted
+    assert len(final_rows(aside[0])) == 2 and len(final_rows(folder)) == 4
+    assert yaml.safe_load((folder / "study.yaml").read_text())["seeds"] == [0, 1]
+
+
+def test_a_missing_reference_arm_is_an_error_that_names_it():
+    from synthetic_study import example_table
+
+    from dmltune.analysis import study_table
+    from dmltune.analysis.compare import resolve_settings
+    from dmltune.registry import ConfigError
+
+    table = example_table()
+    source = {"name": "s", "seeds": [0, 1, 2], "arms": [{"name": a} for a in dict.fromkeys(table.arm)]}
+    assert resolve_settings(study_table(table, source))["reference"] == "ddtas"
+    shrunk = study_table(table[table.arm != "ddtas"], source)  # its folder was deleted, say
+    with pytest.raises(ConfigError, match="reference arm 'ddtas'.*no trials"):
+        resolve_settings(shrunk)  # never silently another arm (ms_simp would be the last single one left)
+
+
+def test_validate_checks_resources_against_this_machine(tmp_path, monkeypatch, capsys):
+    import dmltune.study.runner as runner
+    from dmltune.cli import main
+
+    path = write(tmp_path, resources={"cpu": 1, "gpu": 0.5})
+    monkeypatch.setattr(runner, "local_resources", lambda: {"CPU": 2, "GPU": 0})
+    assert main(["validate", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "0.5 GPU per trial, but this machine has no GPU" in err and "gpu: 0" in err
+    monkeypatch.setattr(runner, "local_resources", lambda: {"CPU": 2, "GPU": 1})
+    assert main(["validate", path]) == 0
+    assert main(["validate", path, "--set", "resources.cpu=3"]) == 2
+    assert "resources.cpu = 3 per trial, but this machine has 2 CPUs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_refuses_a_gpu_request_the_cluster_cannot_meet_instead_of_hanging(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = dmltune(tmp_path, "run", write(tmp_path, resources={"cpu": 1, "gpu": 1}), timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "has no GPU" in proc.stderr and not (tmp_path / "results" / "life" / "study.yaml").exists()
+
+
+@pytest.mark.slow
+def test_a_driver_whose_study_folder_is_deleted_stops_with_that_message(tmp_path):
+    import shutil
+
+    path = write(tmp_path, train={**STUDY["train"], "epochs": 30, "batches_per_epoch": 20},
+                 eval={**STUDY["eval"], "every": 10})
+    folder = tmp_path / "results" / "life"
+    driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", path], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in driver.stdout:
+            if "epoch 1/30" in line:
+                break
+        workers = running_trial_workers(driver.pid)
+        for worker in workers:
+            worker.suspend()
+        shutil.rmtree(folder, ignore_errors=True)
+        for worker in workers:
+            worker.resume()
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 1, out[-2000:] + err[-2000:]
+    assert f"the study folder {folder} was deleted while the study ran; stopped" in err
+    assert "Traceback" not in err
+
+
+def test_a_full_or_read_only_disk_stops_the_study_with_one_line(tmp_path):
+    import errno
+    from types import SimpleNamespace
+
+    from dmltune.interruption import StudyFailed
+    from dmltune.study.runner import _fit
+
+    class Tuner:
+        def __init__(self, code):
+            self.code = code
+
+        def fit(self):
+            try:
+                raise OSError(self.code, os.strerror(self.code), str(tmp_path / "grid" / "result.json"))
+            except OSError as err:
+                raise RuntimeError("Tune's own wrapper") from err  # (Tune wraps it, or unpickles garbage after it)
+
+    study, arm = SimpleNamespace(directory=tmp_path), SimpleNamespace(name="grid")
+    for code, words in ((errno.ENOSPC, "no space left"), (errno.EROFS, "read-only file system")):
+        with pytest.raises(StudyFailed, match=f"{words} on {tmp_path}/grid/result.json.*dmltune resume {tmp_path}"):
+            _fit(Tuner(code), study, arm)
+    with pytest.raises(RuntimeError):  # anything else is not hidden
+        _fit(SimpleNamespace(fit=lambda: (_ for _ in ()).throw(RuntimeError("other"))), study, arm)
