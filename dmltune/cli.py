@@ -1,9 +1,9 @@
 """Command line: ``python -m dmltune <command>``.
 
-Commands so far: ``train`` (one configuration, standalone), ``list`` (every registered component
-with its parameters, defaults and ranges) and ``demo`` (a short CPU comparison of fixed and
-adaptive thresholds on scikit-learn's digits).
-Configuration mistakes end with a one-line message on stderr and exit code 2.
+Commands: ``run``, ``resume``, ``validate`` and ``report`` (studies), ``train`` (one configuration,
+standalone), ``list`` (every component and setting with its parameters) and ``demo``. Exit codes:
+0 done, 1 some trials errored (or the study could not go on), 2 bad input (one line on stderr, before
+anything runs), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,96 +12,8 @@ import argparse
 import sys
 
 from .interruption import StudyFailed, StudyInterrupted
+from .listing import _list_groups, format_params, format_registry  # noqa: F401 (also importable from here)
 from .registry import ConfigError, Registry
-
-
-def _registries() -> list[Registry]:
-    from .data import DATASETS
-    from .generation import GENERATORS
-    from .models import BACKBONES
-    from .pairs import LOSSES, MINERS
-
-    return [MINERS, LOSSES, GENERATORS, BACKBONES, DATASETS]
-
-
-def _sections() -> list[tuple]:
-    """Configuration sections ``dmltune list`` shows: (names of the group, title, declaration)."""
-    from .config import EVAL, META, TRAIN
-    from .data.transforms import TRANSFORM
-    from .models.embedding import MODEL
-    from .study.schema import ASHA, SEARCH, STUDY
-
-    return [
-        (("model",), "model (the embedding model)", MODEL),
-        (("transform", "dataset.transform"), "dataset.transform (image size and augmentation)", TRANSFORM),
-        (("train",), "train (optimisation, batches, checkpoints, device)", TRAIN),
-        (("eval",), "eval (evaluation cadence and metrics)", EVAL),
-        (("meta", "lam", "loss.lam.meta"), "loss.lam.meta (meta-learned threshold λ)", META),
-        (("study",), "study (top-level keys of a study file)", STUDY),
-        (("search", "arms.search"), "arms[].search (how an arm's search domains are explored)", SEARCH),
-        (("asha", "search.scheduler.asha"), "arms[].search.scheduler.asha (early stopping)", ASHA),
-    ]
-
-
-# widest a column of `dmltune list` grows before its text wraps (name and type never wrap)
-_DEFAULT_WIDTH, _RANGE_WIDTH, _MIN_HELP_WIDTH = 20, 24, 36
-
-
-def _list_width() -> int:
-    import shutil
-
-    return max(80, min(shutil.get_terminal_size((120, 24)).columns, 160))  # 120 when piped
-
-
-def _wrap(text: str, width: int, break_long_words: bool = True) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=break_long_words) or [""]
-
-
-def format_params(title: str, components: list[tuple[str | None, str, tuple]], width: int | None = None) -> str:
-    """A listing: ``title:``, then per component its name and summary (when named) and one row per
-    parameter: name, type, default, valid range, help. Column widths come from the content (default
-    and range capped, wrapping inside their column), so every row lines up; help wraps at ``width``."""
-    width = width or _list_width()
-    params = [p for _, _, ps in components for p in ps]
-    indent = 4 if any(name for name, _, _ in components) else 2
-    name_w = max([len(n) + 2 for n, _, _ in components if n] + [len(p.name) + indent for p in params] + [0])
-    kind_w = max([len(p.kind.__name__) for p in params] + [0])
-    default_w = min(max([len(f"default {p.default!r}") for p in params] + [0]), _DEFAULT_WIDTH)
-    range_w = min(max([len(p.describe_range()) for p in params] + [0]), _RANGE_WIDTH)
-    help_col = name_w + 2 + kind_w + 2 + default_w + 2 + range_w + 2
-    help_w = max(width - help_col, _MIN_HELP_WIDTH)
-    lines = [f"{title}:"]
-    for name, summary, ps in components:
-        if name:
-            text = _wrap(summary, max(width - name_w - 2, _MIN_HELP_WIDTH))
-            lines.append(f"  {name:<{name_w - 2}}  {text[0]}".rstrip())
-            lines += [" " * (name_w + 2) + t for t in text[1:]]
-        for p in ps:
-            default, help = _wrap(f"default {p.default!r}", default_w, break_long_words=False), p.help
-            if any(len(piece) > default_w for piece in default):  # one long word (a path): it opens the help
-                default, help = ["default →"], f"= {p.default!r}; {p.help}"
-            cells = [[" " * indent + p.name], [p.kind.__name__], default, _wrap(p.describe_range(), range_w),
-                     _wrap(help, help_w)]
-            widths = (name_w, kind_w, default_w, range_w, help_w)
-            for row in range(max(len(c) for c in cells)):
-                parts = [(c[row] if row < len(c) else "").ljust(w) for c, w in zip(cells, widths)]
-                lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
-
-
-def format_registry(registry: Registry, width: int | None = None) -> str:
-    """Human-readable listing of one registry: name, summary and each parameter."""
-    return format_params(registry.plural, [(name, registry[name].help, registry[name].params) for name in registry],
-                         width)
-
-
-def _list_groups() -> list[tuple]:
-    """(names that select the group, its listing) of every group ``dmltune list`` knows."""
-    groups = [((r.plural, r.kind), r) for r in _registries()]
-    groups += [(names, (title, component)) for names, title, component in _sections()]
-    return groups
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -142,7 +54,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .study import load_study
     from .study.runner import plan_lines
 
-    from .study.runner import check_resources, cluster_resources, local_resources
+    from .study.resources import check_resources, local_resources
+    from .study.runner import cluster_resources
 
     study = load_study(args.study, args.set, scan_data=not args.no_data_scan)
     if args.address:
@@ -200,7 +113,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .study import load_study
-    from .study.runner import STUDY_RECORD, plan_lines, run_study
+    from .study.lifecycle import STUDY_RECORD
+    from .study.runner import plan_lines, run_study
 
     record = Path(args.study_dir) / STUDY_RECORD
     if not record.is_file():
@@ -249,17 +163,8 @@ def _file_command(sub, name: str, func, help: str, file: str, file_help: str) ->
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dmltune", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("list", help="list components (miners, losses, ...) and configuration sections (train, eval, "
-                       "...) with each parameter's type, default, range and meaning")
-    p.add_argument("kind", nargs="?", metavar="GROUP",
-                   help="only this group: miners, losses, generations, backbones, datasets (components); model, "
-                        "transform, train, eval, meta (loss.lam.meta), study, search, asha (settings); default: all")
-    p.set_defaults(func=cmd_list)
-
+def _add_study_commands(sub) -> None:
+    """run, resume, validate, report."""
     p = _file_command(sub, "run", cmd_run, "validate a study file, then run every arm with Ray Tune",
                       "study", "study YAML file")
     p.add_argument("--address", help="Ray cluster to join (auto or HOST:PORT); default: start Ray in-process")
@@ -293,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true", help="write report.md and tables/ without drawing figures")
     p.set_defaults(func=cmd_report)
 
+
+def _add_training_commands(sub) -> None:
+    """train, demo."""
     p = _file_command(sub, "train", cmd_train, "train one configuration standalone, one line per epoch",
                       "config", "YAML file with the sections dataset, model, miner, loss, train, eval, seed")
     p.add_argument("--checkpoint-dir", help="keep checkpoints here; rerunning the same command resumes (with more "
@@ -303,6 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=2, metavar="N",
                    help="seeds 0 .. N−1 per arm, ≥ 1; the spread (± sd) needs 2 or more (default 2)")
     p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmltune", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list components (miners, losses, ...) and configuration sections (train, eval, "
+                       "...) with each parameter's type, default, range and meaning")
+    p.add_argument("kind", nargs="?", metavar="GROUP",
+                   help="only this group: miners, losses, generations, backbones, datasets (components); model, "
+                        "transform, train, eval, meta (loss.lam.meta), study, search, asha (settings); default: all")
+    p.set_defaults(func=cmd_list)
+
+    _add_study_commands(sub)
+    _add_training_commands(sub)
     return parser
 
 

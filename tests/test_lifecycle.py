@@ -143,7 +143,7 @@ def test_a_missing_reference_arm_is_an_error_that_names_it():
 
 
 def test_validate_checks_resources_against_this_machine(tmp_path, monkeypatch, capsys):
-    import dmltune.study.runner as runner
+    import dmltune.study.resources as runner
     from dmltune.cli import main
 
     path = write(tmp_path, resources={"cpu": 1, "gpu": 0.5})
@@ -219,3 +219,15 @@ def test_a_full_or_read_only_disk_stops_the_study_with_one_line(tmp_path):
             _fit(Tuner(code), study, arm)
     with pytest.raises(RuntimeError):  # anything else is not hidden
         _fit(SimpleNamespace(fit=lambda: (_ for _ in ()).throw(RuntimeError("other"))), study, arm)
+
+
+def test_a_report_of_an_unfinished_study_says_so_at_its_top(tmp_path):
+    from types import SimpleNamespace
+
+    from dmltune.analysis.completeness import unfinished_note
+
+    half = SimpleNamespace(source=STUDY, final=pd.DataFrame({"trial_status": ["TERMINATED", "RUNNING"]}))
+    note = unfinished_note(half, tmp_path)
+    assert "not finished: 1 of its 2 planned trials" in note and f"dmltune resume {tmp_path}" in note
+    done = SimpleNamespace(source=STUDY, final=pd.DataFrame({"trial_status": ["TERMINATED", "ERROR"]}))
+    assert unfinished_note(done, tmp_path) == ""

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from .compare import Analysis, analyse
+from .completeness import unfinished_note
 from .formatting import (FEW_SEEDS_FOOTNOTE, bracket, cost, count, few_seeds_mark, gap_text, interval_text,
                          markdown_table, number, seeds_needed_text)
 from .selection import configurations
@@ -183,33 +184,6 @@ def write_tables(a: Analysis, folder: Path) -> None:
             folder / f"configurations_{arm}.csv", index=False)
 
 
-def planned_trials(source: dict) -> int | None:
-    """Trials the study file plans (every arm × seed), or None without a usable record."""
-    from ..study.schema import parse_study
-
-    try:
-        study = parse_study(source, check_data=False)
-    except Exception:  # an old or hand-edited record: nothing to compare with
-        return None
-    return sum(arm.trials_per_seed * len(study.seeds) for arm in study.arms)
-
-
-def unfinished_note(st, folder: Path) -> str:
-    """A warning for the top of the report when the study has fewer finished trials than it plans
-    (it was interrupted, or is still running)."""
-    planned = planned_trials(st.source)
-    final = st.final
-    if "trial_status" in final:
-        finished = int(final["trial_status"].isin(["TERMINATED", "ERROR"]).sum())
-    else:
-        finished = int(final["status"].isin(["ok", "diverged", "error"]).sum())
-    if planned is None or finished >= planned:
-        return ""
-    return (f"**This study is not finished: {finished} of its {planned} planned trials have a result** (it was "
-            f"interrupted, or is still running). Every number below covers the finished trials only; "
-            f"`dmltune resume {folder}` completes it.\n")
-
-
 def render(a: Analysis, figures: dict[str, Path], folder: Path) -> str:
     st, s = a.table, a.settings
     conf = int(round(100 * s["confidence"]))
@@ -217,7 +191,7 @@ def render(a: Analysis, figures: dict[str, Path], folder: Path) -> str:
     few = bool(a.summary.few_seeds.any()) or any(0 < n < 3 for n in a.match.get("seeds", []))
     parts = [
         f"# Study {st.name}\n",
-        *([unfinished_note(st, folder)] if unfinished_note(st, folder) else []),
+        unfinished_note(st, folder),
         *([f"**The reference {a.reference} is a searched arm.** It is compared through its cross-fitted values "
            "(each seed's value of the configuration selected on the other seeds), which removes the winner's "
            "curse but controls the verdicts' error rates only approximately (docs/analysis.md). Prefer a "
