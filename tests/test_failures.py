@@ -151,6 +151,8 @@ def test_killed_driver_then_resume_loses_nothing(tmp_path, lost_checkpoint):
     resumed = subprocess.run([sys.executable, "-m", "dmltune", "resume", str(folder)], cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    tally = [line.split("]")[0] + "]" for line in resumed.stdout.splitlines() if line.startswith("[")]
+    assert tally and "[1/3]" not in tally and tally[-1] == "[3/3]", resumed.stdout  # the finished trial counts
     table = pd.read_parquet(folder / "trials.parquet")
     assert table.trial_id.nunique() == 3 and (table.status == "ok").all(), table.error.dropna().unique()
     per_trial = table.groupby("trial_id").epoch.apply(sorted)

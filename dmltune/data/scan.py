@@ -4,8 +4,9 @@
 ``folder`` dataset) and, with ``check_files`` (the default), checks it; ``scan_image_files(paths,
 max_pixels)`` runs the per-file checks on the images a dataset's listing names (CUB200, Cars196,
 SOP, In-Shop). Either raises a one-line :class:`~dmltune.registry.ConfigError` that names the
-offending file or folder and says how to fix it. ``open_image`` is the one place dmltune opens an
-image; the decoder of the training-time cache uses it too, so both enforce the same pixel cap.
+offending file or folder and says how to fix it. The per-image check (``check_image``, and
+``open_image``, the one place dmltune opens an image) lives in :mod:`dmltune.data.image_check`;
+the decoder of the training-time cache uses ``open_image`` too, so both enforce the same pixel cap.
 
 Per image, the scan opens the file with PIL, which parses the header only (nothing is decoded),
 and calls ``Image.verify()``: for JPEG that reads nothing more, for PNG it walks the chunks and
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,22 +44,11 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..registry import ConfigError
-
-DEFAULT_MAX_PIXELS = 89_478_485
-"""dmltune's cap on the pixels of one image: PIL's own ``Image.MAX_IMAGE_PIXELS`` (about 89.5 MP,
-a 256 MiB RGB image when decoded). CUB, Cars196, SOP and In-Shop images are far below it."""
+from .image_check import DEFAULT_MAX_PIXELS, ImageProblem, check_image, open_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
-CAP_FIX = "replace it with a smaller copy, or raise the cap with the dataset parameter max_pixels"
-
-
-class ImageProblem(ConfigError):
-    """One image file that cannot be used: ``path``, what is wrong (``problem``) and the ``fix``."""
-
-    def __init__(self, path, problem: str, fix: str):
-        self.path, self.problem, self.fix = str(path), _one_line(problem), fix
-        super().__init__(f"{self.path} {self.problem}; {self.fix}")
+FIX_ROOT = "set dataset.root to the folder that holds one sub-folder of images per class"
 
 
 @dataclass
@@ -80,79 +69,6 @@ class ScanReport:
         if self.largest:
             text += f", largest {self.largest[1]:,} pixels ({self.largest[0]})"
         return text
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _allow_pil(max_pixels: int) -> None:
-    """PIL's process-wide limit at least dmltune's cap, so PIL never refuses (or warns about) an
-    image dmltune allows; dmltune itself refuses every image over its cap right after the header."""
-    from PIL import Image
-
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
-        Image.MAX_IMAGE_PIXELS = int(max_pixels)
-
-
-def open_image(path, max_pixels: int | None = None):
-    """The PIL image of ``path`` with only its header read, refused (:class:`ImageProblem`) when PIL
-    cannot identify it or it has more than ``max_pixels`` pixels (``None``: the default cap)."""
-    from PIL import Image, UnidentifiedImageError
-
-    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
-    _allow_pil(max_pixels)
-    try:
-        img = Image.open(path)
-    except Image.DecompressionBombError as err:  # over twice PIL's own limit: PIL refuses before dmltune looks
-        found = re.search(r"\((\d+) pixels\)", str(err))
-        size = f"{int(found.group(1)):,} pixels" if found else "more pixels than PIL allows"
-        raise ImageProblem(path, f"is {size}, over the cap of {max_pixels:,} pixels (a decompression bomb or an "
-                                 "oversized image)", CAP_FIX) from None
-    except UnidentifiedImageError:
-        raise ImageProblem(path, "is not an image PIL can read (corrupt, truncated, or another format)",
-                           "delete it or replace it with an intact copy") from None
-    except OSError as err:
-        if err.errno is None:  # PIL's own complaint about the data (e.g. "Truncated File Read")
-            raise ImageProblem(path, f"is damaged ({err})", "delete it or replace it with an intact copy") from None
-        raise ImageProblem(path, f"cannot be read ({err.strerror or err})",
-                           "check the file and its permissions") from None
-    w, h = img.size
-    if w * h > max_pixels:
-        img.close()
-        raise ImageProblem(path, f"is {w}×{h} = {w * h:,} pixels, over the cap of {max_pixels:,} pixels "
-                                 "(a decompression bomb or an oversized image)", CAP_FIX)
-    return img
-
-
-def check_image(path: str, max_pixels: int | None = None, fix: str = "delete it or replace it with an intact copy") -> int:
-    """The pixel count of one image file, read from its header; :class:`ImageProblem` when the file
-    is missing, empty, not a regular file, a broken symlink or loop, unreadable, or over the cap."""
-    try:
-        st = os.stat(path)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise ImageProblem(path, "is a symlink loop", "delete the link or point it at a real image") from None
-        if os.path.islink(path):
-            raise ImageProblem(path, f"is a broken symlink (to {os.readlink(path)})",
-                               "delete the link or restore its target") from None
-        if err.errno == errno.ENOENT:
-            raise ImageProblem(path, "not found", "restore the file (re-extract the dataset)") from None
-        raise ImageProblem(path, f"cannot be read ({err.strerror or err})",
-                           "check the file and its permissions") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageProblem(path, "is not a regular file", "remove it or rename it without an image suffix")
-    if st.st_size == 0:
-        raise ImageProblem(path, "is empty (0 bytes)", fix)
-    img = open_image(path, max_pixels)
-    try:
-        w, h = img.size
-        img.verify()  # JPEG: nothing more to read; PNG: chunk CRCs, without decompressing
-    except Exception as err:  # PIL raises several types for damaged data (SyntaxError, struct.error, ...)
-        raise ImageProblem(path, f"is damaged ({type(err).__name__}: {err})", fix) from None
-    finally:
-        img.close()
-    return w * h
 
 
 def _check_all(paths: Sequence[str], max_pixels: int, fix: str, workers: int | None = None) -> tuple[str, int] | None:
@@ -211,6 +127,20 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
+def _visible(folder) -> list[os.DirEntry]:
+    """The entries of ``folder`` by name, without those whose names start with a dot."""
+    with os.scandir(folder) as it:
+        return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+
+
+def _looping(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    return False
+
+
 def scan_image_tree(root, max_pixels: int | None = None, *, dataset: str | None = "folder",
                     suffixes=IMAGE_SUFFIXES, check_files: bool = True, min_per_class: int = 2,
                     workers: int | None = None) -> ScanReport:
@@ -224,78 +154,87 @@ def scan_image_tree(root, max_pixels: int | None = None, *, dataset: str | None 
     """
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     root = Path(root)
-    fix_root = "set dataset.root to the folder that holds one sub-folder of images per class"
+    _check_root(root, dataset)
+    report = ScanReport(root=root, checked=check_files)
+    try:
+        _list_classes(report, suffixes, check_files, min_per_class)
+        if check_files:
+            report.largest = _check_all(report.paths, max_pixels, "delete it or replace it with an intact copy", workers)
+    except ConfigError as err:
+        raise _named(dataset, err) from None
+    return report
+
+
+def _check_root(root: Path, dataset: str | None) -> None:
+    """``root`` exists and is a folder."""
     try:
         st = os.stat(root)
     except OSError as err:
         what = "is a symlink loop" if err.errno == errno.ELOOP else "not found"
-        raise _named(dataset, ConfigError(f"{root} {what}; {fix_root}")) from None
+        raise _named(dataset, ConfigError(f"{root} {what}; {FIX_ROOT}")) from None
     if not stat.S_ISDIR(st.st_mode):
-        raise _named(dataset, ConfigError(f"{root} is a file, not a folder; {fix_root}")) from None
-    real_root = os.path.realpath(root)
+        raise _named(dataset, ConfigError(f"{root} is a file, not a folder; {FIX_ROOT}")) from None
+
+
+def _list_classes(report: ScanReport, suffixes, check_files: bool, min_per_class: int) -> None:
+    """The class folders of ``report.root`` and their images into ``report``; with ``check_files``,
+    an :class:`ImageProblem` for a loop, a duplicate class folder or a class with too few images."""
+    real_root = os.path.realpath(report.root)
     above_root = _ancestors(real_root)
-    report = ScanReport(root=root, checked=check_files)
-
-    def refuse(path, problem, fix):
-        raise _named(dataset, ImageProblem(path, problem, fix))
-
-    with os.scandir(root) as it:
-        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     seen: dict[str, str] = {}  # real path of a class folder -> its name
-    for entry in entries:
+    for entry in _visible(report.root):
         real = _realpath(entry.path) if entry.is_symlink() else os.path.join(real_root, entry.name)
         if entry.is_symlink() and (real is None or real in above_root):
             if check_files:
-                target = os.readlink(entry.path)
-                problem = f"is a symlink loop (to {target})" if real is not None or _looping(entry.path) else \
-                    f"is a broken symlink (to {target})"
-                refuse(entry.path, problem, "delete the link")
+                _refuse_root_link(entry.path, real)
             report.ignored.append(entry.path)
             continue
         if not _is_dir(entry):
             report.ignored.append(entry.path)
             continue
         if check_files and real in seen:
-            refuse(entry.path, f"is the same folder as class folder '{seen[real]}' (a symlink), so its images "
-                               "would have two classes", "delete one of the two")
+            raise ImageProblem(entry.path, f"is the same folder as class folder '{seen[real]}' (a symlink), so its "
+                                           "images would have two classes", "delete one of the two")
         seen[real] = entry.name
-        above_class = _ancestors(real)
-        images = []
-        with os.scandir(entry.path) as files:
-            members = sorted((f for f in files if not f.name.startswith(".")), key=lambda f: f.name)
-        for f in members:
-            if os.path.splitext(f.name)[1].lower() in suffixes and not _is_dir(f):
-                images.append(f.path)
-                continue
-            if check_files and f.is_symlink():
-                target = _realpath(f.path)
-                if (target is None and _looping(f.path)) or (target is not None and target in above_class):
-                    refuse(f.path, f"is a symlink loop (to {os.readlink(f.path)}, a folder that contains it)",
-                           "delete the link")
-            report.ignored.append(f.path)
+        images = _class_images(entry.path, real, report, suffixes, check_files)
         if not images:
             continue
         if check_files and len(images) < min_per_class:
             names = ", ".join(os.path.basename(p) for p in images)
-            refuse(entry.path, f"holds only {len(images)} image{'s' if len(images) != 1 else ''} ({names}); a class "
-                               f"needs at least {min_per_class} to form a positive pair", "add images or remove the folder")
+            raise ImageProblem(entry.path, f"holds only {len(images)} image{'s' if len(images) != 1 else ''} ({names}); "
+                                           f"a class needs at least {min_per_class} to form a positive pair",
+                               "add images or remove the folder")
         report.classes.append(entry.name)
         report.paths.extend(images)
         report.labels.extend([entry.name] * len(images))
-    if check_files:
-        try:
-            report.largest = _check_all(report.paths, max_pixels, "delete it or replace it with an intact copy", workers)
-        except ConfigError as err:
-            raise _named(dataset, err) from None
-    return report
 
 
-def _looping(path: str) -> bool:
-    try:
-        os.stat(path)
-    except OSError as err:
-        return err.errno == errno.ELOOP
-    return False
+def _refuse_root_link(path: str, real: str | None) -> None:
+    """The :class:`ImageProblem` of a symlink in the root that loops (``real``: its target, when it
+    resolves to the root or a folder above it) or is broken (``real`` None, not a loop)."""
+    target = os.readlink(path)
+    problem = f"is a symlink loop (to {target})" if real is not None or _looping(path) else \
+        f"is a broken symlink (to {target})"
+    raise ImageProblem(path, problem, "delete the link")
+
+
+def _class_images(folder: str, real: str, report: ScanReport, suffixes, check_files: bool) -> list[str]:
+    """The image files directly inside one class folder (``real``: its resolved path); the other
+    entries go to ``report.ignored``. With ``check_files``, a symlink inside it that loops back to
+    it or a folder above it is an :class:`ImageProblem`."""
+    above_class = _ancestors(real)
+    images = []
+    for f in _visible(folder):
+        if os.path.splitext(f.name)[1].lower() in suffixes and not _is_dir(f):
+            images.append(f.path)
+            continue
+        if check_files and f.is_symlink():
+            target = _realpath(f.path)
+            if (target is None and _looping(f.path)) or (target is not None and target in above_class):
+                raise ImageProblem(f.path, f"is a symlink loop (to {os.readlink(f.path)}, a folder that contains it)",
+                                   "delete the link")
+        report.ignored.append(f.path)
+    return images
 
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "ImageProblem", "ScanReport", "check_image", "open_image",
