@@ -310,3 +310,10 @@ def test_error_messages_are_always_one_line():
 def test_shipped_studies_still_load():
     for path in sorted((ROOT / "studies").glob("*.yaml")):
         read_yaml(path)
+
+
+def test_a_shared_dataset_mistake_names_the_shared_section_not_the_first_arm(capsys, study_file, tmp_path):
+    missing = tmp_path / "no_such_cub"
+    message = refused(capsys, ["validate", str(study_file()), "--set", "dataset.name=cub200",
+                               "--set", f"dataset.root={missing}"])
+    assert message.startswith("dmltune: error: study (shared by all arms): dataset") and "arm 'a'" not in message

@@ -16,7 +16,7 @@ from ..config import section_mapping
 from ..config_files import apply_overrides, read_yaml
 from ..pairs.coupling import decoupled_notes
 from ..registry import Component, ConfigError, Param, short_repr
-from .arm_config import merge_settings, resolve_domains, resolve_paths, shared_mistake
+from .arm_config import SHARED_WHERE, merge_settings, resolve_domains, resolve_paths, shared_mistake
 from .data_checks import check_arm_data
 from .domains import Domain
 from .top_level_checks import (MAX_NAME, SIMPLE_NAME, check_analysis, check_resources_section,
@@ -174,8 +174,9 @@ def parse_study(raw: dict, check_data: bool = True, scan_data: bool = True) -> S
         arm = _parse_arm(i, arm_raw, shared, {a.name for a in arms})
         where = f"arm '{arm.name}'"
         notes.extend(decoupled_notes(arm.config, where))
-        if check_data:
-            check_arm_data(arm, where, data_cache, scan=scan_data)
+        if check_data:  # a mistake in the shared data settings is named as the shared section's
+            own = isinstance(arm_raw, dict) and any(k in arm_raw for k in ("dataset", "model", "train", "eval"))
+            check_arm_data(arm, where if own else SHARED_WHERE, data_cache, scan=scan_data)
         arms.append(arm)
     check_analysis(raw.get("analysis"), [a.name for a in arms])
     storage = Path(top["storage"]).expanduser().resolve()  # relative to the working directory
