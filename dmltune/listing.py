@@ -21,6 +21,7 @@ def _sections() -> list[tuple]:
     from .data.transforms import TRANSFORM
     from .models.embedding import MODEL
     from .study.schema import ASHA, SEARCH, STUDY
+    from .study.tracking import MLFLOW
 
     return [
         (("model",), "model (the embedding model)", MODEL),
@@ -31,6 +32,7 @@ def _sections() -> list[tuple]:
         (("study",), "study (top-level keys of a study file)", STUDY),
         (("search", "arms.search"), "arms[].search (how an arm's search domains are explored)", SEARCH),
         (("asha", "search.scheduler.asha"), "arms[].search.scheduler.asha (early stopping)", ASHA),
+        (("tracking", "tracking.mlflow"), "tracking.mlflow (optional: log every trial to MLflow)", MLFLOW),
     ]
 
 

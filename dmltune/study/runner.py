@@ -26,6 +26,8 @@ from .lifecycle import StudyLock, write_record
 from .progress import Progress
 from .resources import check_resources
 from .schema import Arm, Study
+from .tracking import describe as tracking_line
+from .tracking import tracking_callbacks
 
 
 
@@ -46,6 +48,8 @@ def plan_lines(study: Study) -> list[str]:
         share = f"   ({arm.gpu(gpu):g} GPU per trial)" if gpu == "auto" else ""
         lines.append(f"  {arm.name:<24} {mode:<15} {n:>4} trials   {searched}{share}")
     lines.append(f"  {'total':<24} {'':<15} {total:>4} trials")
+    if tracking_line(study.tracking):
+        lines.append(tracking_line(study.tracking))
     return lines
 
 
@@ -264,11 +268,14 @@ def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcom
     if done_trials >= total:
         print(f"every trial of study '{study.name}' is already done ({total} trials); nothing to run", flush=True)
     stopper = FolderGone(lock.path)
+    tracking = {arm.name: tracking_callbacks(study.tracking, arm.name, study.name) for arm in study.arms}  # (checks
+    # that the tracking server answers, before any trial)
     try:
         for arm in study.arms:
             for folder, seed_space, searcher_seed in _experiments(study, arm):
                 tuner = _experiment_tuner(study, arm, folder, seed_space, searcher_seed, metric,
-                                          [progress.callback(arm, arm_epochs(arm))], stopper, retry_errored)
+                                          [progress.callback(arm, arm_epochs(arm)), *tracking[arm.name]], stopper,
+                                          retry_errored)
                 _fit(tuner, study, arm)
                 if not lock.folder_present():
                     raise StudyFailed(f"the study folder {study.directory} was deleted while the study ran; stopped "

@@ -21,6 +21,7 @@ from .data_checks import check_arm_data
 from .domains import Domain
 from .top_level_checks import (MAX_NAME, SIMPLE_NAME, check_analysis, check_resources_section,
                                check_seeds, check_simple_name, check_storage, check_value_shapes)
+from .tracking import TRACKING_EXAMPLE, parse_tracking
 
 SHARED = ("dataset", "model", "generation", "train", "eval")
 ARM_KEYS = ("name", "miner", "loss", "search") + SHARED
@@ -37,6 +38,7 @@ STUDY = Component("section", "study", dict, (
       for section in SHARED),
     Param("arms", list, None, nullable=True, help="the arms: name, miner, loss, optional search and overrides"),
     Param("analysis", dict, None, nullable=True, help="{reference, delta, confidence, ...} of the report"),
+    Param("tracking", dict, None, nullable=True, help="{mlflow: {tracking_uri, experiment, tags}}: log every trial to MLflow"),
 ))
 TOP_KEYS = tuple(STUDY.param_names)
 
@@ -89,6 +91,7 @@ class Study:
     retries: int                     # times a failed trial is restarted from its last checkpoint
     source: dict                     # the study as given (after --set), for the record
     notes: list[str] = field(default_factory=list)  # valid but worth a word (e.g. decoupled τ)
+    tracking: dict | None = None     # {"mlflow": {tracking_uri, experiment, tags}} or None (tracking.py)
 
 
 def _arm_search(arm: dict, where: str, epochs: int) -> dict:
@@ -117,6 +120,7 @@ def _top_level(raw: dict) -> dict:
     for section in SHARED:  # the shape of each section first: `train: 5` names the section and its shape
         section_mapping(raw.get(section), section, "study")
     check_value_shapes(raw)
+    section_mapping(raw.get("tracking"), "tracking", "study", TRACKING_EXAMPLE)
     top = STUDY.validate(raw, where="study")
     check_simple_name(top["name"], "study")
     check_storage(top["storage"], top["name"])
@@ -168,6 +172,7 @@ def parse_study(raw: dict, check_data: bool = True, scan_data: bool = True) -> S
     class counts (and weights files); ``scan_data`` (with ``check_data``): also check every image
     file of file-based datasets (header only, :mod:`dmltune.data.scan`); ``--no-data-scan`` clears it."""
     top = _top_level(raw)
+    tracking = parse_tracking(raw.get("tracking"), top["name"])
     shared = {k: raw[k] for k in SHARED if k in raw}
     arms, data_cache, notes = [], {}, []
     for i, arm_raw in enumerate(top["arms"]):
@@ -182,7 +187,7 @@ def parse_study(raw: dict, check_data: bool = True, scan_data: bool = True) -> S
     storage = Path(top["storage"]).expanduser().resolve()  # relative to the working directory
     return Study(name=top["name"], directory=storage / top["name"], seeds=top["seeds"],
                  resources=check_resources_section(raw), concurrency=top["concurrency"], arms=arms,
-                 retries=top["retries"], source=raw, notes=notes)
+                 retries=top["retries"], source=raw, notes=notes, tracking=tracking)
 
 
 def load_study(path: str | Path, overrides=(), check_data: bool = True, scan_data: bool = True) -> Study:

@@ -32,7 +32,6 @@ Nothing here imports Ray or MLflow until a callback is built, so parsing a study
 from __future__ import annotations
 
 import importlib.util
-import math
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -166,6 +165,7 @@ def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
     that fails is a one-line ConfigError. Other stores are local: nothing to check."""
     if not tracking_uri.lower().startswith(("http://", "https://")):
         return
+    import ssl
     import urllib.error
     import urllib.request
 
@@ -177,6 +177,8 @@ def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
         return
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
+        if isinstance(err, ssl.SSLError) or isinstance(reason, ssl.SSLError):
+            return  # it answered; its certificate is for MLflow's own TLS settings to accept
         raise ConfigError(f"study: tracking.mlflow: the MLflow tracking server at {tracking_uri} does not answer "
                           f"({reason}); start it (mlflow server --host 127.0.0.1 --port PORT --backend-store-uri "
                           f"sqlite:///mlflow.db) or fix tracking_uri") from None
@@ -198,115 +200,8 @@ def tracking_callbacks(tracking: dict | None, arm_name: str, study_name: str | N
                               save_artifact=False)]
 
 
-_CLASS = None
-
-
 def _callback_class():
-    """The MLflow logger class, a subclass of Ray's ``MLflowLoggerCallback`` (built on first use so
-    that importing this module needs neither Ray nor MLflow)."""
-    global _CLASS
-    if _CLASS is not None:
-        return _CLASS
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    """The MLflow logger class (its module imports Ray, so it is loaded only when a callback is built)."""
+    from .mlflow_logger import DmltuneMLflowLogger
 
-    class DmltuneMLflowLogger(MLflowLoggerCallback):
-        """Ray's MLflow logger, with valid names, one request per report, epochs as steps and a
-        resumed trial continuing its run (see the module's docstring)."""
-
-        def setup(self, *args, **kwargs):
-            super().setup(*args, **kwargs)
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
-            self._last_epoch: dict = {}   # trial → the last epoch its run has
-
-        def log_trial_start(self, trial):
-            if trial in self._trial_runs:  # restarted in this session (after a failure): same run
-                self._client.update_run(self._trial_runs[trial], status="RUNNING")
-                return
-            run_id, last = self._earlier_run(trial)
-            if run_id is None:
-                seed = trial.config.get("seed") if isinstance(trial.config, Mapping) else None
-                tags = {**self.tags, "trial_name": str(trial), "trial_id": trial.trial_id,
-                        **({"seed": str(seed)} if seed is not None else {})}
-                run = self.mlflow_util.start_run(tags=tags, run_name=f"{tags.get('arm', 'trial')}_{trial.trial_id}")
-                run_id = run.info.run_id
-                self._log_params(run_id, trial.config)
-            else:
-                self._client.update_run(run_id, status="RUNNING")
-            self._trial_runs[trial], self._last_epoch[trial] = run_id, last
-
-        def _earlier_run(self, trial) -> tuple[str | None, float]:
-            """The run of ``trial`` from an earlier run of the study (same study, arm and trial id) and
-            the last epoch it has; ``(None, 0)`` when there is none."""
-            seed = trial.config.get("seed") if isinstance(trial.config, Mapping) else None
-            filters = [f"tags.trial_id = '{trial.trial_id}'"] + ([f"tags.seed = '{seed}'"] if seed is not None else [])
-            filters += [f"tags.{key} = '{self.tags[key]}'" for key in ("study", "arm") if key in self.tags]
-            runs = self._client.search_runs([self.mlflow_util.experiment_id], " and ".join(filters),
-                                            max_results=1, order_by=["attributes.start_time DESC"])
-            if not runs:
-                return None, 0
-            return runs[0].info.run_id, runs[0].data.metrics.get("epoch", 0)
-
-        def _log_params(self, run_id: str, config) -> None:
-            from mlflow.entities import Param as MlflowParam
-            from ray.tune.utils import flatten_dict
-
-            flat = flatten_dict(dict(config)) if isinstance(config, Mapping) else {}
-            params = [MlflowParam(mlflow_name(k), str(v)[:MAX_PARAM_VALUE]) for k, v in flat.items()]
-            for i in range(0, len(params), BATCH):
-                self._client.log_batch(run_id, params=params[i:i + BATCH])
-
-        def log_trial_result(self, iteration: int, trial, result: dict):
-            if trial not in self._trial_runs:
-                self.log_trial_start(trial)
-            epoch = result.get("epoch")
-            epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
-            if result.get("replayed") and epoch is not None and epoch <= self._last_epoch.get(trial, 0):
-                return  # reported again after a restore, and the run has it already
-            from mlflow.entities import Metric
-            from ray.air.constants import TRAINING_ITERATION
-            from ray.tune.utils import flatten_dict
-
-            step = epoch if epoch is not None else result.get(TRAINING_ITERATION, iteration)
-            flat = flatten_dict({k: v for k, v in result.items() if k not in DROPPED_KEYS})
-            now, metrics = _now_ms(), {}
-            for key, value in flat.items():
-                value = _number(value)
-                if value is not None:
-                    metrics[mlflow_name(key)] = Metric(mlflow_name(key), value, now, int(step))
-            metrics = list(metrics.values())
-            for i in range(0, len(metrics), 1000):
-                self._client.log_batch(self._trial_runs[trial], metrics=metrics[i:i + 1000])
-            if epoch is not None:
-                self._last_epoch[trial] = max(self._last_epoch.get(trial, 0), epoch)
-
-    # pickled by reference (Tune pickles a run's callbacks): found again through __getattr__ below
-    DmltuneMLflowLogger.__module__ = __name__
-    DmltuneMLflowLogger.__qualname__ = "DmltuneMLflowLogger"
-    _CLASS = DmltuneMLflowLogger
-    return _CLASS
-
-
-def __getattr__(name: str):
-    if name == "DmltuneMLflowLogger":
-        return _callback_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a finite float (numpy and torch scalars too); None for anything else: strings,
-    booleans, lists, NaN and infinities."""
-    if isinstance(value, (str, bytes, bool)) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)
+    return DmltuneMLflowLogger
