@@ -104,7 +104,11 @@ def _summarise(study, folder) -> None:
     """Write the study's report (analysis, tables, figures) and print its summary."""
     from .analysis.report import console_summary, write_report
 
-    path, analysis = write_report(folder)
+    try:
+        path, analysis = write_report(folder)
+    except ConfigError as err:  # e.g. every trial failed: no validation value to analyse
+        print(f"no report: {err}", file=sys.stderr)
+        return
     print(console_summary(analysis))
     print(f"\nreport: {path}")
 

@@ -215,7 +215,7 @@ def test_validation_scans_unless_told_not_to(tmp_path):
     bad = tmp_path / "class_07" / "1.png"
     bad.write_bytes(b"")
     raw = study({"name": "folder", "root": str(tmp_path), "val_fraction": 0.34})
-    message = refused(lambda: parse_study(raw), "arm 'a': dataset: dataset 'folder'", bad, "is empty")
+    message = refused(lambda: parse_study(raw), "study (shared by all arms): dataset: dataset 'folder'", bad, "is empty")
     assert message.count(str(bad)) == 1
     assert parse_study(raw, scan_data=False).arms[0].name == "a"  # what the CLI's --no-data-scan sets
     assert parse_study(raw, check_data=False).arms[0].name == "a"
@@ -232,7 +232,7 @@ def test_a_dataset_grid_scans_every_value(tmp_path):
 
 def test_every_grid_value_of_k_is_checked():
     raw = study({"name": "digits", "val_fraction": 0.4}, train={"batch_size": 24, "k": {"grid": [8, 4]}})
-    refused(lambda: parse_study(raw), "arm 'a': a batch needs 6 classes (train.batch_size 24 / train.k 4)",
+    refused(lambda: parse_study(raw), "study (shared by all arms): a batch needs 6 classes (train.batch_size 24 / train.k 4)",
             "digits has 3 training classes", "train.k 4 from {grid: [8, 4]}", "lower dataset.val_fraction")
     raw["train"]["k"] = {"grid": [8, 12]}
     parse_study(raw)
@@ -252,7 +252,7 @@ def test_every_val_fraction_is_checked_and_ranges_at_their_bounds():
 
 def test_val_fraction_zero_is_refused_when_the_study_validates():
     raw = study({"name": "digits", "val_fraction": 0.0})
-    refused(lambda: parse_study(raw), "arm 'a': dataset.val_fraction is 0, so there are no validation classes",
+    refused(lambda: parse_study(raw), "study (shared by all arms): dataset.val_fraction is 0, so there are no validation classes",
             "eval.every = 1", "val/map@r", "set dataset.val_fraction above 0")
     raw = study({"name": "digits", "val_fraction": {"grid": [0.4, 0.0]}})
     refused(lambda: parse_study(raw), "dataset.val_fraction is 0 (with dataset.val_fraction 0.0 from {grid: [0.4, 0.0]})")

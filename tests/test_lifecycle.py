@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -231,3 +232,53 @@ def test_a_report_of_an_unfinished_study_says_so_at_its_top(tmp_path):
     assert "not finished: 1 of its 2 planned trials" in note and f"dmltune resume {tmp_path}" in note
     done = SimpleNamespace(source=STUDY, final=pd.DataFrame({"trial_status": ["TERMINATED", "ERROR"]}))
     assert unfinished_note(done, tmp_path) == ""
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MiB tmpfs (skipped where mounting is not allowed); unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64M", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def fill(disk) -> Path:
+    """Fill ``disk`` to the last byte with one file; returns it."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_stops_the_study_in_one_line_and_resume_finishes_it(tmp_path, small_disk):
+    path = write(tmp_path, storage=str(small_disk),
+                 train={**STUDY["train"], "epochs": 20, "batches_per_epoch": 10, "checkpoint_every": 1})
+    driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", path], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        finished = False
+        for line in driver.stdout:  # the first trial has finished, the second trains: the disk fills up
+            finished = finished or line.startswith("[1/2]")
+            if finished and "epoch 1/20" in line:
+                break
+        filler = fill(small_disk)
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 1, out[-2000:] + err[-2000:]
+    assert err.count(f"no space left on {small_disk}") == 1 and "Traceback" not in err, err[-3000:]
+    filler.unlink()  # space freed
+    resumed = dmltune(tmp_path, "resume", str(small_disk / "life"), "--retry-errored")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    rows = final_rows(small_disk / "life")
+    assert list(rows.status) == ["ok", "ok"] and (rows.epoch == 20).all()

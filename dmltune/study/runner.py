@@ -117,6 +117,11 @@ class StudyOutcome:
 
 
 def _prepare_environment(address: str | None) -> None:
+    import logging
+
+    # a failed trial is one progress line and, at the end, one line with its reason (the full traceback
+    # is in its error file and the table): Tune's own multi-line tracebacks would bury them
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
@@ -218,7 +223,38 @@ def _disk_error(err: BaseException) -> OSError | None:
     return None
 
 
+def disk_problem(folder: Path) -> str | None:
+    """"no space left" or "read-only file system" when a small file cannot be written into ``folder``
+    for that reason (probed, as free-space figures do not tell a read-only mount or a quota)."""
+    probe = Path(folder) / ".dmltune-space-probe"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "no space left"
+        if err.errno == errno.EROFS:
+            return "read-only file system"
+        return None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return None
+
+
+def _stop_for_disk(study: Study, what: str, where) -> StudyFailed:
+    return StudyFailed(f"{what} on {where}; every finished trial is kept: free space (or make it writable), then "
+                       f"`dmltune resume {study.directory} --retry-errored` (the trials it stopped ended in error)")
+
+
 def _fit(tuner, study: Study, arm: Arm) -> None:
+    problem = disk_problem(study.directory)
+    if problem:
+        raise _stop_for_disk(study, problem, study.directory)
     try:
         tuner.fit()
     except KeyboardInterrupt:
@@ -228,13 +264,18 @@ def _fit(tuner, study: Study, arm: Arm) -> None:
             pass
         raise StudyInterrupted(f"interrupted during arm '{arm.name}'; every finished trial is kept: "
                                f"continue with `dmltune resume {study.directory}`") from None
-    except Exception as err:
+    except Exception as err:  # Tune may fail on a full disk with an unrelated error (an empty pickle)
         disk = _disk_error(err)
-        if disk is None:
-            raise
-        what = "no space left" if disk.errno in (errno.ENOSPC, errno.EDQUOT) else "read-only file system"
-        raise StudyFailed(f"{what} on {disk.filename or study.directory}; every finished trial is kept: free space "
-                          f"(or make it writable), then `dmltune resume {study.directory}`") from None
+        if disk is not None:
+            what = "no space left" if disk.errno in (errno.ENOSPC, errno.EDQUOT) else "read-only file system"
+            raise _stop_for_disk(study, what, disk.filename or study.directory) from None
+        problem = disk_problem(study.directory)
+        if problem:
+            raise _stop_for_disk(study, problem, study.directory) from None
+        raise
+    problem = disk_problem(study.directory)  # trials failed on it: stop before the next arm
+    if problem:
+        raise _stop_for_disk(study, problem, study.directory)
 
 
 def run_study(study: Study, address: str | None = None, retry_errored: bool = False) -> StudyOutcome:
