@@ -1,5 +1,6 @@
 """Failures say what happened and lose nothing: storage, corrupt files, failing trials."""
 
+import os
 import subprocess
 import sys
 
@@ -93,6 +94,32 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert "broken" in proc.stdout and "error" in proc.stdout
 
 
+def wait_until_gone(group: int, limit: float = 30.0) -> None:
+    """Wait until no process of process group ``group`` is left (a killed driver's Ray processes end
+    asynchronously; a resume started meanwhile would share the machine with them)."""
+    import time
+
+    import psutil
+
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        left = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getpgid(proc.pid) == group and proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(proc)
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
+        if not left:
+            return
+        for proc in left:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("lost_checkpoint", [False, True])
 def test_killed_driver_then_resume_loses_nothing(tmp_path, lost_checkpoint):
@@ -125,6 +152,7 @@ def test_killed_driver_then_resume_loses_nothing(tmp_path, lost_checkpoint):
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started
         driver.wait()
+        wait_until_gone(driver.pid)
     unfinished = [p for p in recorded_checkpoints(folder / "grid") if p.name != "checkpoint_000005"]
     assert unfinished and max(p.name for p in unfinished) >= "checkpoint_000001"
     # the driver copies results to the study folder in the background, so they can lag the recorded

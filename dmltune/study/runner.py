@@ -333,5 +333,12 @@ def errored_trials(table) -> list[str]:
     if table is None or table.empty or "status" not in table:
         return []
     last = table.groupby("trial_id", sort=False).tail(1)
-    return [f"{r.arm} {r.trial_id} seed {r.seed}: {str(r.error or 'error')[:200]}"
-            for r in last[last.status == "error"].itertuples()]
+    return [f"{r.arm} {r.trial_id} seed {r.seed}: {_short_reason(r.error)}" for r in last[last.status == "error"].itertuples()]
+
+
+def _short_reason(error) -> str:
+    """The failure's last line without the exception's module path, at most 400 characters."""
+    import re
+
+    text = re.sub(r"^(?:[A-Za-z_][\w]*\.)+(?=[A-Za-z_]\w*(?:Error|Exception)\b)", "", str(error or "error"))
+    return text if len(text) <= 400 else text[:397] + "..."
