@@ -234,7 +234,7 @@ def render(a: Analysis, figures: dict[str, Path], folder: Path) -> str:
         parts.append(f"### {name.replace('_', ' ').capitalize()}\n\n![{name}]({rel})\n\n{FIGURE_NOTES[name]}\n")
     parts.append("\nTables as CSV: `tables/`. How every number is computed: docs/analysis.md. Recompute with "
                  "`python -m dmltune report STUDY_DIR [--reference ARM] [--delta D] [--metric M] [--no-figures]`.\n")
-    return "\n".join(parts)
+    return "\n".join(part for part in parts if part)  # (no line for an empty section, e.g. a finished study's note)
 
 
 def write_report(study_dir: str | Path, overrides: dict | None = None, metric: str | None = None,

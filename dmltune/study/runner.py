@@ -309,8 +309,9 @@ def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcom
     if done_trials >= total:
         print(f"every trial of study '{study.name}' is already done ({total} trials); nothing to run", flush=True)
     stopper = FolderGone(lock.path)
-    tracking = {arm.name: tracking_callbacks(study.tracking, arm.name, study.name) for arm in study.arms}  # (checks
-    # that the tracking server answers, before any trial)
+    # the tracking server is asked once whether it answers, before any trial
+    tracking = {arm.name: tracking_callbacks(study.tracking, arm.name, study.name, check=i == 0)
+                for i, arm in enumerate(study.arms)}
     try:
         for arm in study.arms:
             for folder, seed_space, searcher_seed in _experiments(study, arm):

@@ -21,7 +21,7 @@ from .state import config_changes, describe_changes, load_checkpoint, plain_conf
 from .trial import Trial
 
 
-class Progress:
+class RunState:
     """Where a run stands: the next epoch, the wall time so far, the last validation, past reports;
     ``config`` is the resolved configuration (plain values), saved with every checkpoint."""
 
@@ -80,7 +80,7 @@ def check_same_config(saved: dict, current: dict, reporter=None) -> None:
                       f"refusing to resume: {fix}")
 
 
-def _evaluate_epoch(trial: Trial, progress: Progress, report: dict, epoch: int) -> None:
+def _evaluate_epoch(trial: Trial, progress: RunState, report: dict, epoch: int) -> None:
     """Validation at its cadence (the last one is carried in later reports), the test at the end."""
     s = trial.settings
     if s.eval.every and (epoch % s.eval.every == 0 or epoch == s.train.epochs):
@@ -91,7 +91,7 @@ def _evaluate_epoch(trial: Trial, progress: Progress, report: dict, epoch: int) 
         report.update(trial.evaluate("test"))
 
 
-def _report(trial: Trial, progress: Progress, reporter, report: dict, epoch: int) -> None:
+def _report(trial: Trial, progress: RunState, reporter, report: dict, epoch: int) -> None:
     """Report the epoch, with a checkpoint when one is due."""
     train = trial.settings.train
     due = epoch == train.epochs or (train.checkpoint_every and epoch % train.checkpoint_every == 0)
@@ -113,7 +113,7 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
     settings = TrialSettings.from_resolved(resolved)
     reporter = reporter or make_reporter(checkpoint_root, settings.eval.metric)
     trial = Trial(settings)
-    progress = Progress(plain_config(resolved))
+    progress = RunState(plain_config(resolved))
     progress.restore(trial, reporter)
     gpu_fraction = reporter.gpu_fraction() if trial.runtime.device.type == "cuda" else 0.0
     report: dict = {}
