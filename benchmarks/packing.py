@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     import ray
 
     init_start = time.perf_counter()
-    ray.init(num_cpus=args.cpus, num_gpus=1 if on_cuda else 0, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=args.cpus, num_gpus=1 if on_cuda else 0, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     init_s = time.perf_counter() - init_start
     samples: dict[tuple, list[dict]] = {}

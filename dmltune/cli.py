@@ -1,6 +1,6 @@
 """Command line: ``python -m dmltune <command>``.
 
-Commands: ``run``, ``resume``, ``validate`` and ``report`` (studies), ``train`` (one configuration,
+Commands: ``run``, ``resume``, ``extend``, ``validate`` and ``report`` (studies), ``train`` (one configuration,
 standalone), ``list`` (every component and setting with its parameters) and ``demo``. Exit codes:
 0 done, 1 some trials errored (or the study could not go on), 2 bad input (one line on stderr, before
 anything runs), 130 interrupted.
@@ -86,10 +86,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _exit_code(outcome)
 
 
-def _exit_code(outcome) -> int:
-    """0 when every trial finished ok or diverged (a result); 1 when some errored, listed here."""
-    if not outcome.errored:
+def cmd_extend(args: argparse.Namespace) -> int:
+    from .study import load_study
+    from .study.extension import plan_growth, recorded_study
+    from .study.runner import plan_lines, run_study
+
+    study = load_study(args.study, args.set, scan_data=not args.no_data_scan)
+    growth = plan_growth(recorded_study(study.directory), study)
+    print("\n".join(plan_lines(study) + study.notes + growth.lines()), flush=True)
+    if args.dry_run:
         return 0
+    outcome = run_study(study, address=args.address, extend=True)
+    print(f"\nresults: {outcome.directory / 'trials.parquet'} (and trials.csv)\n")
+    _summarise(study, outcome.directory)
+    return _exit_code(outcome)
+
+
+def _exit_code(outcome) -> int:
+    """0 when every trial finished ok or diverged (a result); 1 when some errored, listed here, or
+    when tracking to MLflow failed on the way (the results themselves are complete)."""
+    if outcome.tracking_failure:
+        print(f"\ndmltune: {outcome.tracking_failure}", file=sys.stderr)
+    if not outcome.errored:
+        return 1 if outcome.tracking_failure else 0
     print(f"\n{len(outcome.errored)} trial(s) ended in error (the `error` column of trials.csv):", file=sys.stderr)
     for line in outcome.errored[:10]:
         print(f"  {line}", file=sys.stderr)
@@ -176,6 +195,12 @@ def _add_study_commands(sub) -> None:
     _add_data_scan_flag(p)
     p.add_argument("--fresh", action="store_true", help="the study folder holds a different study: move it aside "
                    "(to NAME.old-TIME; nothing is deleted) and start anew")
+
+    p = _file_command(sub, "extend", cmd_extend, "grow a study (more seeds, grid values or arms): finished trials are "
+                      "kept, only the new ones run", "study", "the grown study YAML file (same name and settings)")
+    p.add_argument("--address", help="Ray cluster to join (auto or HOST:PORT); default: start Ray in-process")
+    p.add_argument("--dry-run", action="store_true", help="check the growth and print the plan only")
+    _add_data_scan_flag(p)
 
     p = sub.add_parser("resume", help="finish an interrupted study without re-running completed trials")
     p.add_argument("study_dir", help="the study's folder (storage/name)")

@@ -227,11 +227,41 @@ def test_a_report_of_an_unfinished_study_says_so_at_its_top(tmp_path):
 
     from dmltune.analysis.completeness import unfinished_note
 
-    half = SimpleNamespace(source=STUDY, final=pd.DataFrame({"trial_status": ["TERMINATED", "RUNNING"]}))
+    half = SimpleNamespace(source=STUDY, final=pd.DataFrame({"trial_status": ["TERMINATED", "RUNNING"],
+                                                             "status": ["ok", "incomplete"]}))
     note = unfinished_note(half, tmp_path)
     assert "not finished: 1 of its 2 planned trials" in note and f"dmltune resume {tmp_path}" in note
-    done = SimpleNamespace(source=STUDY, final=pd.DataFrame({"trial_status": ["TERMINATED", "ERROR"]}))
+    done = SimpleNamespace(source=STUDY, final=pd.DataFrame({"trial_status": ["TERMINATED", "ERROR"],
+                                                             "status": ["ok", "error"]}))
     assert unfinished_note(done, tmp_path) == ""
+    # a trial lost with its node: Tune leaves it PENDING, the table records an error; the study is finished
+    lost = SimpleNamespace(source=STUDY, final=pd.DataFrame({"trial_status": ["TERMINATED", "PENDING"],
+                                                             "status": ["ok", "error"]}))
+    assert unfinished_note(lost, tmp_path) == ""
+
+
+def test_planned_grid_cells_without_a_trial_are_named_at_the_top_of_the_report():
+    from types import SimpleNamespace
+
+    from dmltune.analysis.completeness import missing_cells_note, missing_grid_cells
+
+    source = {**STUDY, "seeds": [0, 1]}
+    final = pd.DataFrame({"arm": ["grid"] * 4, "seed": [0, 1, 0, 1], "status": ["ok"] * 4,
+                          "config/miner.gamma_pos": [0.0, 0.0, 0.1, 0.1]})
+    assert missing_grid_cells(SimpleNamespace(source=source, final=final)) == []
+    # one cell is missing, and an empty-configuration trial stands in its place (counts alone would match)
+    lost = final.assign(**{"config/miner.gamma_pos": [0.0, 0.0, 0.1, None], "seed": [0, 1, 0, None]})
+    assert missing_grid_cells(SimpleNamespace(source=source, final=lost)) == ["grid: gamma_pos=0.1 seed 1"]
+    assert "**1 planned grid cell(s) have no trial** (grid: gamma_pos=0.1 seed 1)" in \
+        missing_cells_note(SimpleNamespace(source=source, final=lost))
+
+
+def test_a_trial_without_a_configuration_fails_with_that_reason_and_never_trains_the_defaults():
+    from dmltune.registry import ConfigError
+    from dmltune.training import tune_trainable
+
+    with pytest.raises(ConfigError, match="this trial has no configuration: Ray Tune's record of it was lost"):
+        tune_trainable({})
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dmltune.registry import ConfigError
 from dmltune.study import tracking as tr
@@ -233,7 +234,7 @@ def test_trials_are_logged_to_a_mlflow_server(tmp_path, monkeypatch, tiny_config
              "--workers", "1"],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
     try:
-        ray.init(include_dashboard=False, num_cpus=2, log_to_driver=False)  # while the server starts
+        ray.init(address="local", include_dashboard=False, num_cpus=2, log_to_driver=False)  # while the server starts
         try:
             tracking = parse_tracking({"mlflow": {"tracking_uri": uri, "tags": {"owner": "ci"}}}, "tiny")
             cfg = tiny_config(train__epochs=2, train__batches_per_epoch=2)
@@ -269,3 +270,48 @@ def test_trials_are_logged_to_a_mlflow_server(tmp_path, monkeypatch, tiny_config
             assert len({e.parent for e in events}) == 2, events
     finally:
         _stop(server)
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_goes_away_mid_study_never_stops_training(tmp_path):
+    """The MLflow server dies while the first trial trains: every trial still finishes, the failure
+    is one line (no traceback) with the server's address, and the exit code is 1."""
+    pytest.importorskip("mlflow")
+    from test_lifecycle import STUDY, final_rows
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = tmp_path / "mlflow-server.log"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
+             "--default-artifact-root", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path, env=env)
+    driver = None
+    try:
+        study = {**STUDY, "tracking": {"mlflow": {"tracking_uri": uri}},
+                 "train": {**STUDY["train"], "epochs": 6, "batches_per_epoch": 10}}
+        path = tmp_path / "study.yaml"
+        path.write_text(yaml.safe_dump(study))
+        _wait_until_up(uri, server, log)
+        started = time.monotonic()
+        driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", str(path)], cwd=tmp_path, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        for line in driver.stdout:  # the first trial trains and is being logged
+            if "epoch 1/6" in line:
+                break
+        _stop(server)
+        out, err = driver.communicate(timeout=300)
+        took = time.monotonic() - started
+    finally:
+        _stop(server)
+        if driver is not None and driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 1, out[-2000:] + err[-3000:]
+    assert f"MLflow tracking at {uri} failed" in err and "Traceback" not in err, err[-3000:]
+    assert "every result is in trials.parquet" in err
+    rows = final_rows(tmp_path / "results" / "life")
+    assert list(rows.status) == ["ok", "ok"] and (rows.epoch == 6).all()
+    assert took < 150, took  # seconds of retries, not MLflow's default minutes

@@ -121,7 +121,7 @@ def test_inside_ray_tune(tmp_path):
     ray = pytest.importorskip("ray")
     from ray import tune
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
         cfg = config(train__epochs=2)
         cfg["seed"] = tune.grid_search([0, 1])

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from .compare import Analysis, analyse
-from .completeness import unfinished_note
+from .completeness import missing_cells_note, unfinished_note
 from .formatting import (FEW_SEEDS_FOOTNOTE, bracket, cost, count, few_seeds_mark, gap_text, interval_text,
                          markdown_table, number, seeds_needed_text)
 from .selection import configurations
@@ -191,7 +191,7 @@ def render(a: Analysis, figures: dict[str, Path], folder: Path) -> str:
     few = bool(a.summary.few_seeds.any()) or any(0 < n < 3 for n in a.match.get("seeds", []))
     parts = [
         f"# Study {st.name}\n",
-        unfinished_note(st, folder),
+        unfinished_note(st, folder) or missing_cells_note(st),
         *([f"**The reference {a.reference} is a searched arm.** It is compared through its cross-fitted values "
            "(each seed's value of the configuration selected on the other seeds), which removes the winner's "
            "curse but controls the verdicts' error rates only approximately (docs/analysis.md). Prefer a "

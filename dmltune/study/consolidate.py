@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..pairs.coupling import couple_dynamic_thresholds
+from .experiments import experiment_folders
 
 TABLE = "trials"
 
@@ -47,9 +48,13 @@ def _error_summary(trial) -> str:
     return "error" if trial.status == "ERROR" else ""
 
 
-def experiment_rows(folder: Path, arm: str, interrupted: bool = False) -> list[pd.DataFrame]:
+def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experiment: str | None = None
+                    ) -> list[pd.DataFrame]:
     """One frame per trial of the experiment in ``folder``. After an interruption an unfinished trial
-    is ``incomplete`` (resume continues it); otherwise it is an error (see UNFINISHED)."""
+    is ``incomplete`` (resume continues it); otherwise it is an error (see UNFINISHED). ``experiment``:
+    the name in the table's ``experiment`` column (default: the folder's name); the trial ids of a
+    grid block added by ``extend`` (folder ``ARM+extN``) are prefixed with ``extN:``, so that they
+    stay unique within the arm's one grid search."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(folder))
@@ -71,7 +76,9 @@ def experiment_rows(folder: Path, arm: str, interrupted: bool = False) -> list[p
             df = df.drop_duplicates(subset="training_iteration", keep="last")
         lost = trial.status in UNFINISHED and not interrupted
         error = _error_summary(trial) if lost or trial.status not in UNFINISHED else ""
-        meta = {"arm": arm, "experiment": folder.name, "trial_id": trial.trial_id,
+        block = folder.name[len(arm) + 1:] if folder.name.startswith(f"{arm}+") else ""
+        meta = {"arm": arm, "experiment": experiment or folder.name,
+                "trial_id": f"{block}:{trial.trial_id}" if block else trial.trial_id,
                 "seed": trial.config.get("seed"), "trial_status": trial.status, "error": error,
                 **flatten({k: v for k, v in couple_dynamic_thresholds(trial.config).items() if k != "seed"})}
         for key, value in meta.items():
@@ -91,11 +98,10 @@ def consolidate(study, interrupted: bool = False) -> pd.DataFrame:
     """Write ``trials.parquet`` and ``trials.csv`` from every experiment of the study."""
     frames = []
     for arm in study.arms:
-        base = study.directory / arm.name
-        folders = [base] if arm.search["mode"] == "grid" else sorted(base.glob("seed_*"))
-        for folder in folders:
-            if folder.is_dir():
-                frames.extend(experiment_rows(folder, arm.name, interrupted))
+        grid = arm.search["mode"] == "grid"
+        for folder in experiment_folders(study, arm):
+            if folder.is_dir():  # a grid grown by `extend` is still one search: one experiment name
+                frames.extend(experiment_rows(folder, arm.name, interrupted, experiment=arm.name if grid else None))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     first = ["arm", "experiment", "trial_id", "seed", "trial_status", "status", "error", "epoch"]
     table = table[[c for c in first if c in table] + [c for c in table.columns if c not in first]]

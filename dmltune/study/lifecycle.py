@@ -121,7 +121,8 @@ def check_recorded_plan(study, fresh: bool = False) -> Path | None:
         return aside
     what = "; ".join(plan_differences(recorded, current)) if recorded is not None else "its study.yaml is unreadable"
     raise ConfigError(f"{study.directory} holds study '{study.name}' with other settings ({what}); continue it with "
-                      f"`dmltune resume {study.directory}`, give this study a new name, or run with --fresh "
+                      f"`dmltune resume {study.directory}`, grow it with `dmltune extend` (more seeds, grid values "
+                      "or arms; finished trials are kept), give this study a new name, or run with --fresh "
                       "(moves the old folder aside, deletes nothing)")
 
 

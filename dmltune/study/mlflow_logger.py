@@ -4,6 +4,7 @@ per report, epochs as steps, and a resumed trial continuing its own run (see :mo
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,16 +16,49 @@ from .tracking import BATCH, DROPPED_KEYS, MAX_PARAM_VALUE, mlflow_name
 
 class DmltuneMLflowLogger(MLflowLoggerCallback):
     """Ray's MLflow logger, with valid names, one request per report, epochs as steps and a
-    resumed trial continuing its run (see the module's docstring)."""
+    resumed trial continuing its run (see the module's docstring).
+
+    Tracking never stops training: the first request that fails (the server went away mid-study,
+    after MLflow's own few retries) is printed as one line and recorded in ``health`` (shared by
+    the study's callbacks); from then on nothing more is sent, and the study's exit code says so."""
+
+    def __init__(self, *args, health: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.health = health if health is not None else {}
+
+    def _guarded(self, action, *args) -> None:
+        if self.health.get("failure"):
+            return
+        try:
+            action(*args)
+        except Exception as err:  # anything MLflow raises: a lost connection, a refused request, ...
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            reason = lines[0] if len(lines[0]) <= 300 else lines[0][:297] + "..."
+            self.health["failure"] = (f"MLflow tracking at {self.tracking_uri} failed ({reason}); the trials went on, "
+                                      "and the rest of the study was not logged to MLflow (every result is in trials.parquet)")
+            print(f"dmltune: {self.health['failure']}", file=sys.stderr, flush=True)
 
     def setup(self, *args, **kwargs):
-        super().setup(*args, **kwargs)
+        self._trial_runs, self._last_epoch = {}, {}  # trial → its run; trial → the last epoch its run has
+        self._guarded(self._setup)
+
+    def log_trial_start(self, trial):
+        self._guarded(self._start, trial)
+
+    def log_trial_result(self, iteration: int, trial, result: dict):
+        self._guarded(self._result, iteration, trial, result)
+
+    def log_trial_end(self, trial, failed: bool = False):
+        if trial in self._trial_runs:
+            self._guarded(super().log_trial_end, trial, failed)
+
+    def _setup(self):
+        super().setup()
         from mlflow.tracking import MlflowClient
 
         self._client = MlflowClient(tracking_uri=self.tracking_uri)
-        self._last_epoch: dict = {}   # trial → the last epoch its run has
 
-    def log_trial_start(self, trial):
+    def _start(self, trial):
         if trial in self._trial_runs:  # restarted in this session (after a failure): same run
             self._client.update_run(self._trial_runs[trial], status="RUNNING")
             return
@@ -61,9 +95,9 @@ class DmltuneMLflowLogger(MLflowLoggerCallback):
         for i in range(0, len(params), BATCH):
             self._client.log_batch(run_id, params=params[i:i + BATCH])
 
-    def log_trial_result(self, iteration: int, trial, result: dict):
+    def _result(self, iteration: int, trial, result: dict):
         if trial not in self._trial_runs:
-            self.log_trial_start(trial)
+            self._start(trial)
         epoch = result.get("epoch")
         epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
         if result.get("replayed") and epoch is not None and epoch <= self._last_epoch.get(trial, 0):

@@ -22,6 +22,9 @@ from ..training import tune_trainable
 from .checkpoint_repair import repair_missing_checkpoints
 from .consolidate import consolidate
 from .domains import replace_at
+from .experiments import Experiment, experiment_folders, experiments
+from .extension import grow_record
+from .finished_trials import settle_finished_trials
 from .lifecycle import StudyLock, write_record
 from .progress import Progress
 from .resources import check_resources
@@ -53,23 +56,16 @@ def plan_lines(study: Study) -> list[str]:
     return lines
 
 
-def _param_space(arm: Arm, seed_space):
-    space = copy.deepcopy(arm.config)
-    for path, domain in arm.domains:
-        space = replace_at(space, path, domain.to_tune())
-    space["seed"] = seed_space
-    return space
-
-
-def _experiments(study: Study, arm: Arm):
-    """(folder, seed space, searcher seed) of each Tune experiment of an arm."""
+def _param_space(arm: Arm, experiment: Experiment):
+    """The arm's configuration with Tune's domains; a grid block (``extend``) searches its own values."""
     from ray import tune
 
-    if arm.search["mode"] == "grid":
-        yield study.directory / arm.name, tune.grid_search(list(study.seeds)), study.seeds[0]
-    else:
-        for seed in study.seeds:
-            yield study.directory / arm.name / f"seed_{seed}", seed, seed
+    space = copy.deepcopy(arm.config)
+    for path, domain in arm.domains:
+        block = experiment.values and experiment.values.get(".".join(path))
+        space = replace_at(space, path, tune.grid_search(list(block)) if block else domain.to_tune())
+    space["seed"] = experiment.seed_space
+    return space
 
 
 def _tune_config(study: Study, arm: Arm, metric: str, searcher_seed: int):
@@ -109,11 +105,13 @@ def check_storage(folder: Path) -> None:
 
 @dataclass
 class StudyOutcome:
-    """What a run or resume did: the folder, the trials that ended in error, and whether any trial ran."""
+    """What a run or resume did: the folder, the trials that ended in error, whether any trial ran,
+    and the tracking failure that ended logging to MLflow (one line), if any."""
 
     directory: Path
     errored: list[str]
     ran: bool
+    tracking_failure: str | None = None
 
 
 def _prepare_environment(address: str | None) -> None:
@@ -122,7 +120,7 @@ def _prepare_environment(address: str | None) -> None:
     # a failed trial is one progress line and, at the end, one line with its reason (the full traceback
     # is in its error file and the table): Tune's own multi-line tracebacks would bury them
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    if address is None:
+    if address is None and not os.environ.get("RAY_ADDRESS"):  # Ray starts here (see _start_ray)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     # Ctrl-C stops the whole study (Tune's own handler would end only the current arm and let the
@@ -133,19 +131,62 @@ def _prepare_environment(address: str | None) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+def _token_message(address: str) -> str:
+    where = "(~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN); see the README, 'On a Ray cluster'"
+    if os.environ.get("RAY_AUTH_MODE") == "token":
+        return f"the Ray cluster at {address} refused this driver's token: give the cluster's own token {where}"
+    return (f"the Ray cluster at {address} requires token authentication: set RAY_AUTH_MODE=token and give the "
+            f"cluster's token {where}")
+
+
+def _probe_address(address: str) -> None:
+    """For a plain ``HOST:PORT``, one quick try before ``ray.init``, which retries a refusing or absent
+    cluster for minutes with a stderr line per try: an absent cluster or a refused token is one line."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in host:
+        return
+    import socket
+    import sys
+
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as err:
+        raise ConfigError(f"cannot reach the Ray cluster at {address} ({err.strerror or 'timed out'}); "
+                          "start it or check --address") from None
+    from ray._raylet import GcsClient
+
+    sys.stderr.flush()
+    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)  # Ray's C++ client logs a refusal on stderr itself
+    try:
+        GcsClient(address=address)
+        refused = False
+    except Exception as err:
+        refused = type(err).__name__ == "AuthenticationError"
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
+    if refused:
+        raise ConfigError(_token_message(address))
+
+
 def _start_ray(address: str | None) -> bool:
-    """Start Ray in-process or join ``address``; True when started here (and to be shut down here)."""
+    """Start Ray in-process or join ``address``; True when started here (and to be shut down here).
+    Without ``address``, a driver started by ``ray job submit`` joins its cluster (``RAY_ADDRESS``);
+    otherwise Ray starts here, also where ``ray start`` left a cluster that ``ray.init()`` would join."""
     import ray
 
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        _probe_address(address)
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     except Exception as err:
         if type(err).__name__ == "AuthenticationError":
-            raise ConfigError(f"the Ray cluster at {address} requires token authentication: set RAY_AUTH_MODE=token "
-                              "and give the cluster's token (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
-                              "RAY_AUTH_TOKEN); see the README, 'On a Ray cluster'") from None
+            raise ConfigError(_token_message(address)) from None
         if address is not None and isinstance(err, (ConnectionError, TimeoutError)):
             auth = ("" if os.environ.get("RAY_AUTH_MODE") == "token" else
                     "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give its token "
@@ -168,14 +209,15 @@ def cluster_resources(address: str) -> dict:
             ray.shutdown()
 
 
-def _experiment_tuner(study: Study, arm: Arm, folder: Path, seed_space, searcher_seed, metric: str,
-                      callbacks: list, stopper, retry_errored: bool):
+def _experiment_tuner(study: Study, arm: Arm, experiment: Experiment, metric: str, callbacks: list, stopper,
+                      retry_errored: bool):
     from ray import tune
+
+    folder = experiment.folder
 
     trainable = tune.with_resources(tune_trainable, {"cpu": study.resources["cpu"],
                                                      "gpu": arm.gpu(study.resources.get("gpu", 0))})
     if tune.Tuner.can_restore(str(folder)):
-        repair_missing_checkpoints(folder)
         tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=retry_errored)
         run_config = tuner._local_tuner.get_run_config()  # a restored experiment brings its old callbacks
@@ -185,8 +227,18 @@ def _experiment_tuner(study: Study, arm: Arm, folder: Path, seed_space, searcher
         storage_path=str(folder.parent), name=folder.name, verbose=0, callbacks=callbacks, stop=stopper,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         failure_config=tune.FailureConfig(max_failures=study.retries))
-    return tune.Tuner(trainable, param_space=_param_space(arm, seed_space),
-                      tune_config=_tune_config(study, arm, metric, searcher_seed), run_config=run_config)
+    return tune.Tuner(trainable, param_space=_param_space(arm, experiment),
+                      tune_config=_tune_config(study, arm, metric, experiment.searcher_seed), run_config=run_config)
+
+
+def _prepare_restores(study: Study) -> None:
+    """Before any experiment is restored: recorded checkpoints a killed driver lost are put back, and
+    trials whose last epoch is stored are recorded as finished (so they are neither run nor counted again)."""
+    for arm in study.arms:
+        for folder in experiment_folders(study, arm):
+            if (folder / "tuner.pkl").is_file():
+                repair_missing_checkpoints(folder)
+                settle_finished_trials(folder)
 
 
 def _done_before(study: Study, retry_errored: bool) -> tuple[int, int]:
@@ -195,7 +247,7 @@ def _done_before(study: Study, retry_errored: bool) -> tuple[int, int]:
 
     trials = epochs = 0
     for arm in study.arms:
-        for folder, _, _ in _experiments(study, arm):
+        for folder in experiment_folders(study, arm):
             if not (folder / "tuner.pkl").is_file():
                 continue
             try:
@@ -278,9 +330,11 @@ def _fit(tuner, study: Study, arm: Arm) -> None:
         raise _stop_for_disk(study, problem, study.directory)
 
 
-def run_study(study: Study, address: str | None = None, retry_errored: bool = False) -> StudyOutcome:
+def run_study(study: Study, address: str | None = None, retry_errored: bool = False, extend: bool = False
+              ) -> StudyOutcome:
     """Run (or finish) every arm, then write the consolidated tables. The folder is locked for the
-    run; errored trials are restarted from scratch only with ``retry_errored``."""
+    run; errored trials are restarted from scratch only with ``retry_errored``; with ``extend`` the
+    recorded study is grown into ``study`` first (:mod:`dmltune.study.extension`)."""
     check_storage(study.directory)
     with StudyLock(study.directory) as lock:
         _prepare_environment(address)
@@ -289,6 +343,8 @@ def run_study(study: Study, address: str | None = None, retry_errored: bool = Fa
             import ray
 
             check_resources(study, ray.cluster_resources(), f"the Ray cluster at {address}" if address else "this machine")
+            if extend:  # checked again under the lock, and recorded once the study is known to run
+                grow_record(study)
             write_record(study)  # the plan is recorded once it is known to run
             return _run_arms(study, lock, retry_errored)
         finally:
@@ -302,6 +358,7 @@ def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcom
     from .folder_watch import FolderGone
 
     metric = f"val/{study.arms[0].resolved['eval']['metric']}"
+    _prepare_restores(study)
     done_trials, done_epochs = _done_before(study, retry_errored)
     total = sum(a.trials_per_seed * len(study.seeds) for a in study.arms)
     total_epochs = sum(a.trials_per_seed * len(study.seeds) * arm_epochs(a) for a in study.arms)
@@ -310,12 +367,13 @@ def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcom
         print(f"every trial of study '{study.name}' is already done ({total} trials); nothing to run", flush=True)
     stopper = FolderGone(lock.path)
     # the tracking server is asked once whether it answers, before any trial
-    tracking = {arm.name: tracking_callbacks(study.tracking, arm.name, study.name, check=i == 0)
+    health: dict = {}  # shared by the arms' tracking callbacks: the first failure ends tracking
+    tracking = {arm.name: tracking_callbacks(study.tracking, arm.name, study.name, check=i == 0, health=health)
                 for i, arm in enumerate(study.arms)}
     try:
         for arm in study.arms:
-            for folder, seed_space, searcher_seed in _experiments(study, arm):
-                tuner = _experiment_tuner(study, arm, folder, seed_space, searcher_seed, metric,
+            for experiment in experiments(study, arm):
+                tuner = _experiment_tuner(study, arm, experiment, metric,
                                           [progress.callback(arm, arm_epochs(arm)), *tracking[arm.name]], stopper,
                                           retry_errored)
                 _fit(tuner, study, arm)
@@ -325,7 +383,7 @@ def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcom
         table = consolidate(study)  # reading the experiments back needs Ray running
     finally:
         progress.close()
-    return StudyOutcome(study.directory, errored_trials(table), progress.done > done_trials)
+    return StudyOutcome(study.directory, errored_trials(table), progress.done > done_trials, health.get("failure"))
 
 
 def errored_trials(table) -> list[str]:

@@ -32,6 +32,7 @@ Nothing here imports Ray or MLflow until a callback is built, so parsing a study
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -152,6 +153,11 @@ def _absolute_store(uri: str) -> str:
     return uri
 
 
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+"""MLflow's client retries a failed request 7 times over about 4 minutes by default (and waits 120 s
+for an answer); for a study's per-epoch logging a few seconds will do (the environment may override)."""
+
+
 def describe(tracking: dict | None) -> str | None:
     """One line for ``dmltune plan``: where the runs go, or None without tracking."""
     if not tracking or not tracking.get("mlflow"):
@@ -185,9 +191,11 @@ def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
 
 
 def tracking_callbacks(tracking: dict | None, arm_name: str, study_name: str | None = None,
-                       check: bool = True) -> list:
+                       check: bool = True, health: dict | None = None) -> list:
     """The Tune callbacks that log arm ``arm_name``'s trials (``[]`` without tracking). ``study_name``
-    (the ``study`` tag) defaults to the experiment's name; ``check``: see :func:`check_reachable`."""
+    (the ``study`` tag) defaults to the experiment's name; ``check``: see :func:`check_reachable`;
+    ``health``: a dict the callbacks share, where the first tracking failure is recorded as
+    ``health["failure"]`` (one line) and ends tracking for the rest of the study."""
     if not tracking or not tracking.get("mlflow"):
         return []
     if not mlflow_installed():
@@ -195,9 +203,11 @@ def tracking_callbacks(tracking: dict | None, arm_name: str, study_name: str | N
     m = tracking["mlflow"]
     if check:
         check_reachable(m["tracking_uri"])
+    for name, value in HTTP_RETRIES.items():  # a server that goes away costs seconds, not minutes of retries
+        os.environ.setdefault(name, value)
     tags = {**m.get("tags", {}), "study": study_name or m["experiment"], "arm": arm_name}
     return [_callback_class()(tracking_uri=m["tracking_uri"], experiment_name=m["experiment"], tags=tags,
-                              save_artifact=False)]
+                              save_artifact=False, health=health)]
 
 
 def _callback_class():

@@ -137,5 +137,11 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
 
 def tune_trainable(config: Mapping[str, Any]) -> None:
     """The function Ray Tune runs: ``train`` without a return value (a returned dict would be
-    reported to Tune a second time as an extra result)."""
+    reported to Tune a second time as an extra result). A trial without a configuration (Tune's
+    search state for it was lost, e.g. when the disk filled up as Tune recorded it) is an error that
+    says so, never a run of the defaults."""
+    if not config or "loss" not in config or "seed" not in config:
+        raise ConfigError("this trial has no configuration: Ray Tune's record of it was lost (for example, the "
+                          "disk filled up while Tune saved its search state); the report names the planned grid "
+                          "cells that have no result")
     train(config)

@@ -1,0 +1,92 @@
+"""Finished trials stay finished, also when the driver died before Tune recorded them as finished.
+
+Tune records a trial as TERMINATED in its experiment state at the next snapshot after the trial's
+function returns. A driver killed in between leaves the trial RUNNING there although its last epoch
+is already in the trial's ``result.json``; ``Tuner.restore`` would start it again, load its final
+checkpoint and report its epochs once more. Before a restore, every such trial is recorded as
+TERMINATED instead, so that it is not touched. A trial counts as finished when its stored results
+hold its final epoch (``train.epochs`` of its configuration) or a divergence; a trial whose stored
+results stop before that is left to Tune, which resumes it from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..config import TRAIN_PARAMS
+from .consolidate import UNFINISHED
+
+DEFAULT_EPOCHS = next(p.default for p in TRAIN_PARAMS if p.name == "epochs")
+
+
+def _last_result(trial_dir: Path) -> dict | None:
+    """The last complete line of the trial's result.json (a line cut off by a kill is skipped)."""
+    try:
+        lines = (trial_dir / "result.json").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            return row
+    return None
+
+
+def _planned_epochs(trial_dir: Path, config: dict) -> int:
+    try:
+        config = json.loads((trial_dir / "params.json").read_text())
+    except (OSError, ValueError):
+        pass
+    train = config.get("train") if isinstance(config, dict) else None
+    epochs = train.get("epochs", DEFAULT_EPOCHS) if isinstance(train, dict) else DEFAULT_EPOCHS
+    return epochs if isinstance(epochs, int) else DEFAULT_EPOCHS
+
+
+def is_finished(trial_dir: Path, config: dict | None = None) -> bool:
+    """Whether the trial's stored results hold its last epoch, or its divergence."""
+    row = _last_result(trial_dir)
+    if row is None:
+        return False
+    if row.get("status") == "diverged":
+        return True
+    epoch = row.get("epoch")
+    return isinstance(epoch, int) and epoch >= _planned_epochs(trial_dir, config or {})
+
+
+def settle_finished_trials(folder: Path) -> list[str]:
+    """Record as TERMINATED, in the newest experiment state, every trial listed as unfinished whose
+    stored results show it finished; returns their trial ids."""
+    folder = Path(folder)
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if not states:
+        return []
+    newest = states[-1]  # the one Tune restores
+    try:
+        state = json.loads(newest.read_text())
+        entries = state["trial_data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # unreadable: left to Tune and the checkpoint repair
+    settled = []
+    for entry in entries:
+        try:
+            trial = json.loads(entry[0])
+        except (ValueError, TypeError, IndexError):
+            continue
+        logdir = trial.get("relative_logdir")
+        if trial.get("status") not in UNFINISHED or not isinstance(logdir, str) or not logdir:
+            continue
+        config = trial.get("config") if isinstance(trial.get("config"), dict) else {}
+        if is_finished(folder / logdir, config):
+            trial["status"] = "TERMINATED"
+            entry[0] = json.dumps(trial, indent=2)
+            settled.append(str(trial.get("trial_id")))
+    if settled:
+        partial = newest.with_name(f".{newest.name}.partial")
+        partial.write_text(json.dumps(state))
+        os.replace(partial, newest)
+    return settled

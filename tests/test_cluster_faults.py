@@ -1,0 +1,186 @@
+"""A study on a real multi-node Ray cluster (separate `ray start` processes on loopback): a node that
+dies under ``retries: 0`` leaves its trial an error with the reason, and a cluster with token
+authentication refuses a driver without the token in one line, fast."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from test_lifecycle import STUDY as LIFE
+
+STUDY = {**LIFE, "name": "faults", "concurrency": 2}  # two grid trials at once, retries: 0
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def write(tmp_path, **changes) -> str:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, **changes}))
+    return str(path)
+
+
+def environment(**changes) -> dict:
+    """This process's environment without any Ray authentication setting, then ``changes``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    return {**env, **changes}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(log: Path, env: dict, *args) -> subprocess.Popen:
+    """`ray start ... --block` in a session of its own (its raylet's workers stay in that session)."""
+    return subprocess.Popen([RAY, "start", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats",
+                             "--block", *args], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_started(node: subprocess.Popen, log: Path, timeout=90) -> None:
+    deadline = time.time() + timeout
+    while "Ray runtime started" not in log.read_text():
+        assert node.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def session(pid: int) -> list:
+    """Every process of the session that ``pid`` leads (a node started by start_node, or a driver)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) == pid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def kill_sessions(*leaders) -> None:
+    """SIGKILL every process of the sessions we started, and wait until they are gone."""
+    import psutil
+
+    for _ in range(5):  # again, for a worker a dying raylet started meanwhile
+        procs = [p for leader in leaders for p in session(leader.pid)]
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=30)
+        if not procs:
+            break
+    for leader in leaders:
+        leader.wait(timeout=30)  # reaped
+    assert not [p for leader in leaders for p in session(leader.pid)]
+
+
+@pytest.mark.slow
+def test_a_trial_on_a_node_that_dies_under_retries_0_is_an_error_with_that_reason(tmp_path):
+    """Two nodes of one CPU each run the two trials; the worker node is killed while both train: its
+    trial ends in error, with the reason, the other finishes ok, and the driver exits 1."""
+    epochs = 30
+    path = write(tmp_path, train={**STUDY["train"], "epochs": epochs, "batches_per_epoch": 20},
+                 eval={**STUDY["eval"], "every": 10})
+    temp = tempfile.mkdtemp(prefix="dmlt-", dir="/tmp")  # short: Ray's socket paths live under it
+    port, env = free_port(), environment(RAY_AUTH_MODE="disabled")
+    head = start_node(tmp_path / "head.log", env, "--head", f"--port={port}", f"--temp-dir={temp}",
+                      "--include-dashboard=false")
+    nodes, driver = [head], None
+    try:
+        wait_started(head, tmp_path / "head.log")
+        worker = start_node(tmp_path / "worker.log", env, f"--address=127.0.0.1:{port}", f"--temp-dir={temp}")
+        nodes.append(worker)
+        wait_started(worker, tmp_path / "worker.log")
+        driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", path, "--address", f"127.0.0.1:{port}"],
+                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  start_new_session=True)
+        training, seen = set(), []
+        for line in driver.stdout:  # both trials train, one on each node
+            seen.append(line)
+            if f": epoch 1/{epochs}" in line:
+                training.add(line.split(": epoch")[0])
+            if len(training) == 2:
+                break
+        assert len(training) == 2, "".join(seen)[-3000:]
+        worker_trial_pids = [p.pid for p in session(worker.pid) if p.name().startswith("ray::ImplicitFunc")]
+        kill_sessions(worker)  # the worker node dies: its raylet, its agents and its trial's worker
+        out, err = driver.communicate(timeout=300)
+    finally:
+        kill_sessions(*(p for p in [driver, *nodes] if p is not None))
+        shutil.rmtree(temp, ignore_errors=True)
+    assert worker_trial_pids, "no trial ran on the worker node"
+    assert driver.returncode == 1, out[-3000:] + err[-3000:]
+    rows = pd.read_parquet(tmp_path / "results" / "faults" / "trials.parquet").groupby("trial_id").tail(1)
+    assert sorted(rows.status) == ["error", "ok"], rows[["trial_id", "trial_status", "status", "error", "epoch"]]
+    lost, done = rows[rows.status == "error"].iloc[0], rows[rows.status == "ok"].iloc[0]
+    assert lost.node_id != done.node_id and lost.epoch < epochs  # it ran on the node that died
+    # Tune's saved state keeps the lost trial as it was last cached (RUNNING, read back as PENDING, with
+    # no error file recorded, though it wrote one): the table makes it an error with the reason
+    assert lost.trial_status == "PENDING", lost.trial_status
+    assert "did not finish" in lost.error and "its node died" in lost.error and "retries" in lost.error, lost.error
+    assert done.trial_status == "TERMINATED" and done.epoch == epochs and done.error == ""
+    assert "1 trial(s) ended in error" in err and "Traceback" not in err, err[-3000:]
+
+
+@pytest.mark.slow
+def test_a_cluster_with_token_authentication_refuses_a_driver_without_the_token_in_one_line(tmp_path):
+    home, empty = tmp_path / "home", tmp_path / "empty"
+    (home / ".ray").mkdir(parents=True)
+    empty.mkdir()
+    token = home / ".ray" / "auth_token"
+    token.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    temp = tempfile.mkdtemp(prefix="dmlt-", dir="/tmp")
+    port = free_port()
+    head = start_node(tmp_path / "head.log", environment(RAY_AUTH_MODE="token", HOME=str(home)), "--head",
+                      f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false")
+    path = write(tmp_path)
+    address = f"127.0.0.1:{port}"
+
+    def validate(address=address, command="validate", **env):
+        started = time.time()
+        proc = subprocess.run([sys.executable, "-m", "dmltune", command, path, "--address", address],
+                              cwd=tmp_path, env=environment(**env), capture_output=True, text=True, timeout=120)
+        return proc, time.time() - started
+
+    try:
+        wait_started(head, tmp_path / "head.log")
+        refused, took = validate(HOME=str(empty))  # neither the mode nor the token
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-3000:]
+        assert "RAY_AUTH_MODE=token" in refused.stderr and "token" in refused.stderr.split("RAY_AUTH_MODE")[1]
+        assert "Traceback" not in refused.stderr and took < 30, took
+        refused, took = validate(command="run", HOME=str(empty))  # and run: nothing recorded
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-3000:]
+        assert "RAY_AUTH_MODE=token" in refused.stderr and took < 30, took
+        assert not (tmp_path / "results" / "faults" / "study.yaml").exists()
+        wrong = empty / "wrong_token"
+        wrong.write_text(secrets.token_hex(32))  # the mode, but another cluster's token
+        refused, took = validate(HOME=str(empty), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(wrong))
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr[-3000:]
+        assert "refused this driver's token" in refused.stderr and "RAY_AUTH_TOKEN_PATH" in refused.stderr and took < 30, took
+        nowhere = f"127.0.0.1:{free_port()}"  # where no cluster answers: one line, not minutes of retries
+        absent, took = validate(nowhere, HOME=str(empty), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+        assert absent.returncode == 2 and absent.stderr.count("\n") == 1, absent.stderr[-3000:]
+        assert f"cannot reach the Ray cluster at {nowhere}" in absent.stderr and took < 30, took
+        accepted, _ = validate(HOME=str(empty), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+        assert accepted.returncode == 0, accepted.stdout[-2000:] + accepted.stderr[-2000:]
+        assert f"{path}: valid" in accepted.stdout
+        accepted, _ = validate(HOME=str(home), RAY_AUTH_MODE="token")  # the token in ~/.ray/auth_token
+        assert accepted.returncode == 0, accepted.stdout[-2000:] + accepted.stderr[-2000:]
+    finally:
+        kill_sessions(head)
+        shutil.rmtree(temp, ignore_errors=True)
