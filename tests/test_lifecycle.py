@@ -254,6 +254,11 @@ def test_planned_grid_cells_without_a_trial_are_named_at_the_top_of_the_report()
     assert missing_grid_cells(SimpleNamespace(source=source, final=lost)) == ["grid: gamma_pos=0.1 seed 1"]
     assert "**1 planned grid cell(s) have no trial** (grid: gamma_pos=0.1 seed 1)" in \
         missing_cells_note(SimpleNamespace(source=source, final=lost))
+    # a column with text elsewhere keeps its numbers as text; an empty value reads back as NaN
+    arm = {**STUDY["arms"][0], "miner": {"name": "asms"}, "train": {"batches_per_epoch": {"grid": [None, 2]}}}
+    texts = pd.DataFrame({"arm": ["grid"] * 2, "seed": [0, 0], "status": ["ok"] * 2,
+                          "config/train.batches_per_epoch": [float("nan"), "2"]})
+    assert missing_grid_cells(SimpleNamespace(source={**STUDY, "arms": [arm]}, final=texts)) == []
 
 
 def test_a_trial_without_a_configuration_fails_with_that_reason_and_never_trains_the_defaults():

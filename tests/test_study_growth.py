@@ -115,6 +115,25 @@ def _set_status(experiment, status: str) -> None:
     newest.write_text(json.dumps(state))
 
 
+def _searcher_running(experiment) -> set:
+    from ray import cloudpickle
+
+    with open(sorted(experiment.glob("basic-variant-state-*.json"))[-1], "rb") as f:
+        return cloudpickle.load(f)["_live_trials"]
+
+
+def _set_searcher_running(experiment, trial_ids: set) -> None:
+    """The searcher's own record of running trials, as the driver left it when it died."""
+    from ray import cloudpickle
+
+    path = sorted(experiment.glob("basic-variant-state-*.json"))[-1]
+    with open(path, "rb") as f:
+        state = cloudpickle.load(f)
+    state["_live_trials"] = set(trial_ids)
+    with open(path, "wb") as f:
+        cloudpickle.dump(state, f)
+
+
 def _drop_last_epoch(trial_dir) -> None:
     for name in ("result.json", "progress.csv"):
         lines = (trial_dir / name).read_text().splitlines(keepends=True)
@@ -133,6 +152,7 @@ def test_finished_trials_are_not_touched_by_resume_or_extend(tmp_path):
     # the driver died before Tune recorded either trial as finished; one had stored its last epoch
     finished, cut = sorted(_trial_dirs(folder).values())
     _set_status(folder / "grid", "RUNNING")
+    _set_searcher_running(folder / "grid", {"_".join(d.name.split("_")[2:4]) for d in (finished, cut)})
     _drop_last_epoch(cut)
     kept = (finished / "result.json").read_bytes(), (finished / "result.json").stat().st_mtime_ns
     resumed = dmltune(tmp_path, "resume", str(folder))
@@ -140,6 +160,7 @@ def test_finished_trials_are_not_touched_by_resume_or_extend(tmp_path):
     assert ((finished / "result.json").read_bytes(), (finished / "result.json").stat().st_mtime_ns) == kept
     assert "[2/2]" in resumed.stdout and "[1/2]" not in resumed.stdout  # only the cut-off trial ran
     assert '"epoch": 2' in (cut / "result.json").read_text()  # it resumed from its checkpoint
+    assert _searcher_running(folder / "grid") == set()  # the skipped trial holds no concurrency slot
     rows = final_rows(folder)
     assert list(rows.status) == ["ok", "ok"] and (rows.epoch == 2).all()
 
@@ -172,3 +193,36 @@ def test_finished_trials_are_not_touched_by_resume_or_extend(tmp_path):
     assert nothing.returncode == 0 and "adds nothing" in nothing.stdout
     changed = dmltune(tmp_path, "extend", str(path), "--set", "train.lr=0.01")
     assert changed.returncode == 2 and changed.stderr.count("\n") == 1 and "train.lr" in changed.stderr
+
+
+def test_an_extend_stopped_between_its_two_records_is_refused_then_healed_by_the_same_extend(tmp_path):
+    from dmltune.study.experiments import (GRID_BLOCKS, experiment_folders, full_grid, grid_cells,
+                                           read_grid_blocks)
+    from dmltune.study.extension import grow_record, recorded_study
+
+    old = _study(storage=str(tmp_path))
+    old.directory.mkdir(parents=True)
+    (old.directory / "study.yaml").write_text(yaml.safe_dump(old.source))
+    grown = _study(storage=str(tmp_path), seeds=[0, 1], arms=[_arm((0.0, 0.1, 0.2))])
+    # the stop: the grown grid's blocks are recorded, the grown study.yaml is not
+    growth = plan_growth(recorded_study(old.directory), grown)
+    base = {"folder": "grid", "values": full_grid(old, old.arms[0])}
+    (old.directory / GRID_BLOCKS).write_text(yaml.safe_dump({"grid": [base, *growth.blocks["grid"]]}))
+    with pytest.raises(ConfigError, match="was stopped while it recorded the grown study"):
+        experiment_folders(recorded_study(old.directory), old.arms[0])  # resume refuses: no silent mix
+    again = grow_record(grown)  # the same extend again
+    assert again.trials == 4
+    blocks = read_grid_blocks(old.directory)["grid"]
+    assert [b["folder"] for b in blocks] == ["grid", "grid+ext1", "grid+ext2"]  # each cell once
+    cells = [grid_cells(b["values"]) for b in blocks]
+    assert sum(map(len, cells)) == 6 and set().union(*cells) == grid_cells(full_grid(grown, grown.arms[0]))
+    assert len(experiment_folders(recorded_study(old.directory), grown.arms[0])) == 3
+
+
+def test_numbers_compare_by_value_and_a_grid_cannot_repeat_one():
+    growth = plan_growth(_study(arms=[_arm((0, 1))]), _study(arms=[_arm((0.0, 1.0, 2.0))]))
+    assert growth.trials == 1 and growth.blocks["grid"][0]["values"]["miner.gamma_pos"] == [2.0]
+    with pytest.raises(ConfigError, match="repeats 1.0"):
+        _study(arms=[_arm((0, 1, 1.0))])
+    with pytest.raises(ConfigError, match="the selection metric changes"):
+        plan_growth(_study(), _study(eval={**STUDY["eval"], "metric": "recall@1"}))

@@ -58,10 +58,24 @@ def missing_grid_cells(st) -> list[str]:
 
 
 def _cell(value) -> str:
-    """One grid value as the table writes it (lists as text), comparable across int/float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """One grid value, comparable between the study file and the table: numbers by value (1 = 1.0 =
+    "1", as a column with text elsewhere stores its numbers as text), None and NaN alike, lists and
+    the rest as the table writes them (text)."""
+    import math
+    import numbers
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "None"
+    if isinstance(value, bool):
         return str(value)
-    return repr(float(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))
+    if isinstance(value, str):
+        try:
+            return repr(float(value))
+        except ValueError:
+            return value
+    return str(value)
 
 
 def missing_cells_note(st) -> str:

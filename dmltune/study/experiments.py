@@ -10,11 +10,15 @@
 
 from __future__ import annotations
 
+import itertools
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import yaml
+
+from ..registry import ConfigError
 
 GRID_BLOCKS = "grid_blocks.yaml"
 
@@ -65,5 +69,30 @@ def experiment_folders(study, arm) -> list[Path]:
 
 
 def _grid_blocks(study, arm, blocks: dict | None = None) -> list[dict]:
+    """The arm's recorded blocks, which must cover its grid in ``study.yaml`` exactly (a mismatch is
+    an ``extend`` stopped between its two records: one line, never a silent mix of two plans)."""
     recorded = (read_grid_blocks(study.directory) if blocks is None else blocks).get(arm.name)
-    return recorded or [{"folder": arm.name, "values": full_grid(study, arm)}]
+    if not recorded:
+        return [{"folder": arm.name, "values": full_grid(study, arm)}]
+    if covered_cells(recorded) != grid_cells(full_grid(study, arm)):
+        raise ConfigError(f"{study.directory / GRID_BLOCKS} does not match study.yaml for arm '{arm.name}' (an "
+                          "`dmltune extend` was stopped while it recorded the grown study): run that "
+                          "`dmltune extend STUDY.yaml` again")
+    return recorded
+
+
+def value_key(value) -> str:
+    """A grid value as compared across records: numbers by value (1 = 1.0), anything else as YAML."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return repr(float(value))
+    return yaml.safe_dump(value)
+
+
+def grid_cells(values: dict) -> set:
+    """Every cell (one value per key, keys in sorted order) of the grid ``values`` (key → values)."""
+    keys = sorted(values)
+    return set(itertools.product(*([value_key(v) for v in values[k]] for k in keys)))
+
+
+def covered_cells(blocks: list[dict]) -> set:
+    return set().union(*(grid_cells(b["values"]) for b in blocks)) if blocks else set()

@@ -29,7 +29,7 @@ import yaml
 
 from ..registry import ConfigError
 from .domains import replace_at
-from .experiments import GRID_BLOCKS, full_grid, read_grid_blocks
+from .experiments import GRID_BLOCKS, covered_cells, full_grid, grid_cells, read_grid_blocks, value_key
 from .lifecycle import STUDY_RECORD, plan_differences
 
 MAY_CHANGE = ("seeds", "arms", "description", "analysis", "dataset", "model", "generation", "train", "eval")
@@ -106,13 +106,9 @@ def _check_arm(old, new) -> None:
             if before != domain:
                 raise _refuse(f"{where}: {key} changed ({before.kind} {list(before.values)} → "
                               f"{domain.kind} {list(domain.values)}); a random or optuna search cannot change its domains")
-        elif not set(map(_key, before.values)) <= set(map(_key, domain.values)):
-            dropped = [v for v in before.values if _key(v) not in set(map(_key, domain.values))]
+        elif not set(map(value_key, before.values)) <= set(map(value_key, domain.values)):
+            dropped = [v for v in before.values if value_key(v) not in set(map(value_key, domain.values))]
             raise _refuse(f"{where}: {key} drops grid value(s) {dropped}")
-
-
-def _key(value) -> str:
-    return yaml.safe_dump(value)
 
 
 def new_blocks(old: dict, new: dict) -> list[dict]:
@@ -121,7 +117,7 @@ def new_blocks(old: dict, new: dict) -> list[dict]:
     keys = list(new)
     blocks = []
     for i, key in enumerate(keys):
-        added = [v for v in new[key] if _key(v) not in set(map(_key, old[key]))]
+        added = [v for v in new[key] if value_key(v) not in set(map(value_key, old[key]))]
         if added:
             blocks.append({**{k: list(old[k]) for k in keys[:i]}, key: added,
                            **{k: list(new[k]) for k in keys[i + 1:]}})
@@ -150,6 +146,9 @@ def plan_growth(old, new) -> Growth:
     dropped_arms = [a.name for a in old.arms if a.name not in new_arms]
     if dropped_arms:
         raise _refuse(f"it drops arm(s) {', '.join(dropped_arms)}")
+    old_metric, new_metric = old.arms[0].resolved["eval"]["metric"], new.arms[0].resolved["eval"]["metric"]
+    if old_metric != new_metric:  # the searchers and schedulers of every arm optimise this one
+        raise _refuse(f"the selection metric changes ({old_metric} → {new_metric}, set by the first arm)")
     growth = Growth(seeds=[s for s in new.seeds if s not in old.seeds])
     recorded = read_grid_blocks(old.directory)
     for arm in old.arms:
@@ -161,8 +160,9 @@ def plan_growth(old, new) -> Growth:
         blocks = new_blocks(full_grid(old, arm), full_grid(new, grown))
         if blocks and arm.search["scheduler"]:
             raise _refuse(f"arm '{arm.name}' uses ASHA, which stops trials relative to the others of its one "
-                          "experiment, so its grid cannot grow in place; add the values as a new arm")
-        taken = {b["folder"] for b in recorded.get(arm.name, [])} | {arm.name}
+                          "experiment, so its grid cannot grow in place (neither seeds nor values); run the "
+                          "additions as a new arm or a new study")
+        taken = {b["folder"] for b in recorded_blocks(old, arm, recorded)} | {arm.name}
         named, n = [], 1
         for values in blocks:
             while f"{arm.name}+ext{n}" in taken or (old.directory / f"{arm.name}+ext{n}").exists():
@@ -179,6 +179,21 @@ def plan_growth(old, new) -> Growth:
     return growth
 
 
+def recorded_blocks(old, arm, recorded: dict) -> list[dict]:
+    """The arm's recorded blocks that make up the recorded grid: the shortest prefix of them that
+    covers it (blocks recorded after it come from an ``extend`` stopped before it recorded the grown
+    study; none of their trials ran, as the folder's layout was refused until now). Empty for an arm
+    never grown."""
+    blocks, target = recorded.get(arm.name) or [], grid_cells(full_grid(old, arm))
+    for n in range(1, len(blocks) + 1):
+        if covered_cells(blocks[:n]) == target:
+            return blocks[:n]
+    if blocks:
+        raise ConfigError(f"{old.directory / GRID_BLOCKS} does not describe arm '{arm.name}' of the recorded study; "
+                          "restore it from a backup, or give the grown study a new name")
+    return []
+
+
 def _write_atomic(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text)
@@ -192,7 +207,8 @@ def grow_record(study) -> Growth:
     growth = plan_growth(old, study)
     if not growth.trials and _normalised(old.source) == _normalised(study.source):
         return growth
-    blocks = read_grid_blocks(study.directory)
+    recorded = read_grid_blocks(study.directory)
+    blocks = {arm.name: recorded_blocks(old, arm, recorded) for arm in old.arms if recorded.get(arm.name)}
     for arm in old.arms:
         if arm.name in growth.blocks:
             base = blocks.get(arm.name) or [{"folder": arm.name, "values": full_grid(old, arm)}]
@@ -200,7 +216,11 @@ def grow_record(study) -> Growth:
     if growth.blocks:
         _write_atomic(study.directory / GRID_BLOCKS, yaml.safe_dump(blocks, sort_keys=False))
     record = study.directory / STUDY_RECORD
-    kept = study.directory / f"study.before-extend-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+    stamp, n = time.strftime('%Y%m%d-%H%M%S'), 1
+    kept = study.directory / f"study.before-extend-{stamp}.yaml"
+    while kept.exists():
+        n += 1
+        kept = study.directory / f"study.before-extend-{stamp}-{n}.yaml"
     kept.write_text(record.read_text())
     _write_atomic(record, yaml.safe_dump(study.source, sort_keys=False))
     return growth

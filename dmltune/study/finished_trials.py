@@ -7,6 +7,14 @@ checkpoint and report its epochs once more. Before a restore, every such trial i
 TERMINATED instead, so that it is not touched. A trial counts as finished when its stored results
 hold its final epoch (``train.epochs`` of its configuration) or a divergence; a trial whose stored
 results stop before that is left to Tune, which resumes it from its last checkpoint.
+
+Tune's searcher keeps its own record of the trials it has running (saved apart, in
+``basic-variant-state-*.json``), and it forgets a trial only when the trial completes, which a
+skipped trial never does: left there, each settled trial would hold one of ``concurrency``'s slots
+for ever (and with all of them held, the experiment would wait for ever). So the settled trials are
+taken out of that record too, and where it cannot be read and written back (Optuna arms, whose
+searcher must also learn each result, or an unexpected layout) nothing is settled: Tune then
+resumes the trial from its final checkpoint, which replays its reports and ends at once.
 """
 
 from __future__ import annotations
@@ -58,9 +66,37 @@ def is_finished(trial_dir: Path, config: dict | None = None) -> bool:
     return isinstance(epoch, int) and epoch >= _planned_epochs(trial_dir, config or {})
 
 
+SEARCHER_STATE = "basic-variant-state-*.json"  # BasicVariantGenerator.CKPT_FILE_TMPL
+
+
+def _forget_running(folder: Path, trial_ids: set[str]) -> bool:
+    """Take ``trial_ids`` out of the running trials of the newest grid/random searcher state (written
+    back atomically); False when there is no such state or it has another layout."""
+    from ray import cloudpickle
+
+    states = sorted(folder.glob(SEARCHER_STATE))
+    if not states:
+        return False
+    try:
+        with open(states[-1], "rb") as f:
+            state = cloudpickle.load(f)
+        live = state["_live_trials"]
+    except Exception:  # unreadable, or not the layout this was written for
+        return False
+    if not isinstance(live, set):
+        return False
+    state["_live_trials"] = live - trial_ids
+    partial = states[-1].with_name(f".{states[-1].name}.partial")
+    with open(partial, "wb") as f:
+        cloudpickle.dump(state, f)
+    os.replace(partial, states[-1])
+    return True
+
+
 def settle_finished_trials(folder: Path) -> list[str]:
     """Record as TERMINATED, in the newest experiment state, every trial listed as unfinished whose
-    stored results show it finished; returns their trial ids."""
+    stored results show it finished, and take it out of the searcher's running trials; returns their
+    trial ids (none where the searcher's state cannot be updated, see the module's docstring)."""
     folder = Path(folder)
     states = sorted(folder.glob("experiment_state-*.json"))
     if not states:
@@ -85,6 +121,8 @@ def settle_finished_trials(folder: Path) -> list[str]:
             trial["status"] = "TERMINATED"
             entry[0] = json.dumps(trial, indent=2)
             settled.append(str(trial.get("trial_id")))
+    if settled and not _forget_running(folder, set(settled)):
+        return []
     if settled:
         partial = newest.with_name(f".{newest.name}.partial")
         partial.write_text(json.dumps(state))

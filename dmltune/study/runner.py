@@ -238,7 +238,8 @@ def _prepare_restores(study: Study) -> None:
         for folder in experiment_folders(study, arm):
             if (folder / "tuner.pkl").is_file():
                 repair_missing_checkpoints(folder)
-                settle_finished_trials(folder)
+                if arm.search["mode"] != "optuna":  # Optuna must learn each result: Tune resumes those
+                    settle_finished_trials(folder)
 
 
 def _done_before(study: Study, retry_errored: bool) -> tuple[int, int]:
@@ -342,7 +343,8 @@ def run_study(study: Study, address: str | None = None, retry_errored: bool = Fa
         try:
             import ray
 
-            check_resources(study, ray.cluster_resources(), f"the Ray cluster at {address}" if address else "this machine")
+            joined = address or os.environ.get("RAY_ADDRESS")
+            check_resources(study, ray.cluster_resources(), f"the Ray cluster at {joined}" if joined else "this machine")
             if extend:  # checked again under the lock, and recorded once the study is known to run
                 grow_record(study)
             write_record(study)  # the plan is recorded once it is known to run

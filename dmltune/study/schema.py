@@ -159,12 +159,28 @@ def _parse_arm(i: int, arm_raw, shared: dict, seen: set) -> Arm:
     search = _arm_search(arm_raw, where, resolved["train"]["epochs"])
     for path, domain in domains:
         key = ".".join(path)
+        repeated = _repeated(domain.values) if domain.kind == "grid" else []
+        if repeated:
+            raise ConfigError(f"{where}: {key}: {{grid: {list(domain.values)}}} repeats {repeated[0]!r} (1 and 1.0 are "
+                              "one value); list each value once")
         if search["mode"] == "grid" and domain.kind != "grid":
             raise ConfigError(f"{where}: {key} is a {domain.kind} domain but search.mode is grid; "
                               "use {grid: [...]} or search.mode: random / optuna")
         if search["mode"] == "optuna" and domain.kind == "grid":
             raise ConfigError(f"{where}: {key} is a grid but search.mode is optuna; use {{choice: [...]}}")
     return Arm(name, config, search, domains, resolved)
+
+
+def _repeated(values) -> list:
+    from .experiments import value_key
+
+    seen, out = set(), []
+    for value in values:
+        key = value_key(value)
+        if key in seen:
+            out.append(value)
+        seen.add(key)
+    return out
 
 
 def parse_study(raw: dict, check_data: bool = True, scan_data: bool = True) -> Study:
