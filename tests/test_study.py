@@ -241,3 +241,29 @@ def test_dynamic_sampling_ablation_tp_star_is_eq_10_with_lambda_half():
     assert arms["tp"]["margin"] == 0.5 and not arms["tp"]["dynamic"]
     for name in ("bd_star", "ms_star", "lf_star", "tp_star"):  # one τ for selection and weights
         assert (arms[name]["tau_p"], arms[name]["tau_n"]) == (0.9, 0.1)
+
+
+@pytest.mark.parametrize("setting, dataset, workers, expected", [
+    ("auto", {"name": "digits"}, 2, True),            # in memory: no DataLoader workers ever start
+    ("auto", {"name": "folder", "root": "/x"}, 2, False),  # image files decoded by worker processes
+    ("auto", {"name": "folder", "root": "/x"}, 0, True),
+    (True, {"name": "folder", "root": "/x"}, 2, True),  # YAML's true
+    (False, {"name": "digits"}, 0, False),
+    ("false", {"name": "digits"}, 0, False),
+])
+def test_reuse_actors_auto_reuses_workers_where_no_trial_starts_processes(setting, dataset, workers, expected):
+    from dmltune.study.schema import parse_study
+
+    raw = {"name": "r", "reuse_actors": setting, "dataset": dataset, "train": {"workers": workers},
+           "arms": [{"name": "a", "miner": {"name": "asms"}, "loss": {"name": "soft_contrastive"}}]}
+    assert parse_study(raw, check_data=False).reuse_actors is expected
+
+
+def test_reuse_actors_rejects_other_values_in_one_line():
+    from dmltune.registry import ConfigError
+    from dmltune.study.schema import parse_study
+
+    raw = {"name": "r", "reuse_actors": "sometimes", "arms": [{"name": "a", "loss": {"name": "soft_contrastive"}}]}
+    with pytest.raises(ConfigError, match="reuse_actors") as err:
+        parse_study(raw, check_data=False)
+    assert "\n" not in str(err.value) and "auto" in str(err.value)

@@ -197,3 +197,45 @@ def test_trainable_meta_step_matches_the_double_backward_hypergradient(scope):
     reference = meta.lam.hypergradient(
         lambda lam: trial.loss_fn(sim, y, mined, progress=0.5, lam=lam), params, meta_loss).item()
     assert reference != 0 and fast == pytest.approx(reference, rel=1e-6)
+
+
+
+TIMING = {"wall_s", "gpu_s", "epoch_s", "images_per_s", "time_this_iter_s", "time_total_s", "timestamp",
+          "time_since_restore", "pid", "hostname", "node_ip", "date", "trial_id", "checkpoint_dir_name"}
+
+
+def _tune_trials(tmp_path, name: str, param_space: dict, reuse: bool) -> list:
+    """(configuration, per-epoch reports) of every trial of one Tune experiment, in trial order."""
+    from ray import tune
+
+    tuner = tune.Tuner(tune.with_resources(tune_trainable, {"cpu": 1}), param_space=param_space,
+                       tune_config=tune.TuneConfig(metric="val/map@r", mode="max", reuse_actors=reuse),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path), name=name, verbose=0))
+    results = tuner.fit()
+    assert not results.errors
+    return sorted(((r.config, r.metrics_dataframe) for r in results), key=lambda t: t[1].timestamp.iloc[0])
+
+
+@pytest.mark.slow
+def test_a_trial_in_a_reused_worker_is_bit_identical_to_one_in_a_fresh_worker(tmp_path):
+    """`reuse_actors`: the last trial runs in the worker of earlier trials with another miner and
+    seed; its every reported value equals the same trial's in a worker of its own."""
+    import pandas as pd
+
+    ray = pytest.importorskip("ray")
+    from ray import tune
+
+    target = {**config(train__epochs=2), "seed": 3}
+    other_miner = {"name": "ms"}
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        reused = _tune_trials(tmp_path, "reused", {**target, "seed": tune.grid_search([0, 3]),
+                                                   "miner": tune.grid_search([other_miner, target["miner"]])}, True)
+        [(_, alone)] = _tune_trials(tmp_path, "fresh", target, False)
+    finally:
+        ray.shutdown()
+    assert len({df.pid.iloc[0] for _, df in reused}) == 1  # one worker ran all four trials
+    [(_, same)] = [(c, df) for c, df in reused if c["seed"] == 3 and c["miner"] == target["miner"]]
+    assert same is not reused[0][1]  # it did not run first
+    columns = [c for c in alone.columns if c not in TIMING and not c.startswith("config/")]
+    pd.testing.assert_frame_equal(same[columns].reset_index(drop=True), alone[columns].reset_index(drop=True))

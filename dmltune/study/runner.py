@@ -38,7 +38,8 @@ def plan_lines(study: Study) -> list[str]:
     gpu = study.resources.get("gpu")
     lines = [f"study {study.name} → {study.directory}",
              f"seeds {study.seeds}; per trial {study.resources['cpu']} CPU" + ((", GPU share by backbone" if gpu == "auto" else f", {gpu} GPU") if gpu else "")
-             + (f"; at most {study.concurrency} at once" if study.concurrency else "")]
+             + (f"; at most {study.concurrency} at once" if study.concurrency else "")
+             + ("; workers reused between trials" if study.reuse_actors else "")]
     roots = sorted({str(a.config["dataset"].get("root")) for a in study.arms if a.config["dataset"].get("root")})
     for root in roots:
         lines.append(f"data: {root}")
@@ -88,7 +89,8 @@ def _tune_config(study: Study, arm: Arm, metric: str, searcher_seed: int):
     else:
         search = BasicVariantGenerator(max_concurrent=study.concurrency or 0, random_state=searcher_seed)
     samples = arm.search["num_samples"] if mode != "grid" else 1
-    return tune.TuneConfig(metric=metric, mode="max", search_alg=search, scheduler=scheduler, num_samples=samples)
+    return tune.TuneConfig(metric=metric, mode="max", search_alg=search, scheduler=scheduler, num_samples=samples,
+                           reuse_actors=study.reuse_actors)
 
 
 def check_storage(folder: Path) -> None:

@@ -34,6 +34,9 @@ STUDY = Component("section", "study", dict, (
     Param("resources", dict, {}, nullable=True, help="{cpu: N, gpu: fraction or auto} per trial"),
     Param("concurrency", int, None, low=1, nullable=True, help="at most this many trials at once; empty = as resources allow"),
     Param("retries", int, 0, low=0, high=100, help="times a failed trial is restarted from its last checkpoint"),
+    Param("reuse_actors", str, "auto", choices=("auto", "true", "false"),
+          help="run trials one after another in the same Ray worker (no fresh process and imports per trial); "
+               "auto: yes unless an arm uses DataLoader workers (train.workers > 0)"),
     *(Param(section, dict, {}, nullable=True, help=f"shared {section} settings (an arm may override them)")
       for section in SHARED),
     Param("arms", list, None, nullable=True, help="the arms: name, miner, loss, optional search and overrides"),
@@ -92,6 +95,7 @@ class Study:
     source: dict                     # the study as given (after --set), for the record
     notes: list[str] = field(default_factory=list)  # valid but worth a word (e.g. decoupled τ)
     tracking: dict | None = None     # {"mlflow": {tracking_uri, experiment, tags}} or None (tracking.py)
+    reuse_actors: bool = False       # `reuse_actors` resolved (auto → see reuse_actors())
 
 
 def _arm_search(arm: dict, where: str, epochs: int) -> dict:
@@ -121,6 +125,8 @@ def _top_level(raw: dict) -> dict:
         section_mapping(raw.get(section), section, "study")
     check_value_shapes(raw)
     section_mapping(raw.get("tracking"), "tracking", "study", TRACKING_EXAMPLE)
+    if isinstance(raw.get("reuse_actors"), bool):  # YAML's true / false
+        raw = {**raw, "reuse_actors": str(raw["reuse_actors"]).lower()}
     top = STUDY.validate(raw, where="study")
     check_simple_name(top["name"], "study")
     check_storage(top["storage"], top["name"])
@@ -203,7 +209,24 @@ def parse_study(raw: dict, check_data: bool = True, scan_data: bool = True) -> S
     storage = Path(top["storage"]).expanduser().resolve()  # relative to the working directory
     return Study(name=top["name"], directory=storage / top["name"], seeds=top["seeds"],
                  resources=check_resources_section(raw), concurrency=top["concurrency"], arms=arms,
-                 retries=top["retries"], source=raw, notes=notes, tracking=tracking)
+                 retries=top["retries"], source=raw, notes=notes, tracking=tracking,
+                 reuse_actors=reuse_actors(top["reuse_actors"], arms))
+
+
+def reuse_actors(setting: str, arms: list[Arm]) -> bool:
+    """Whether trials run one after another in the same Ray worker. The trainable resets what a trial
+    could inherit (``training.runtime.reset_process_state``). ``auto``: yes, except where an arm may
+    decode image files in DataLoader worker processes (a file-based dataset, ``train.workers`` > 0):
+    those trials are long, so a fresh worker costs little, and none of their processes is carried over."""
+    if setting != "auto":
+        return setting == "true"
+    from ..data import DATASETS
+
+    def decodes_files(arm: Arm) -> bool:
+        dataset = DATASETS.get(arm.resolved["dataset"]["name"])
+        return "max_pixels" in dataset.param_names and int(arm.resolved["train"].get("workers") or 0) > 0
+
+    return not any(decodes_files(arm) for arm in arms)
 
 
 def load_study(path: str | Path, overrides=(), check_data: bool = True, scan_data: bool = True) -> Study:

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from ..config import resolve_config
 from ..registry import ConfigError
 from .reporting import in_tune_session, make_reporter
+from .runtime import reset_process_state
 from .settings import TrialSettings
 from .state import config_changes, describe_changes, load_checkpoint, plain_config, save_checkpoint
 from .trial import Trial
@@ -109,6 +110,7 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
     Inside a Ray Tune trial, reports and checkpoints go to Tune; standalone, a line per epoch is
     printed and, with ``checkpoint_root``, checkpoints are kept there and a rerun resumes from them.
     """
+    reset_process_state()  # a Ray worker may have run another trial before this one
     resolved = resolve_config(config)
     settings = TrialSettings.from_resolved(resolved)
     reporter = reporter or make_reporter(checkpoint_root, settings.eval.metric)

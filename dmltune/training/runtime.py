@@ -8,6 +8,26 @@ from ..registry import ConfigError
 from .reporting import in_tune_session
 
 
+_START_THREADS = torch.get_num_threads()  # this process's intra-op threads when the module loaded
+
+
+def reset_process_state() -> None:
+    """What a trial could otherwise inherit from an earlier one in the same process (a Ray worker
+    reused between trials, ``reuse_actors``): the earlier trial's objects (its data cache, models, any
+    DataLoader worker processes) are collected, torch's thread count is the process's own again, and
+    on CUDA the allocator's cached blocks are released and its peak-memory counters start afresh.
+    The random state needs nothing here: every trial seeds Python, NumPy and torch itself."""
+    import gc
+
+    gc.collect()
+    if torch.get_num_threads() != _START_THREADS:
+        torch.set_num_threads(_START_THREADS)
+    torch.set_grad_enabled(True)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
 def pick_device(requested: str) -> torch.device:
     """``auto``: the GPU Ray assigned to this trial (or the first one standalone), else the CPU.
 
