@@ -55,7 +55,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .study.runner import plan_lines
 
     from .study.resources import check_resources, local_resources
-    from .study.runner import cluster_resources
+    from .study.ray_connection import cluster_resources
 
     study = load_study(args.study, args.set, scan_data=not args.no_data_scan)
     if args.address:

@@ -21,12 +21,14 @@ from ..registry import ConfigError
 from ..training import tune_trainable
 from .checkpoint_repair import repair_missing_checkpoints
 from .consolidate import consolidate
+from .disk import disk_error, disk_problem, stop_for_disk
 from .domains import replace_at
 from .experiments import Experiment, experiment_folders, experiments
 from .extension import grow_record
 from .finished_trials import settle_finished_trials
 from .lifecycle import StudyLock, write_record
 from .progress import Progress
+from .ray_connection import prepare_environment, start_ray
 from .resources import check_resources
 from .schema import Arm, Study
 from .tracking import describe as tracking_line
@@ -116,101 +118,6 @@ class StudyOutcome:
     tracking_failure: str | None = None
 
 
-def _prepare_environment(address: str | None) -> None:
-    import logging
-
-    # a failed trial is one progress line and, at the end, one line with its reason (the full traceback
-    # is in its error file and the table): Tune's own multi-line tracebacks would bury them
-    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    if address is None and not os.environ.get("RAY_ADDRESS"):  # Ray starts here (see _start_ray)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    # Ctrl-C stops the whole study (Tune's own handler would end only the current arm and let the
-    # next one start, with no trace in the exit code); resume continues from the last checkpoints
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0: no tables
-    # short trials checkpoint every epoch by design; Tune's advice about snapshot frequency is noise here
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-
-def _token_message(address: str) -> str:
-    where = "(~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN); see the README, 'On a Ray cluster'"
-    if os.environ.get("RAY_AUTH_MODE") == "token":
-        return f"the Ray cluster at {address} refused this driver's token: give the cluster's own token {where}"
-    return (f"the Ray cluster at {address} requires token authentication: set RAY_AUTH_MODE=token and give the "
-            f"cluster's token {where}")
-
-
-def _probe_address(address: str) -> None:
-    """For a plain ``HOST:PORT``, one quick try before ``ray.init``, which retries a refusing or absent
-    cluster for minutes with a stderr line per try: an absent cluster or a refused token is one line."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or "://" in host:
-        return
-    import socket
-    import sys
-
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as err:
-        raise ConfigError(f"cannot reach the Ray cluster at {address} ({err.strerror or 'timed out'}); "
-                          "start it or check --address") from None
-    from ray._raylet import GcsClient
-
-    sys.stderr.flush()
-    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(quiet, 2)  # Ray's C++ client logs a refusal on stderr itself
-    try:
-        GcsClient(address=address)
-        refused = False
-    except Exception as err:
-        refused = type(err).__name__ == "AuthenticationError"
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(quiet)
-    if refused:
-        raise ConfigError(_token_message(address))
-
-
-def _start_ray(address: str | None) -> bool:
-    """Start Ray in-process or join ``address``; True when started here (and to be shut down here).
-    Without ``address``, a driver started by ``ray job submit`` joins its cluster (``RAY_ADDRESS``);
-    otherwise Ray starts here, also where ``ray start`` left a cluster that ``ray.init()`` would join."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address is not None:
-        _probe_address(address)
-    try:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, configure_logging=False)
-    except Exception as err:
-        if type(err).__name__ == "AuthenticationError":
-            raise ConfigError(_token_message(address)) from None
-        if address is not None and isinstance(err, (ConnectionError, TimeoutError)):
-            auth = ("" if os.environ.get("RAY_AUTH_MODE") == "token" else
-                    "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give its token "
-                    "(see the README, 'On a Ray cluster')")
-            raise ConfigError(f"cannot reach the Ray cluster at {address} ({err}); start it or check --address{auth}") from None
-        raise
-    return True
-
-
-def cluster_resources(address: str) -> dict:
-    """The resource totals of the Ray cluster at ``address`` (joined briefly)."""
-    import ray
-
-    _prepare_environment(address)
-    started_here = _start_ray(address)
-    try:
-        return dict(ray.cluster_resources())
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
 def _experiment_tuner(study: Study, arm: Arm, experiment: Experiment, metric: str, callbacks: list, stopper,
                       retry_errored: bool):
     from ray import tune
@@ -268,48 +175,10 @@ def arm_epochs(arm: Arm) -> int:
     return int(arm.resolved["train"]["epochs"])
 
 
-def _disk_error(err: BaseException) -> OSError | None:
-    """The OSError for a full or read-only disk anywhere in ``err``'s chain of causes."""
-    seen = 0
-    while err is not None and seen < 20:
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
-            return err
-        err, seen = err.__cause__ or err.__context__, seen + 1
-    return None
-
-
-def disk_problem(folder: Path) -> str | None:
-    """"no space left" or "read-only file system" when a small file cannot be written into ``folder``
-    for that reason (probed, as free-space figures do not tell a read-only mount or a quota)."""
-    probe = Path(folder) / ".dmltune-space-probe"
-    try:
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 65536)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            return "no space left"
-        if err.errno == errno.EROFS:
-            return "read-only file system"
-        return None
-    finally:
-        try:
-            probe.unlink()
-        except OSError:
-            pass
-    return None
-
-
-def _stop_for_disk(study: Study, what: str, where) -> StudyFailed:
-    return StudyFailed(f"{what} on {where}; every finished trial is kept: free space (or make it writable), then "
-                       f"`dmltune resume {study.directory} --retry-errored` (the trials it stopped ended in error)")
-
-
 def _fit(tuner, study: Study, arm: Arm) -> None:
     problem = disk_problem(study.directory)
     if problem:
-        raise _stop_for_disk(study, problem, study.directory)
+        raise stop_for_disk(study, problem, study.directory)
     try:
         tuner.fit()
     except KeyboardInterrupt:
@@ -320,17 +189,17 @@ def _fit(tuner, study: Study, arm: Arm) -> None:
         raise StudyInterrupted(f"interrupted during arm '{arm.name}'; every finished trial is kept: "
                                f"continue with `dmltune resume {study.directory}`") from None
     except Exception as err:  # Tune may fail on a full disk with an unrelated error (an empty pickle)
-        disk = _disk_error(err)
+        disk = disk_error(err)
         if disk is not None:
             what = "no space left" if disk.errno in (errno.ENOSPC, errno.EDQUOT) else "read-only file system"
-            raise _stop_for_disk(study, what, disk.filename or study.directory) from None
+            raise stop_for_disk(study, what, disk.filename or study.directory) from None
         problem = disk_problem(study.directory)
         if problem:
-            raise _stop_for_disk(study, problem, study.directory) from None
+            raise stop_for_disk(study, problem, study.directory) from None
         raise
     problem = disk_problem(study.directory)  # trials failed on it: stop before the next arm
     if problem:
-        raise _stop_for_disk(study, problem, study.directory)
+        raise stop_for_disk(study, problem, study.directory)
 
 
 def run_study(study: Study, address: str | None = None, retry_errored: bool = False, extend: bool = False
@@ -340,8 +209,8 @@ def run_study(study: Study, address: str | None = None, retry_errored: bool = Fa
     recorded study is grown into ``study`` first (:mod:`dmltune.study.extension`)."""
     check_storage(study.directory)
     with StudyLock(study.directory) as lock:
-        _prepare_environment(address)
-        started_here = _start_ray(address)
+        prepare_environment(address)
+        started_here = start_ray(address)
         try:
             import ray
 
