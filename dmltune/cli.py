@@ -80,10 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     aside = check_recorded_plan(study, fresh=args.fresh)
     if aside is not None:
         print(f"--fresh: the earlier study folder was moved to {aside}", flush=True)
-    outcome = run_study(study, address=args.address)
-    print(f"\nresults: {outcome.directory / 'trials.parquet'} (and trials.csv)\n")
-    _summarise(study, outcome.directory)
-    return _exit_code(outcome)
+    return _finish(study, run_study(study, address=args.address))
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
@@ -96,7 +93,11 @@ def cmd_extend(args: argparse.Namespace) -> int:
     print("\n".join(plan_lines(study) + study.notes + growth.lines()), flush=True)
     if args.dry_run:
         return 0
-    outcome = run_study(study, address=args.address, extend=True)
+    return _finish(study, run_study(study, address=args.address, extend=True))
+
+
+def _finish(study, outcome) -> int:
+    """After `run` or `extend`: where the results are, the report and its summary, the exit code."""
     print(f"\nresults: {outcome.directory / 'trials.parquet'} (and trials.csv)\n")
     _summarise(study, outcome.directory)
     return _exit_code(outcome)

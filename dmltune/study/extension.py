@@ -20,7 +20,6 @@ The record: ``study.yaml`` becomes the grown study; the one it replaces is kept 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,8 @@ import yaml
 from ..registry import ConfigError
 from .domains import replace_at
 from .experiments import GRID_BLOCKS, covered_cells, full_grid, grid_cells, read_grid_blocks, value_key
-from .lifecycle import STUDY_RECORD, plan_differences
+from .atomic import write_atomic
+from .lifecycle import STUDY_RECORD, normalised, plan_differences
 
 MAY_CHANGE = ("seeds", "arms", "description", "analysis", "dataset", "model", "generation", "train", "eval")
 """Top-level keys not compared as they are: seeds and arms may grow, the shared sections are compared
@@ -53,10 +53,6 @@ class Growth:
         parts += [f"{arm}: {len(blocks)} grid block(s) ({', '.join(b['folder'] for b in blocks)})"
                   for arm, blocks in self.blocks.items()]
         return [f"extend: {self.trials} new trial(s): " + "; ".join(parts) + "; every finished trial is kept"]
-
-
-def _normalised(source: dict) -> dict:
-    return yaml.safe_load(yaml.safe_dump(source))
 
 
 def recorded_study(directory: Path):
@@ -84,12 +80,12 @@ def _without_domains(arm) -> dict:
     config = arm.config
     for path, _ in arm.domains:
         config = replace_at(config, path, "<searched>")
-    return _normalised(config)
+    return normalised(config)
 
 
 def _check_arm(old, new) -> None:
     where = f"arm '{old.name}'"
-    if _normalised(old.search) != _normalised(new.search):
+    if normalised(old.search) != normalised(new.search):
         raise _refuse(f"{where}: its search changed ({'; '.join(plan_differences(old.search, new.search))}); "
                       "a search cannot be lengthened in place, add seeds or a new arm")
     old_paths, new_paths = [p for p, _ in old.domains], [p for p, _ in new.domains]
@@ -134,8 +130,8 @@ def _block_size(values: dict) -> int:
 def plan_growth(old, new) -> Growth:
     """What growing the recorded study ``old`` into ``new`` adds, or a one-line error saying why it
     is not a growth."""
-    top_old = {k: v for k, v in _normalised(old.source).items() if k not in MAY_CHANGE}
-    top_new = {k: v for k, v in _normalised(new.source).items() if k not in MAY_CHANGE}
+    top_old = {k: v for k, v in normalised(old.source).items() if k not in MAY_CHANGE}
+    top_new = {k: v for k, v in normalised(new.source).items() if k not in MAY_CHANGE}
     differences = plan_differences(top_old, top_new)
     if differences:
         raise _refuse("; ".join(differences))
@@ -194,18 +190,12 @@ def recorded_blocks(old, arm, recorded: dict) -> list[dict]:
     return []
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 def grow_record(study) -> Growth:
     """Under the study folder's lock: check the growth against the record, then record the grown
     study (grid blocks first, then ``study.yaml``; the replaced record is kept beside it)."""
     old = recorded_study(study.directory)
     growth = plan_growth(old, study)
-    if not growth.trials and _normalised(old.source) == _normalised(study.source):
+    if not growth.trials and normalised(old.source) == normalised(study.source):
         return growth
     recorded = read_grid_blocks(study.directory)
     blocks = {arm.name: recorded_blocks(old, arm, recorded) for arm in old.arms if recorded.get(arm.name)}
@@ -214,7 +204,7 @@ def grow_record(study) -> Growth:
             base = blocks.get(arm.name) or [{"folder": arm.name, "values": full_grid(old, arm)}]
             blocks[arm.name] = base + growth.blocks[arm.name]
     if growth.blocks:
-        _write_atomic(study.directory / GRID_BLOCKS, yaml.safe_dump(blocks, sort_keys=False))
+        write_atomic(study.directory / GRID_BLOCKS, yaml.safe_dump(blocks, sort_keys=False))
     record = study.directory / STUDY_RECORD
     stamp, n = time.strftime('%Y%m%d-%H%M%S'), 1
     kept = study.directory / f"study.before-extend-{stamp}.yaml"
@@ -222,5 +212,5 @@ def grow_record(study) -> Growth:
         n += 1
         kept = study.directory / f"study.before-extend-{stamp}-{n}.yaml"
     kept.write_text(record.read_text())
-    _write_atomic(record, yaml.safe_dump(study.source, sort_keys=False))
+    write_atomic(record, yaml.safe_dump(study.source, sort_keys=False))
     return growth

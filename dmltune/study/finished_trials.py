@@ -20,10 +20,10 @@ resumes the trial from its final checkpoint, which replays its reports and ends 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..config import TRAIN_PARAMS
+from .atomic import write_atomic
 from .consolidate import UNFINISHED
 
 DEFAULT_EPOCHS = next(p.default for p in TRAIN_PARAMS if p.name == "epochs")
@@ -45,25 +45,22 @@ def _last_result(trial_dir: Path) -> dict | None:
     return None
 
 
-def _planned_epochs(trial_dir: Path, config: dict) -> int:
-    try:
-        config = json.loads((trial_dir / "params.json").read_text())
-    except (OSError, ValueError):
-        pass
-    train = config.get("train") if isinstance(config, dict) else None
+def _planned_epochs(config: dict) -> int:
+    train = config.get("train")
     epochs = train.get("epochs", DEFAULT_EPOCHS) if isinstance(train, dict) else DEFAULT_EPOCHS
     return epochs if isinstance(epochs, int) else DEFAULT_EPOCHS
 
 
-def is_finished(trial_dir: Path, config: dict | None = None) -> bool:
-    """Whether the trial's stored results hold its last epoch, or its divergence."""
+def is_finished(trial_dir: Path, config: dict) -> bool:
+    """Whether the trial's stored results hold its last epoch (``train.epochs`` of ``config``, the
+    trial's configuration), or its divergence."""
     row = _last_result(trial_dir)
     if row is None:
         return False
     if row.get("status") == "diverged":
         return True
     epoch = row.get("epoch")
-    return isinstance(epoch, int) and epoch >= _planned_epochs(trial_dir, config or {})
+    return isinstance(epoch, int) and epoch >= _planned_epochs(config)
 
 
 SEARCHER_STATE = "basic-variant-state-*.json"  # BasicVariantGenerator.CKPT_FILE_TMPL
@@ -86,10 +83,7 @@ def _forget_running(folder: Path, trial_ids: set[str]) -> bool:
     if not isinstance(live, set):
         return False
     state["_live_trials"] = live - trial_ids
-    partial = states[-1].with_name(f".{states[-1].name}.partial")
-    with open(partial, "wb") as f:
-        cloudpickle.dump(state, f)
-    os.replace(partial, states[-1])
+    write_atomic(states[-1], cloudpickle.dumps(state))
     return True
 
 
@@ -124,7 +118,5 @@ def settle_finished_trials(folder: Path) -> list[str]:
     if settled and not _forget_running(folder, set(settled)):
         return []
     if settled:
-        partial = newest.with_name(f".{newest.name}.partial")
-        partial.write_text(json.dumps(state))
-        os.replace(partial, newest)
+        write_atomic(newest, json.dumps(state))
     return settled

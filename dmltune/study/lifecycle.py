@@ -112,7 +112,7 @@ def check_recorded_plan(study, fresh: bool = False) -> Path | None:
         recorded = yaml.safe_load(record.read_text()) or {}
     except (OSError, yaml.YAMLError):
         recorded = None
-    current = yaml.safe_load(yaml.safe_dump(study.source))  # the same normalisation as the record
+    current = normalised(study.source)  # as the record reads back
     if recorded == current or (recorded is not None and not plan_differences(recorded, current)):
         return None
     if fresh:
@@ -124,6 +124,11 @@ def check_recorded_plan(study, fresh: bool = False) -> Path | None:
                       f"`dmltune resume {study.directory}`, grow it with `dmltune extend` (more seeds, grid values "
                       "or arms; finished trials are kept), give this study a new name, or run with --fresh "
                       "(moves the old folder aside, deletes nothing)")
+
+
+def normalised(source: dict) -> dict:
+    """A study's settings as its record (``study.yaml``) reads back: YAML-dumped, then loaded."""
+    return yaml.safe_load(yaml.safe_dump(source))
 
 
 def write_record(study) -> None:
