@@ -4,6 +4,7 @@ worker recorded as an error and run again on request, reruns that never mix two 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -317,3 +318,38 @@ def test_a_disk_that_fills_up_stops_the_study_in_one_line_and_resume_finishes_it
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     rows = final_rows(small_disk / "life")
     assert list(rows.status) == ["ok", "ok"] and (rows.epoch == 20).all()
+
+
+def _cut_record(folder):
+    """Cut Tune's record of the experiment in ``folder`` as a full disk does."""
+    state = sorted(folder.glob("experiment_state-*.json"))[-1]
+    state.write_bytes(state.read_bytes()[:1000])
+    sorted(folder.glob("basic-variant-state-*.json"))[-1].write_bytes(b"")
+
+
+@pytest.mark.slow
+def test_a_damaged_tune_record_is_replaced_by_its_last_good_copy_and_without_one_the_experiment_starts_over(
+        tmp_path):
+    path = write(tmp_path)
+    folder = tmp_path / "results" / "life"
+    first = dmltune(tmp_path, "run", path)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert (folder / "grid" / ".dmltune_state").is_dir()
+    _cut_record(folder / "grid")
+    again = dmltune(tmp_path, "resume", str(folder))
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "restored from its last good copy" in again.stdout and "experiment_state" in again.stdout
+    assert "every trial of study 'life' is already done (2 trials)" in again.stdout and "[1/2]" not in again.stdout
+    damaged = list((folder / "grid").glob("damaged-state-*/experiment_state-*.json"))
+    assert len(damaged) == 1 and len(damaged[0].read_bytes()) == 1000  # kept, not deleted
+    assert list(final_rows(folder).status) == ["ok", "ok"]
+
+    _cut_record(folder / "grid")
+    shutil.rmtree(folder / "grid" / ".dmltune_state")
+    over = dmltune(tmp_path, "resume", str(folder))
+    assert over.returncode == 0, over.stdout[-2000:] + over.stderr[-2000:]
+    assert "has no good copy: the experiment starts over" in over.stdout and "[2/2]" in over.stdout
+    aside = [p for p in folder.iterdir() if p.name.startswith("grid.damaged-")]
+    assert len(aside) == 1 and len(list(aside[0].glob("tune_trainable_*"))) == 2
+    rows = final_rows(folder)
+    assert list(rows.status) == ["ok", "ok"] and sorted(rows["config/miner.gamma_pos"]) == [0.0, 0.1]

@@ -31,6 +31,7 @@ from .progress import Progress
 from .ray_connection import prepare_environment, start_ray
 from .resources import check_resources
 from .schema import Arm, Study
+from .state_copy import recover_record, state_copy_callback
 from .tracking import describe as tracking_line
 from .tracking import tracking_callbacks
 
@@ -141,11 +142,17 @@ def _experiment_tuner(study: Study, arm: Arm, experiment: Experiment, metric: st
 
 
 def _prepare_restores(study: Study) -> None:
-    """Before any experiment is restored: recorded checkpoints a killed driver lost are put back, and
-    trials whose last epoch is stored are recorded as finished (so they are neither run nor counted again)."""
+    """Before any experiment is restored: a damaged Tune record is replaced by its last good copy
+    (state_copy), recorded checkpoints a killed driver lost are put back, and trials whose last epoch
+    is stored are recorded as finished (so they are neither run nor counted again)."""
     for arm in study.arms:
         for folder in experiment_folders(study, arm):
             if (folder / "tuner.pkl").is_file():
+                recovered = recover_record(folder)
+                if recovered:
+                    print(recovered, flush=True)
+                    if not folder.is_dir():  # moved aside: the experiment starts over
+                        continue
                 repair_missing_checkpoints(folder)
                 if arm.search["mode"] != "optuna":  # Optuna must learn each result: Tune resumes those
                     settle_finished_trials(folder)
@@ -247,7 +254,8 @@ def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcom
         for arm in study.arms:
             for experiment in experiments(study, arm):
                 tuner = _experiment_tuner(study, arm, experiment, metric,
-                                          [progress.callback(arm, arm_epochs(arm)), *tracking[arm.name]], stopper,
+                                          [progress.callback(arm, arm_epochs(arm)), *tracking[arm.name],
+                                           state_copy_callback(experiment.folder)], stopper,
                                           retry_errored)
                 _fit(tuner, study, arm)
                 if not lock.folder_present():
