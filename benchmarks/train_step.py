@@ -23,6 +23,9 @@ per row, so a change of load on a shared machine hits every row alike):
   already sits on the device (bf16 autocast and channels_last on CUDA, fp32 on CPU, like dmltune),
   loss = sum of the embedding: the ceiling dmltune's step can reach.
 
+* compiled (``--compile true max-autotune``; ``true`` by default): the plain step of a trial with
+  ``train.compile`` set, so ``torch.compile`` runs the backbone's forward; its first step's time,
+  compiling included (inductor's on-disk cache off, as a first trial pays it), is reported beside.
 * with ``--baseline REV``: the same dmltune rows with the step of git revision REV (imported from
   ``git archive`` as a second package), in the same rounds: a refactoring's cost measured in one run.
 
@@ -81,7 +84,7 @@ def stored_size(size: int) -> int:
     return round(size * 8 / 7)
 
 
-def trial_config(args, backbone, size, meta_scope):
+def trial_config(args, backbone, size, meta_scope, compile_mode="false"):
     large = size >= 64
     cfg = {
         "seed": 0,
@@ -92,7 +95,8 @@ def trial_config(args, backbone, size, meta_scope):
         "model": {"backbone": backbone, "dim": args.dim, "freeze_bn": True},
         "miner": {"name": "at_asms"},
         "loss": {"name": "soft_contrastive"},
-        "train": {"epochs": 1, "batch_size": args.batch_size, "k": 5, "lr": 1e-5, "device": args.device},
+        "train": {"epochs": 1, "batch_size": args.batch_size, "k": 5, "lr": 1e-5, "device": args.device,
+                  "compile": compile_mode},
         "eval": {"every": 0, "nmi": False},
     }
     if meta_scope:
@@ -100,6 +104,13 @@ def trial_config(args, backbone, size, meta_scope):
         batch = {} if every_class else {"classes": args.batch_size // 5, "per_class": 5}
         cfg["loss"]["lam"] = {"meta": {"init": 0.7, "scope": scope, "meta_batch": batch}}
     return resolve_config(cfg)
+
+
+def known_to(config_module, resolved: dict) -> dict:
+    """``resolved`` without the train keys an older revision's ``config`` does not declare yet (those
+    added since, at their defaults)."""
+    known = {p.name for p in config_module.TRAIN_PARAMS}
+    return {**resolved, "train": {k: v for k, v in resolved["train"].items() if k in known}}
 
 
 def dmltune_runner(trial):
@@ -316,8 +327,17 @@ def bench_backbone(args, backbone, size, folder: Path) -> list[dict]:
     if args.baseline_modules:  # the same rows with the earlier commit's step
         trainable, config = args.baseline_modules
         for label, scope in DMLTUNE_ROWS:
-            old = trainable.Trial(config.resolve_config(dict(trial_config(args, backbone, size, scope))))
+            old = trainable.Trial(config.resolve_config(known_to(config, trial_config(args, backbone, size, scope))))
             entries.append((f"{label} [{args.baseline}]", baseline_runner(old), args.steps))
+    compile_s = {}
+    for mode in args.compile:  # train.compile: the plain step with the backbone compiled
+        label = f"plain step, compiled ({mode})"
+        run = dmltune_runner(Trial(trial_config(args, backbone, size, None, mode)))
+        start = time.perf_counter()
+        run(1)  # the first step compiles (inductor's cache off: what a first trial pays)
+        sync(device)
+        compile_s[label] = time.perf_counter() - start
+        entries.append((label, run, args.steps))
     if not args.no_reference:
         entries.append((REFERENCE, reference_runner(args, trials[0], size, folder), args.ref_steps or args.steps))
     entries.append((BARE, bare_runner(args, trials[0], size), args.steps))
@@ -338,20 +358,22 @@ def bench_backbone(args, backbone, size, folder: Path) -> list[dict]:
     rows = []
     for (label, _, steps), times, peak in zip(entries, samples, peaks):
         seconds = statistics.median(times)
-        impl = ("reference" if label == REFERENCE else "bare" if label == BARE
+        impl = ("reference" if label == REFERENCE else "bare" if label == BARE else "compiled" if label in compile_s
                 else "baseline" if label.endswith(f"[{args.baseline}]") else "dmltune")
         row = {"backbone": backbone, "size": size, "what": label, "impl": impl,
                "ms_per_step": seconds * 1e3, "img_per_s": args.batch_size / seconds, "steps": steps,
                "rounds": len(times), "ms_per_step_rounds": [t * 1e3 for t in times]}
         if peak:
             row["extra_peak_gib"] = peak
+        if label in compile_s:
+            row["first_step_s"] = compile_s[label]
         rows.append(row)
     plain = rows[0]
     ref = next((r for r in rows if r["impl"] == "reference"), None)
     bare = next(r for r in rows if r["impl"] == "bare")
     for row in rows:
         row["ratio_to_plain"] = row["ms_per_step"] / plain["ms_per_step"]
-        if row["impl"] == "dmltune":
+        if row["impl"] in ("dmltune", "compiled"):
             if ref is not None:
                 row["speedup_vs_reference"] = row["img_per_s"] / ref["img_per_s"]
             row["fraction_of_bare"] = row["img_per_s"] / bare["img_per_s"]
@@ -385,6 +407,10 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", default=None, metavar="REV",
                         help="also time the same dmltune rows with the step of git revision REV (e.g. a commit "
                              "before a refactoring), in the same interleaved rounds; adds the column × base")
+    parser.add_argument("--compile", nargs="*", default=["true"], choices=["true", "max-autotune"],
+                        help="also time the plain step with train.compile = MODE (default: true; "
+                             "`--compile` alone: no compiled row); the first step's time, compiling included, "
+                             "is reported as well")
     parser.add_argument("--out", default="benchmarks/results/train_step.json")
     args = parser.parse_args(argv)
     args.baseline_modules = None
@@ -397,6 +423,10 @@ def main(argv=None) -> int:
     default_steps, default_warmup = args.steps, args.warmup
 
     device = torch.device(args.device)
+    if args.compile:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.fx_graph_cache = False  # compile time as a first trial pays it
     rows = []
     with tempfile.TemporaryDirectory(prefix="dmltune-train-step-") as tmp:
         if args.baseline:
@@ -420,6 +450,10 @@ def main(argv=None) -> int:
         base = f" {r['ratio_to_baseline']:>7.3f}" if "ratio_to_baseline" in r else (" " * 8 if args.baseline else "")
         print(f"{r['backbone']:<14} {r['size']:>4} {r['what']:<{width}} {r['ms_per_step']:>9.1f} {r['img_per_s']:>8.0f} "
               f"{r['ratio_to_plain']:>8.2f} {ref:>7} {bare:>7}{base}")
+    for r in rows:
+        if "first_step_s" in r:
+            print(f"{r['backbone']}@{r['size']} {r['what']}: first step {r['first_step_s']:.1f} s (compiling included), "
+                  f"then {r['ratio_to_plain']:.2f}× the eager step's time")
     checks = []
     judged = [r for r in rows if r["backbone"] == "resnet50" and r["size"] == 224 and r["impl"] == "dmltune"]
     if on_cuda and judged and args.batch_size == 80:

@@ -24,6 +24,9 @@ from .nmi import NMI_BACKENDS, NMI_DEFAULTS, NMI_INITS
 from .meta_lambda import META_PARAMS, check_clamp
 from .registry import Component, ConfigError, Param, _did_you_mean, short_repr
 
+COMPILE_MODES = ("false", "true", "max-autotune")
+"""``train.compile``: eager, ``torch.compile``'s default mode, or its max-autotune mode."""
+
 TRAIN_PARAMS = (
     Param("epochs", int, 10, low=1, help="training epochs"),
     Param("batch_size", int, 80, low=2, help="B: images per batch (B/K classes × K)"),
@@ -43,6 +46,8 @@ TRAIN_PARAMS = (
           help="decoded-image cache on the device, or a DataLoader"),
     Param("workers", int, 2, low=0, high=64, help="DataLoader workers when not cached"),
     Param("cache_gb", float, 8.0, low=0.0, high=1024.0, help="memory budget of the decoded-image cache per set"),
+    Param("compile", str, "false", choices=COMPILE_MODES,
+          help="torch.compile the backbone's forward: true (default mode) or max-autotune (longer compile)"),
 )
 
 EVAL_PARAMS = (
@@ -225,4 +230,9 @@ def resolve_config(config: Mapping[str, Any], where: str = "config") -> dict:
             f"{where}: train.batch_size = {train['batch_size']} is not divisible by train.k = {train['k']}; "
             f"use a multiple of {train['k']}"
         )
+    meta = out["loss"].get("lam")
+    if train["compile"] != "false" and isinstance(meta, dict) and meta["meta"]["scope"] == "full":
+        raise ConfigError(f"{where}: train.compile = {train['compile']} cannot be combined with loss.lam.meta.scope "
+                          "full, whose look-ahead differentiates through the backbone twice (torch.compile has no "
+                          "double backward); use scope head or train.compile false")
     return copy.deepcopy(out)

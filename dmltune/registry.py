@@ -106,8 +106,11 @@ class Param:
             self._check_range(value, where)
             return value
         if self.kind is str:
+            if isinstance(value, bool) and self.choices is not None and str(value).lower() in self.choices:
+                value = str(value).lower()  # a choice named "true" / "false" may be written as YAML's boolean
             if not isinstance(value, str):
-                raise ConfigError(f"{where}: '{self.name}' must be a string, got {value!r}")
+                wanted = self.describe_range() if self.choices is not None else "a string"
+                raise ConfigError(f"{where}: '{self.name}' must be {wanted}, got {short_repr(value)}")
             if self.choices is not None and value not in self.choices:
                 raise ConfigError(
                     f"{where}: '{self.name}' = {value!r} is not valid; choose "

@@ -67,8 +67,10 @@ def test_train_step_benchmark_runs(tmp_path):
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert [r["what"] for r in rows] == ["plain step", "meta-λ, head look-ahead", "meta-λ, full look-ahead",
-                                         "meta-λ, head, every class in the meta batch",
+                                         "meta-λ, head, every class in the meta batch", "plain step, compiled (true)",
                                          "reference (PIL loader, fp32, MS loop)", "bare model step"]
+    compiled = rows[4]
+    assert compiled["impl"] == "compiled" and compiled["first_step_s"] > 0 and compiled["speedup_vs_reference"] > 0
     assert rows[0]["ratio_to_plain"] == 1.0
     assert all(r["img_per_s"] > 0 and r["backbone"] == "small_cnn" for r in rows)
     assert all(r["speedup_vs_reference"] > 0 and r["fraction_of_bare"] > 0 for r in rows if r["impl"] == "dmltune")
@@ -81,7 +83,8 @@ def test_train_step_reference_loop_at_imagenet_style_size(tmp_path):
     """Images ≥ 64 px: JPEG files through Resize + RandomResizedCrop in DataLoader workers."""
     out = tmp_path / "train_step.json"
     run_script("train_step.py", "--device", "cpu", "--backbones", "resnet18@64", "--batch-size", "10", "--dim", "8",
-               "--steps", "1", "--warmup", "0", "--rounds", "1", "--ref-workers", "1", "--out", str(out))
+               "--steps", "1", "--warmup", "0", "--rounds", "1", "--ref-workers", "1", "--compile",
+               "--out", str(out))
     rows = json.loads(out.read_text())["rows"]
     assert {r["impl"] for r in rows} == {"dmltune", "reference", "bare"}
     assert all(r["size"] == 64 and r["ms_per_step"] > 0 for r in rows)

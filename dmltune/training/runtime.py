@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from ..registry import ConfigError
@@ -23,9 +25,20 @@ def reset_process_state() -> None:
     if torch.get_num_threads() != _START_THREADS:
         torch.set_num_threads(_START_THREADS)
     torch.set_grad_enabled(True)
+    if "torch._dynamo" in sys.modules:  # compiled code of an earlier trial's model (train.compile)
+        torch._dynamo.reset()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+
+
+def compile_backbone(model: torch.nn.Module, mode: str) -> None:
+    """``train.compile``: compile the backbone's forward in place (``nn.Module.compile``, so parameter
+    names, checkpoints and the optimizer are those of the eager model). The head, the pair math and
+    the backward pass stay as they are; ``false`` leaves the model eager."""
+    if mode == "false":
+        return
+    model.backbone.compile(mode=None if mode == "true" else mode)
 
 
 def pick_device(requested: str) -> torch.device:

@@ -83,6 +83,7 @@ def load_checkpoint(directory: Path, map_location="cpu") -> dict[str, Any]:
 # amp, ...) refuses the resume: the old state would silently go on training under new settings.
 RESUME_MAY_DIFFER = (
     "train.epochs", "train.checkpoint_every", "train.device", "train.workers", "train.cache", "train.cache_gb",
+    "train.compile",
     "eval", "dataset.root", "dataset.download",
 )
 

@@ -19,7 +19,7 @@ from ..pairs import LOSSES, MINERS
 from ..pairs.masks import full_precision
 from .evaluation import Evaluator
 from .parts import Batch, build_parts
-from .runtime import Runtime
+from .runtime import Runtime, compile_backbone
 from .settings import TrialSettings
 from .state import rng_state, seed_everything, set_rng_state
 
@@ -81,6 +81,7 @@ class Trial:
         if model["in_channels"] is None and model["backbone"] == "small_cnn":
             model["in_channels"] = self.splits.channels
         self.model = self.runtime.place_model(build_model(**model))
+        compile_backbone(self.model, s.train.compile)
         self.transform = BatchTransform(spec, self.model.input_spec, self.model.in_channels, self.runtime.device,
                                         seed=s.seed)
         self.source = image_source(self.splits.train, spec.resize, self.runtime, s.train)
