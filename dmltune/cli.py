@@ -52,8 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .study import load_study
-    from .study.runner import plan_lines
-
+    from .study.plan import plan_lines
     from .study.resources import check_resources, local_resources
     from .study.ray_connection import cluster_resources
 

@@ -19,7 +19,7 @@ def _sections() -> list[tuple]:
     """Configuration sections ``dmltune list`` shows: (names of the group, title, declaration)."""
     from .config import EVAL, META, TRAIN
     from .data.transforms import TRANSFORM
-    from .models.embedding import MODEL
+    from .models.model_section import MODEL
     from .study.schema import ASHA, SEARCH, STUDY
     from .study.tracking import MLFLOW
 

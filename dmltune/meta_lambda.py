@@ -36,11 +36,16 @@ import copy
 from functools import lru_cache
 from typing import Callable, Mapping
 
-import torch
-from torch import Tensor
 
 from .data.sampler import META_BATCH_MAX_CLASSES, MetaBatchSampler  # noqa: F401 (their old home)
 from .registry import ConfigError, Param
+from typing import TYPE_CHECKING
+from .lazy import lazy_module
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 GATE_SHARPNESS = 8
 """Exponent of the gated update's ramp ``min(1, |t|/c)^8``: 1 % of the step at |t| = 0.56 c, 34 %
@@ -102,9 +107,10 @@ class MetaLambda:
 
     def __init__(self, init: float = _DEFAULTS["init"], lr: float = _DEFAULTS["lr"], inner_lr: float = 1e-5,
                  clamp: tuple[float, float] = tuple(_DEFAULTS["clamp"]), every: int = _DEFAULTS["every"],
-                 device: torch.device | str | None = None, dtype=torch.float32, update: str = _DEFAULTS["update"],
+                 device: torch.device | str | None = None, dtype=None, update: str = _DEFAULTS["update"],
                  window: int = _DEFAULTS["window"], gate: float = _DEFAULTS["gate"]):
         check_clamp(init, clamp, "meta λ")
+        dtype = torch.float32 if dtype is None else dtype
         lo, hi = clamp
         if update not in _UPDATES:
             raise ValueError(f"meta λ: unknown update {update!r}; use 'gated', 'adam' or 'sgd'")
@@ -159,7 +165,7 @@ class MetaLambda:
         meta = meta_loss(theta_hat)
         v = torch.autograd.grad(meta, [theta_hat[n] for n in names], allow_unused=True)
         inner = sum((g * vi.to(g.dtype)).sum() for g, vi in zip(grads, v) if vi is not None and g.requires_grad)
-        if not isinstance(inner, Tensor) or not inner.requires_grad:
+        if not isinstance(inner, torch.Tensor) or not inner.requires_grad:
             return torch.zeros_like(self.lam)  # λ does not influence this step
         (d_inner,) = torch.autograd.grad(inner, lam, allow_unused=True)
         if d_inner is None:

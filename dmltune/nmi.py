@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
+from .lazy import lazy_module
+
+torch = lazy_module("torch")
 
 
 # NMI's k-means (docs/evaluation.md). Defaults: the papers' scikit-learn KMeans(n_init=10, max_iter=300).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
@@ -139,11 +140,8 @@ def _number(value: float) -> str:
 
 
 def _is_tensor(value: Any) -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        return False
-    return isinstance(value, torch.Tensor)
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 @dataclass

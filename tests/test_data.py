@@ -388,3 +388,14 @@ def test_undecodable_image_names_its_path(tmp_path):
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(RuntimeError, match="cannot decode image .*broken.jpg"):
         decode_image(str(bad), 8)
+
+
+def test_digits_read_from_scikit_learns_file_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from dmltune.data.datasets import digits_arrays
+
+    pixels, labels = digits_arrays()
+    reference = load_digits()
+    assert np.array_equal(pixels, reference.images) and np.array_equal(labels, reference.target)
+    assert labels.dtype == np.int64

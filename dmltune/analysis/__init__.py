@@ -5,14 +5,36 @@
     result.summary, result.verdicts, result.match, result.expected_best, result.sensitivity
 """
 
-from .compare import Analysis, analyse, default_reference
-from .differences import Gap, gap
-from .expected_best import expected_best, expected_max
-from .selection import Estimate, configurations, cross_fitted, estimate, seed_matrix, select
-from .settings import ANALYSIS
-from .trials import StudyTable, read_study_table, study_table
-from .tuning_cost import first_match, trials_for_probability
-from .verdict import INCONCLUSIVE, MATCHED, NOT_MATCHED, Verdict, arm_verdict, seeds_needed
+from ..lazy import lazy_attributes
+
+_HOMES = {
+    "Analysis": "compare",
+    "analyse": "compare",
+    "default_reference": "compare",
+    "Gap": "differences",
+    "gap": "differences",
+    "expected_best": "expected_best",
+    "expected_max": "expected_best",
+    "Estimate": "selection",
+    "configurations": "selection",
+    "cross_fitted": "selection",
+    "estimate": "selection",
+    "seed_matrix": "selection",
+    "select": "selection",
+    "ANALYSIS": "settings",
+    "StudyTable": "trials",
+    "read_study_table": "trials",
+    "study_table": "trials",
+    "first_match": "tuning_cost",
+    "trials_for_probability": "tuning_cost",
+    "INCONCLUSIVE": "verdict",
+    "MATCHED": "verdict",
+    "NOT_MATCHED": "verdict",
+    "Verdict": "verdict",
+    "arm_verdict": "verdict",
+    "seeds_needed": "verdict",
+}
+__getattr__ = lazy_attributes(__name__, _HOMES)  # pandas and SciPy load with the first analysis
 
 __all__ = ["ANALYSIS", "Analysis", "Estimate", "Gap", "INCONCLUSIVE", "MATCHED", "NOT_MATCHED", "StudyTable",
            "Verdict", "analyse", "arm_verdict", "configurations", "cross_fitted", "default_reference", "estimate",

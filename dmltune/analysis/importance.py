@@ -29,7 +29,7 @@ def _sections():
     from ..config import EVAL, TRAIN
     from ..data.datasets import DATASETS
     from ..generation import GENERATORS
-    from ..models.embedding import MODEL
+    from ..models.model_section import MODEL
     from ..pairs import LOSSES, MINERS
 
     named = {"miner": MINERS, "loss": LOSSES, "generation": GENERATORS, "dataset": DATASETS}

@@ -13,10 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 
 import numpy as np
-import torch
 
+from ..lazy import lazy_module
 from .scan import ImageProblem, open_image
 from .splits import ImageSet
+
+torch = lazy_module("torch")
 
 
 def decode_image(path: str, size: int, channels: int = 3, max_pixels: int | None = None) -> np.ndarray:
@@ -57,7 +59,10 @@ def resize_array(images: np.ndarray, size: int) -> np.ndarray:
     return t.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-class _DecodeDataset(torch.utils.data.Dataset):
+class _DecodeDataset:
+    """Decodes image ``i`` of ``paths`` on demand: a map-style dataset for a DataLoader (no torch base
+    class needed, so that importing this module does not import torch)."""
+
     def __init__(self, paths, size, channels, max_pixels=None):
         self.paths, self.size, self.channels, self.max_pixels = paths, size, channels, max_pixels
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 
 from ..registry import Component, Param
+from ..lazy import lazy_module
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 PRESETS = {
     "imagenet": {"resize": 256, "crop": 224, "pad": 0, "flip": True},

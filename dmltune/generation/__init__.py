@@ -7,8 +7,12 @@
     g_opt, d_opt = gen.build_optimizers()
 """
 
-from .base import GENERATORS, Generation, NoGeneration, build_generation
-from .mirage import Discriminator, Mirage, round_half_up
+from ..lazy import lazy_attributes
+from .catalog import GENERATORS
+
+_HOMES = {"Generation": "base", "NoGeneration": "base", "build_generation": "base", "Discriminator": "mirage",
+          "Mirage": "mirage", "round_half_up": "mirage"}
+__getattr__ = lazy_attributes(__name__, _HOMES)  # the nn.Modules: torch is imported when one is asked for
 
 __all__ = [
     "GENERATORS",

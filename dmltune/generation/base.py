@@ -1,7 +1,7 @@
 """The generation interface a trainer uses, the do-nothing ``none``, the registry and the factory.
 
 A generation method (``mirage.py`` is the one shipped) subclasses :class:`Generation`, registers
-its name and parameters in ``GENERATORS``, and is built by :func:`build_generation`.
+its name and parameters in ``catalog.py``, and is built by :func:`build_generation`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..registry import Registry
-
-GENERATORS = Registry("generation")
+from .catalog import GENERATORS
 
 EmbedFn = Callable[[Tensor], Tensor]
 
@@ -87,7 +85,6 @@ class Generation(nn.Module):
         return float("nan")
 
 
-@GENERATORS.register("none")
 class NoGeneration(Generation):
     """No generated examples: every method is a no-op and there are no parameters."""
 

@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.functional import with_detached_weights
-from ..registry import Param
-from .base import GENERATORS, EmbedFn, Generation
+from .base import EmbedFn, Generation
 
 def round_half_up(x: float) -> int:
     """``round`` with halves going up (Python's ``round`` sends 2.5 to 2)."""
@@ -58,27 +57,6 @@ class Discriminator(nn.Module):
         return self.real_head(h).squeeze(1), self.class_head(h)
 
 
-@GENERATORS.register(
-    "mirage",
-    Param("virtual_ratio", float, 1.0, low=0.0, high=10.0,
-          help="virtual classes per training class: N_v = round(r · N_t)"),
-    Param("generated_ratio", float, 1.0, low=0.0, high=4.0,
-          help="generated examples per real example in the batch (paper sweeps 0–4)"),
-    Param("virtual_share", float, None, low=0.0, high=1.0, nullable=True,
-          help="share of generated examples drawn from virtual classes; empty = N_v / (N_t + N_v)"),
-    Param("samples_per_class", int, 1, low=1, high=1024,
-          help="generated examples per drawn class (1 = independent draws)"),
-    Param("noise_std", float, 0.1, low=0.0, high=10.0,
-          help="σ: ε ~ N(0, σ²/d·I), so ‖ε‖ ≈ σ against a unit prototype"),
-    Param("hidden", int, 512, low=1, high=65536, help="hidden width of G and D"),
-    Param("lr", float, 1e-4, low=0.0, high=1.0, help="Adam learning rate of G, prototypes and D"),
-    Param("recon_weight", float, 1.0, low=0.0, high=100.0, help="weight of the ElasticNet reconstruction"),
-    Param("adv_weight", float, 1.0, low=0.0, high=100.0, help="weight of the adversarial term for G"),
-    Param("prototype_init", str, "class_mean", choices=("class_mean", "random"),
-          help="training prototypes start at their class's mean initial embedding, or random unit vectors"),
-    Param("proxies", bool, True,
-          help="the batch's class prototypes join the metric loss as labelled points (the paper's [12])"),
-)
 class Mirage(Generation):
     """MIRAGE: training- and virtual-class prototypes, generator G and two-head discriminator D.
 

@@ -6,7 +6,11 @@
     feats = model.features(images); emb = model.embed(feats)
 """
 
+from ..lazy import lazy_attributes
 from .backbones import BACKBONES, Backbone, check_weights
-from .embedding import MODEL, EmbeddingModel, build_model, global_pool, resolve_model
+from .model_section import MODEL, build_model, resolve_model
+
+
+__getattr__ = lazy_attributes(__name__, {"EmbeddingModel": "embedding", "global_pool": "embedding"})  # nn.Modules
 
 __all__ = ["BACKBONES", "MODEL", "Backbone", "check_weights", "EmbeddingModel", "build_model", "global_pool", "resolve_model"]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
+from ..lazy import lazy_module
 from ..registry import ConfigError, Param, Registry
-from . import bn_inception
 from .weights import find_weights, load_backbone_weights, load_state_dict_file
+
+nn = lazy_module("torch.nn")
 
 BACKBONES = Registry("backbone")
 
@@ -125,6 +125,8 @@ def googlenet(pretrained=False, weights=None, in_channels=3) -> Backbone:
 @BACKBONES.register("bn_inception", *_params())
 def bninception(pretrained=False, weights=None, in_channels=3) -> Backbone:
     """BN-Inception (1024-d features); BGR 0–255 input, as in most DML papers."""
+    from . import bn_inception  # an nn.Module subclass: torch is imported only to build one
+
     _needs_rgb("bn_inception", in_channels)
     body = bn_inception.BNInception()
     if pretrained or weights:

@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Component, ConfigError, Param
+from ..registry import ConfigError
 from .backbones import BACKBONES
-
-POOLINGS = ("avg", "max", "avg+max")
+from .model_section import MODEL, MODEL_PARAMS, POOLINGS, build_model, resolve_model  # noqa: F401 (their old home)
 
 
 def global_pool(x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -82,36 +81,3 @@ class EmbeddingModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(self.features(x))
-
-
-MODEL_PARAMS = (
-    Param("backbone", str, "resnet50", help="backbone name (dmltune list backbones)"),
-    Param("dim", int, 512, low=2, high=8192, help="embedding dimension"),
-    Param("pretrained", bool, False, help="load ImageNet weights from local files (never downloaded)"),
-    Param("weights", str, None, nullable=True, help="explicit path of a weights file"),
-    Param("freeze_bn", bool, True, help="keep the backbone's BatchNorm in eval mode (statistics fixed)"),
-    Param("train_bn_affine", bool, False, help="with freeze_bn: still train BatchNorm's scale and shift"),
-    Param("pooling", str, "avg", choices=POOLINGS, help="global pooling of the last feature map"),
-    Param("in_channels", int, None, low=1, high=3, nullable=True, help="input channels (small_cnn); empty = the data's"),
-)
-
-MODEL = Component("section", "model", EmbeddingModel, MODEL_PARAMS, "the embedding model")
-
-
-def resolve_model(params, where: str = "model") -> dict:
-    """The model parameters with defaults filled in; unknown backbones or values raise ConfigError."""
-    resolved = MODEL.validate(params, where=where)
-    try:
-        BACKBONES.lookup(resolved["backbone"])
-    except ConfigError as err:
-        raise ConfigError(f"{where}.backbone: {err}") from None
-    return resolved
-
-
-def build_model(backbone: str = "resnet50", **params) -> EmbeddingModel:
-    """An :class:`EmbeddingModel` from the model section's parameters (see ``MODEL_PARAMS``).
-
-    Every value is validated first; a mistake raises ConfigError. ``pretrained`` and ``weights``
-    read local files only (:mod:`dmltune.models.weights`).
-    """
-    return EmbeddingModel(**resolve_model({"backbone": backbone, **params}))

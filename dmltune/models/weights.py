@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
+from ..lazy import lazy_module
 from ..registry import ConfigError
+
+torch = lazy_module("torch")
 
 
 def hub_checkpoint_dir() -> Path:

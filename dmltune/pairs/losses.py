@@ -11,12 +11,18 @@ gradients flow into it (this is how the meta-learned λ is trained). It can also
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from ..registry import Param, Registry
 from .masks import check_pair_inputs, full_precision, label_masks, masked_logsumexp, masked_mean, pairwise_hinge_sum
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_module
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 LOSSES = Registry("loss", "losses")
 
@@ -68,8 +74,8 @@ class PairLoss:
             return None
         if progress is None:
             raise ValueError(f"{type(self).__name__} with dynamic=True needs progress=r (epoch / total epochs)")
-        r = float(progress) if not isinstance(progress, Tensor) else progress
-        if not isinstance(r, Tensor) and not 0.0 <= r <= 1.0:
+        r = float(progress) if not isinstance(progress, torch.Tensor) else progress
+        if not isinstance(r, torch.Tensor) and not 0.0 <= r <= 1.0:
             raise ValueError(f"progress must be in [0, 1], got {r}")
         return 2 * r * (self.tau_p - sim) ** 2, 2 * r * (sim - self.tau_n) ** 2
 

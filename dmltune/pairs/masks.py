@@ -8,8 +8,14 @@ without NaNs leaking into the backward pass.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_module
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 def check_pair_inputs(sim: Tensor, labels: Tensor) -> None:

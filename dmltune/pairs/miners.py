@@ -10,11 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import torch
-from torch import Tensor
 
 from ..registry import Param, Registry
 from .masks import check_pair_inputs, full_precision, label_masks, row_max, row_min
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_module, no_grad
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 MINERS = Registry("miner")
 
@@ -84,7 +90,7 @@ def tolerance_masks(sim: Tensor, pos_all: Tensor, neg_all: Tensor, gamma_pos, ga
 class Miner:
     """Shared plumbing: input checks, float32 similarities, label masks, statistics."""
 
-    @torch.no_grad()
+    @no_grad
     def __call__(self, sim: Tensor, labels: Tensor) -> Mined:
         check_pair_inputs(sim, labels)
         sim = full_precision(sim.detach())

@@ -20,15 +20,30 @@ def check_resources(study: Study, available: dict, where: str) -> None:
         raise ConfigError(f"resources.cpu = {cpu:g} per trial, but {where} has {have_cpu:g} CPUs; "
                           f"set resources.cpu to at most {have_cpu:g}")
     gpu = max((arm.gpu(study.resources.get("gpu", 0)) for arm in study.arms), default=0.0)
-    have_gpu = float(available.get("GPU", 0))
-    if gpu > 0 and gpu > have_gpu:
+    if gpu <= 0:
+        return
+    try:  # looked up only now: counting this machine's GPUs imports torch
+        have_gpu = float(available["GPU"])
+    except KeyError:
+        have_gpu = 0.0
+    if gpu > have_gpu:
         fix = "set resources.gpu: 0 (train on the CPU)" if have_gpu == 0 else f"set resources.gpu to at most {have_gpu:g}"
         raise ConfigError(f"resources.gpu asks for {gpu:g} GPU per trial, but {where} has "
                           f"{'no GPU' if have_gpu == 0 else f'{have_gpu:g}'}; {fix}")
 
 
+class _ThisMachine(dict):
+    """This machine's resources: the CPUs at once, the GPUs when first looked up (torch counts them)."""
+
+    def __missing__(self, key):
+        if key != "GPU":
+            raise KeyError(key)
+        import torch
+
+        self["GPU"] = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return self["GPU"]
+
+
 def local_resources() -> dict:
     """This machine's CPUs and CUDA GPUs, as Ray would count them."""
-    import torch
-
-    return {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count() if torch.cuda.is_available() else 0}
+    return _ThisMachine(CPU=os.cpu_count() or 1)

@@ -1,0 +1,33 @@
+"""The plan a study prints before it runs: where it writes, seeds, resources, and each arm's trials."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .tracking import describe as tracking_line
+
+if TYPE_CHECKING:
+    from .schema import Study
+
+
+def plan_lines(study: Study) -> list[str]:
+    gpu = study.resources.get("gpu")
+    lines = [f"study {study.name} → {study.directory}",
+             f"seeds {study.seeds}; per trial {study.resources['cpu']} CPU" + ((", GPU share by backbone" if gpu == "auto" else f", {gpu} GPU") if gpu else "")
+             + (f"; at most {study.concurrency} at once" if study.concurrency else "")
+             + ("; workers reused between trials" if study.reuse_actors else "")]
+    roots = sorted({str(a.config["dataset"].get("root")) for a in study.arms if a.config["dataset"].get("root")})
+    for root in roots:
+        lines.append(f"data: {root}")
+    total = 0
+    for arm in study.arms:
+        n = arm.trials_per_seed * len(study.seeds)
+        total += n
+        searched = ", ".join(f"{'.'.join(p)} {d.kind} {list(d.values)}" for p, d in arm.domains) or "fixed"
+        mode = arm.search["mode"] + (" + ASHA" if arm.search["scheduler"] else "")
+        share = f"   ({arm.gpu(gpu):g} GPU per trial)" if gpu == "auto" else ""
+        lines.append(f"  {arm.name:<24} {mode:<15} {n:>4} trials   {searched}{share}")
+    lines.append(f"  {'total':<24} {'':<15} {total:>4} trials")
+    if tracking_line(study.tracking):
+        lines.append(tracking_line(study.tracking))
+    return lines
