@@ -170,3 +170,67 @@ def test_train_step_benchmark_times_a_baseline_revision_in_the_same_run(tmp_path
     assert data["baseline"] == "HEAD" and len(ours) == len(base) == 4
     assert [r["what"] for r in base] == [f"{r['what']} [HEAD]" for r in ours]
     assert all(r["ratio_to_baseline"] > 0 for r in ours)
+
+
+GPU_SUITE_STEPS = ["study", "agreement", "pair_math", "train_step", "eval", "eval_nmi", "data", "packing"]
+
+
+@pytest.mark.slow
+def test_gpu_suite_dry_run_runs_every_step(tmp_path):
+    """`gpu_suite.py --dry-run`: every step at toy size on the CPU, one JSON with every section."""
+    out = tmp_path / "gpu_suite.json"
+    run_script("gpu_suite.py", "--dry-run", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["dry_run"] and data["ok"] and list(data["steps"]) == GPU_SUITE_STEPS
+    for name, step in data["steps"].items():
+        assert step["status"] == "ok" and step["returncode"] == 0 and 0 < step["wall_s"] <= step["limit_s"], name
+        assert step["result"]["rows"] and step["result"]["device"] == "cpu", name
+        assert name == "study" or step["peak"]["rss_gib"] > 0, name  # peak memory of every script step
+    assert [r["status"] for r in data["steps"]["study"]["result"]["rows"]] == ["ok"] * 4
+    agreement = data["steps"]["agreement"]["result"]
+    assert {(r["precision"], r["device"]) for r in agreement["rows"]} == {("fp32", "cpu"), ("bf16", "cpu")}
+    assert {r["case"] for r in agreement["rows"]} == {r["case"] for r in data["steps"]["pair_math"]["result"]["rows"]
+                                                      if r["impl"] == "dmltune"}
+    assert {t["step"] for t in data["targets"]} == set(GPU_SUITE_STEPS) - {"eval_nmi"} and len(data["targets"]) == 13
+    judged = {t["step"]: t["status"] for t in data["targets"] if t["status"] != "n/a"}
+    assert judged == {"study": "PASS", "agreement": "PASS"}  # the GPU targets are judged on CUDA only
+    assert len(data["unmeasured"]) == 11
+    assert (tmp_path / "gpu_suite" / "train_step.json").exists()  # each step's own JSON beside the suite's
+
+
+def test_gpu_suite_records_failures_and_judges_cuda_rows(tmp_path):
+    """A failing or stuck step is recorded with its stderr tail; targets are judged from CUDA rows."""
+    suite = load_script("gpu_suite.py")
+    args = suite.argparse.Namespace(dry_run=True, cpus=1)
+    bad, slow = tmp_path / "bad.py", tmp_path / "slow.py"
+    bad.write_text("import sys\nprint('it broke', file=sys.stderr)\nsys.exit(3)\n")
+    slow.write_text("import time\ntime.sleep(60)\n")
+    step = {"what": "", "args": [], "limit_s": 30, "needs": ()}
+    failed = suite.run_step({**step, "name": "bad", "script": str(bad)}, tmp_path, args, 30)
+    assert failed["status"] == "FAIL" and failed["returncode"] == 3 and "it broke" in failed["stderr_tail"]
+    stuck = suite.run_step({**step, "name": "slow", "script": str(slow)}, tmp_path, args, 1)
+    assert stuck["status"] == "TIMEOUT" and stuck["wall_s"] < 30
+
+    def record(*rows):
+        return {"status": "ok", "result": {"device": "cuda", "rows": list(rows)}}
+
+    pair_rows = [{"impl": "dmltune", "case": "a", "B": 80, "ms": 0.5},
+                 {"impl": "dmltune", "case": "b", "B": 80, "ms": 1.5},
+                 {"impl": "pml", "case": "a", "B": 80, "ms": 2.0, "dmltune_speedup": 4.0}]
+    targets = suite.judge_targets({"pair_math": record(*pair_rows), "train_step": failed,
+                                   "packing": record({"case": "small", "concurrent": 4, "speedup_vs_one": 3.1})}, {})
+    status = {t["target"]: (t["status"], t["measured"]) for t in targets}
+    assert status["every miner + loss ≤ 1 ms at B = 80"] == ("FAIL", True)
+    assert status["≥ 3× faster than pytorch-metric-learning"] == ("PASS", True)
+    assert status["≥ 100× faster than the per-anchor loop"] == ("FAIL", False)  # no loop rows: unmeasured
+    assert status["4 concurrent small-backbone trials ≥ 2.5× one trial's aggregate img/s"] == ("PASS", True)
+    assert all(s == ("FAIL", False) for t, s in status.items() if "plain step" in t or "look-ahead" in t)
+    assert status["cache ≥ 20,000 img/s at 224 px"] == ("FAIL", False)  # step not run
+
+
+def test_startup_benchmark_runs_and_judges_its_targets(tmp_path):
+    out = tmp_path / "startup.json"
+    run_script("startup.py", "--runs", "1", "--out", str(out))
+    data = json.loads(out.read_text())
+    assert [r["what"] for r in data["rows"]][:2] == ["dmltune list", "dmltune validate studies/quickstart.yaml"]
+    assert all(r["median_s"] > 0 for r in data["rows"]) and len(data["targets"]) == 2
