@@ -49,7 +49,11 @@ def no_grad(function):
 
 def lazy_attributes(package: str, homes: dict[str, str]):
     """A package's ``__getattr__`` (PEP 562) that imports ``name`` from its submodule ``homes[name]``
-    when first asked for, so that importing the package imports none of them."""
+    when first asked for, so that importing the package imports none of them. A name may not be
+    its own home: importing that submodule would bind the package's attribute to the module."""
+    clashes = [name for name, home in homes.items() if name == home]
+    if clashes:
+        raise ValueError(f"{package}: {clashes} named like the submodule that holds it; rename the submodule")
 
     def __getattr__(name: str):
         if name not in homes:

@@ -86,3 +86,12 @@ def test_a_compiled_trial_agrees_with_an_eager_one():
     assert compiled["status"] == "ok"
     assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-3)
     assert compiled["val/map@r"] == pytest.approx(eager["val/map@r"], abs=0.01)
+
+
+def test_a_compile_value_written_as_boolean_or_text_is_one_configuration_in_the_analysis():
+    import numpy as np
+
+    from dmltune.analysis.importance import _same
+
+    assert _same(False, "false") and _same(np.bool_(True), "true") and _same("true", True)
+    assert not _same(True, "false") and not _same(True, 1) and _same(0.1, 0.1 + 1e-12)

@@ -50,3 +50,16 @@ def test_the_lazy_names_still_resolve_to_the_real_objects():
     assert lazy.dumps([1]) == "[1]" and "dumps" in vars(lazy)  # imported on first use, then plain lookups
     with pytest.raises(AttributeError):
         models.no_such_name
+
+
+def test_a_lazily_exported_function_stays_a_function_after_its_module_is_imported():
+    import importlib
+
+    from dmltune.lazy import lazy_attributes
+
+    importlib.import_module("dmltune.analysis.expected_best_curve")
+    from dmltune.analysis import expected_best, expected_max
+
+    assert callable(expected_best) and callable(expected_max)
+    with pytest.raises(ValueError, match="rename the submodule"):
+        lazy_attributes("pkg", {"thing": "thing"})

@@ -107,3 +107,39 @@ def test_a_missing_experiment_state_with_no_copy_moves_the_experiment_aside(tmp_
     assert "its experiment_state file is missing" in line and "starts over" in line
     aside = next(tmp_path.glob("exp.damaged-*"))
     assert not folder.exists() and (aside / "trial_a").is_dir() and str(aside) in line
+
+
+def test_a_whole_pickle_that_needs_missing_code_is_not_called_damaged(tmp_path):
+    """After an upgrade a whole searcher state may refer to a class that is gone: Tune must say so
+    itself; setting the record aside would silently start the experiment over."""
+    folder = tmp_path / "exp"
+    write_record(folder, 1)
+    data = b"cnomodule_xyz\nThing\n."  # a whole pickle of a class in a module this environment lacks
+    (folder / SEARCHER).write_bytes(data)
+    assert record_damage(folder) is None and recover_record(folder) is None
+    assert (folder / SEARCHER).read_bytes() == data  # left where it was
+
+
+def test_restoring_on_a_still_full_disk_moves_nothing(tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    folder = tmp_path / "exp"
+    write_record(tmp_path / "staging", 1)
+    write_record(folder, 2)
+    save_good_copy(tmp_path / "staging", folder)
+    (folder / STATE).write_bytes(b'{"trial_data": [')
+
+    def full(src, dst, *args, **kwargs):
+        Path(dst).write_bytes(b"par")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil_module, "copyfile", full)
+    with pytest.raises(OSError):
+        recover_record(folder)
+    assert (folder / STATE).read_bytes() == b'{"trial_data": [' and (folder / SEARCHER).is_file()
+    assert not list(folder.glob("damaged-state-*")) and not list(folder.glob(".restoring-*"))
+    monkeypatch.undo()
+    assert "restored from its last good copy" in recover_record(folder)  # space freed: it recovers
+    (folder / STATE).write_bytes(b"")
+    assert "restored" in recover_record(folder)  # a second recovery in the same second gets its own folder
+    assert len(list(folder.glob("damaged-state-*"))) == 2

@@ -45,7 +45,7 @@ class Analysis:
     def expected_best(self) -> pd.DataFrame:
         """E[max_n] against trials and cost for every arm, with seed-bootstrap intervals."""
         if "expected_best" not in self._cache:
-            from .expected_best import expected_best
+            from .expected_best_curve import expected_best
 
             s = self.settings
             frames = [expected_best(self.table, arm, s["failure_value"], s["bootstrap"], s["confidence"], s["seed"])

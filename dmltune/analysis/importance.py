@@ -59,7 +59,10 @@ def declared_default(column: str, row: pd.Series) -> tuple[bool, Any]:
 
 
 def _same(a, b) -> bool:
-    if isinstance(a, (int, float, np.number)) and isinstance(b, (int, float, np.number)) and not isinstance(a, bool):
+    if isinstance(a, (bool, np.bool_)) or isinstance(b, (bool, np.bool_)):
+        # a choice named "true"/"false" (train.compile) is resolved to text but kept as given in the table
+        return str(a).lower() == str(b).lower()
+    if isinstance(a, (int, float, np.number)) and isinstance(b, (int, float, np.number)):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
     return str(a) == str(b)
 

@@ -125,7 +125,10 @@ def _prepare_restores(study: Study) -> None:
     for arm in study.arms:
         for folder in experiment_folders(study, arm):
             if (folder / "tuner.pkl").is_file():
-                recovered = recover_record(folder)
+                try:
+                    recovered = recover_record(folder)
+                except OSError as err:  # the disk is still full (or read-only): one line, nothing lost
+                    raise stop_for_disk(study, disk_problem(study.directory) or err.strerror, folder) from None
                 if recovered:
                     print(recovered, flush=True)
                     if not folder.is_dir():  # moved aside: the experiment starts over

@@ -17,6 +17,8 @@ whole (``NAME.damaged-TIME``, nothing deleted) and the experiment starts over.
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -29,16 +31,20 @@ state (grid/random, or the generator around an Optuna searcher, and that searche
 
 
 def _loads(name: str, data: bytes) -> bool:
-    """Whether one record file's bytes load (a file cut off mid-write does not)."""
+    """Whether one record file's bytes are whole: False for a file cut off mid-write (or empty). A
+    pickle that is whole but refers to code this environment lacks (after an upgrade) counts as whole:
+    Tune then stops on it with its own error, and nothing is set aside."""
     from ray import cloudpickle
 
     try:
         if name.startswith("experiment_state-"):
             return isinstance(json.loads(data), dict)
         cloudpickle.loads(data)
-        return True
-    except Exception:
+    except (ValueError, EOFError, pickle.UnpicklingError, IndexError):  # ValueError: JSON, and bad pickle opcodes
         return False
+    except Exception:
+        return True
+    return True
 
 
 def newest_record(folder: Path) -> dict[str, Path]:
@@ -120,12 +126,22 @@ def recover_record(folder: Path) -> str | None:
         return (f"Tune's record of {folder} was damaged ({damage}) and has no good copy: the experiment starts "
                 f"over; its old folder is kept as {aside}")
     damaged = folder / f"damaged-state-{stamp}"
+    suffix = 1
+    while damaged.exists():  # a second recovery within the same second
+        damaged, suffix = folder / f"damaged-state-{stamp}-{suffix}", suffix + 1
+    try:  # the copies first, under names Tune ignores: a still-full disk stops here, nothing moved
+        for path in copy.iterdir():
+            shutil.copyfile(path, folder / f".restoring-{path.name}")
+    except OSError:
+        for path in folder.glob(".restoring-*"):
+            path.unlink(missing_ok=True)
+        raise
     damaged.mkdir()
     for pattern in RECORD_PATTERNS:
         for path in folder.glob(pattern):
             path.rename(damaged / path.name)
     for path in copy.iterdir():
-        shutil.copyfile(path, folder / path.name)
+        os.replace(folder / f".restoring-{path.name}", folder / path.name)
     return (f"Tune's record of {folder} was damaged ({damage}): restored from its last good copy (the damaged "
             f"one is kept in {damaged.name}/); trials it had not recorded as finished continue or run again")
 
