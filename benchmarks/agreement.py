@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, write_json  # noqa: E402
+from common import add_batch_arguments, header, write_json  # noqa: E402
 from pair_math import DMLTUNE_CASES  # noqa: E402
 
 from dmltune.pairs import get_loss, get_miner  # noqa: E402
@@ -105,10 +105,7 @@ def run(args) -> list[dict]:
 def main(argv=None) -> int:
     """Run every comparison, print the table and the verdict, write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[80, 1000])
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--k", type=int, default=5, help="instances per class")
+    add_batch_arguments(parser)
     parser.add_argument("--out", default="benchmarks/results/agreement.json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)

@@ -39,6 +39,14 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def add_batch_arguments(parser) -> None:
+    """The options of the pair-math benchmarks: device, batch sizes B, embedding dim, K per class."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[80, 1000])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--k", type=int, default=5, help="instances per class")
+
+
 def header(device: torch.device) -> str:
     return f"device: {device} ({device_name(device)}), torch {torch.__version__}, threads {torch.get_num_threads()}"
 

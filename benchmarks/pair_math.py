@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, per_anchor_loss, timed, write_json  # noqa: E402
+from common import add_batch_arguments, header, per_anchor_loss, timed, write_json  # noqa: E402
 
 from dmltune.pairs import get_loss, get_miner  # noqa: E402
 
@@ -140,10 +140,7 @@ def summary(times: list[float]) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[80, 1000])
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--k", type=int, default=5, help="instances per class")
+    add_batch_arguments(parser)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--loop-max-b", type=int, default=1000, help="skip the per-anchor loop above this B")
