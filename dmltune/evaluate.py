@@ -206,3 +206,16 @@ def histogram_columns(prefix: str, positive: torch.Tensor, negative: torch.Tenso
     for kind, values in (("pos", positive), ("neg", negative)):
         out.update({f"{prefix}/{kind}/{i:02d}": float(v) for i, v in enumerate(values.tolist())})
     return out
+
+
+def concatenated_embeddings(per_model: Sequence) -> torch.Tensor:
+    """The Reality Check's ensemble of k models (issue #18): each model's N×d embeddings of the same
+    items, L2-normalised per model, concatenated to N×(k·d), and L2-normalised again (each row then has
+    norm √k before it, so the last step changes no ranking; it keeps the input of :func:`evaluate`
+    unit-length). Cosine similarity of the result is the mean of the models' cosine similarities."""
+    if not per_model:
+        raise ValueError("an ensemble needs the embeddings of at least one model")
+    parts = [torch.nn.functional.normalize(_as_tensor(e, torch.float32), dim=1) for e in per_model]
+    if len({p.shape[0] for p in parts}) != 1:
+        raise ValueError(f"every model must embed the same items, got {[p.shape[0] for p in parts]} rows")
+    return torch.nn.functional.normalize(torch.cat(parts, dim=1), dim=1)
