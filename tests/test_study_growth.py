@@ -226,3 +226,20 @@ def test_numbers_compare_by_value_and_a_grid_cannot_repeat_one():
         _study(arms=[_arm((0, 1, 1.0))])
     with pytest.raises(ConfigError, match="the selection metric changes"):
         plan_growth(_study(), _study(eval={**STUDY["eval"], "metric": "recall@1"}))
+
+
+def test_an_extend_stopped_between_its_two_records_is_also_healed_by_extending_the_unchanged_study(tmp_path):
+    """The user gives up the growth: `extend` with the recorded study file drops the unrecorded blocks."""
+    from dmltune.study.experiments import GRID_BLOCKS, experiment_folders, full_grid, read_grid_blocks
+    from dmltune.study.extension import grow_record, recorded_study
+
+    old = _study(storage=str(tmp_path))
+    old.directory.mkdir(parents=True)
+    (old.directory / "study.yaml").write_text(yaml.safe_dump(old.source))
+    grown = _study(storage=str(tmp_path), seeds=[0, 1], arms=[_arm((0.0, 0.1, 0.2))])
+    growth = plan_growth(recorded_study(old.directory), grown)
+    base = {"folder": "grid", "values": full_grid(old, old.arms[0])}
+    (old.directory / GRID_BLOCKS).write_text(yaml.safe_dump({"grid": [base, *growth.blocks["grid"]]}))
+    assert grow_record(old).trials == 0  # the unchanged study: nothing to add
+    assert read_grid_blocks(old.directory)["grid"] == [base]
+    assert experiment_folders(recorded_study(old.directory), old.arms[0]) == [old.directory / "grid"]

@@ -195,10 +195,12 @@ def grow_record(study) -> Growth:
     study (grid blocks first, then ``study.yaml``; the replaced record is kept beside it)."""
     old = recorded_study(study.directory)
     growth = plan_growth(old, study)
-    if not growth.trials and normalised(old.source) == normalised(study.source):
-        return growth
     recorded = read_grid_blocks(study.directory)
     blocks = {arm.name: recorded_blocks(old, arm, recorded) for arm in old.arms if recorded.get(arm.name)}
+    if not growth.trials and normalised(old.source) == normalised(study.source):
+        if blocks != {name: b for name, b in recorded.items() if b}:  # an extend stopped between its records
+            write_atomic(study.directory / GRID_BLOCKS, yaml.safe_dump(blocks, sort_keys=False))
+        return growth
     for arm in old.arms:
         if arm.name in growth.blocks:
             base = blocks.get(arm.name) or [{"folder": arm.name, "values": full_grid(old, arm)}]
