@@ -39,6 +39,16 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def unpack_revision(rev: str, folder: Path) -> Path:
+    """The ``dmltune`` package as of git revision ``rev``, unpacked into ``folder`` (returned)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "dmltune"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
+
+
 def add_batch_arguments(parser) -> None:
     """The options of the pair-math benchmarks: device, batch sizes B, embedding dim, K per class."""
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from common import write_json  # noqa: E402
+from common import unpack_revision, write_json  # noqa: E402
 
 QUICKSTART = str(ROOT / "studies" / "quickstart.yaml")
 ROWS = (("dmltune list", ["-m", "dmltune", "list"]),
@@ -46,13 +46,6 @@ def seconds(args: list[str], cwd: Path) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return time.perf_counter() - start
-
-
-def baseline_folder(rev: str, folder: Path) -> Path:
-    """dmltune as of ``rev``, unpacked in ``folder`` (run from there, it shadows the working tree's)."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "dmltune"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
-    return folder
 
 
 def measure(entries: list[tuple[str, list[str], Path]], runs: int) -> dict[str, list[float]]:
@@ -75,7 +68,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="dmltune-startup-") as tmp:
         entries = [(label, cmd, ROOT) for label, cmd in ROWS]
         if args.baseline:
-            old = baseline_folder(args.baseline, Path(tmp))
+            old = unpack_revision(args.baseline, Path(tmp))
             entries += [(f"{label} [{args.baseline}]", cmd, old) for label, cmd in ROWS if label != "import torch"]
         times = measure(entries, args.runs)
     rows = []

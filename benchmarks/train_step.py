@@ -54,7 +54,7 @@ import torch
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.func's import-time notice
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import header, per_anchor_loss, sync, write_json  # noqa: E402
+from common import header, per_anchor_loss, sync, unpack_revision, write_json  # noqa: E402
 
 from dmltune.config import resolve_config  # noqa: E402
 from dmltune.data import ClassBalancedSampler  # noqa: E402
@@ -154,11 +154,8 @@ def import_baseline(rev: str, folder: Path):
     """dmltune as of git revision ``rev``, imported beside the working tree's as ``dmltune_baseline``
     (its imports are relative, so the two packages and their registries stay apart)."""
     import importlib
-    import subprocess
 
-    root = Path(__file__).resolve().parent.parent
-    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "dmltune"], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    unpack_revision(rev, folder)
     (folder / "dmltune").rename(folder / "dmltune_baseline")
     sys.path.insert(0, str(folder))
     return importlib.import_module("dmltune_baseline.trainable"), importlib.import_module("dmltune_baseline.config")

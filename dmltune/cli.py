@@ -68,7 +68,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .study import load_study
-    from .study.runner import plan_lines, run_study
+    from .study.plan import plan_lines
+    from .study.runner import run_study
 
     from .study.lifecycle import check_recorded_plan
 
@@ -85,7 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_extend(args: argparse.Namespace) -> int:
     from .study import load_study
     from .study.extension import plan_growth, recorded_study
-    from .study.runner import plan_lines, run_study
+    from .study.plan import plan_lines
+    from .study.runner import run_study
 
     study = load_study(args.study, args.set, scan_data=not args.no_data_scan)
     growth = plan_growth(recorded_study(study.directory), study)
@@ -137,7 +139,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     from .study import load_study
     from .study.lifecycle import STUDY_RECORD
-    from .study.runner import plan_lines, run_study
+    from .study.plan import plan_lines
+    from .study.runner import run_study
 
     record = Path(args.study_dir) / STUDY_RECORD
     if not record.is_file():

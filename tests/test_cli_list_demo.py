@@ -11,7 +11,7 @@ import pytest
 from dmltune.cli import _list_groups, build_parser, format_params, main
 from dmltune.config import EVAL_PARAMS, TRAIN_PARAMS
 from dmltune.meta_lambda import META_PARAMS
-from dmltune.models.embedding import MODEL_PARAMS
+from dmltune.models.model_section import MODEL_PARAMS
 from dmltune.study.schema import STUDY
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmltune.generation import GENERATORS, Mirage, NoGeneration, build_generation
-from dmltune.models.embedding import build_model
+from dmltune.models import build_model
 from dmltune.registry import ConfigError
 
 FEAT, DIM = 12, 6

@@ -203,7 +203,7 @@ def test_cluster_configs_pass_rays_validation():
 
 
 def test_gpu_auto_gives_each_arm_its_backbones_share(tmp_path, monkeypatch):
-    from dmltune.study.runner import plan_lines
+    from dmltune.study.plan import plan_lines
 
     monkeypatch.chdir(tmp_path)
     raw = study()

@@ -36,7 +36,4 @@ _HOMES = {
 }
 __getattr__ = lazy_attributes(__name__, _HOMES)  # pandas and SciPy load with the first analysis
 
-__all__ = ["ANALYSIS", "Analysis", "Estimate", "Gap", "INCONCLUSIVE", "MATCHED", "NOT_MATCHED", "StudyTable",
-           "Verdict", "analyse", "arm_verdict", "configurations", "cross_fitted", "default_reference", "estimate",
-           "expected_best", "expected_max", "first_match", "gap", "read_study_table", "seed_matrix", "seeds_needed",
-           "select", "study_table", "trials_for_probability"]
+__all__ = sorted(_HOMES)

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..registry import ConfigError
 from .backbones import BACKBONES
-from .model_section import MODEL, MODEL_PARAMS, POOLINGS, build_model, resolve_model  # noqa: F401 (their old home)
+from .model_section import POOLINGS
 
 
 def global_pool(x: torch.Tensor, mode: str) -> torch.Tensor:

@@ -18,6 +18,8 @@ import json
 import shutil
 from pathlib import Path
 
+from .state_copy import EXPERIMENT_STATE
+
 
 def recorded_checkpoints(folder: Path) -> list[Path]:
     """The latest checkpoint the newest experiment state records for each trial (as paths under
@@ -25,7 +27,7 @@ def recorded_checkpoints(folder: Path) -> list[Path]:
     from ray import cloudpickle
 
     trial_data = None
-    for state in sorted(folder.glob("experiment_state-*.json"), reverse=True):
+    for state in sorted(folder.glob(EXPERIMENT_STATE), reverse=True):
         try:  # the newest readable one (a file being written, or cut off by a kill, is skipped)
             trial_data = json.loads(state.read_text()).get("trial_data", [])
             break

@@ -15,9 +15,18 @@ def disk_error(err: BaseException) -> OSError | None:
     """The OSError for a full or read-only disk anywhere in ``err``'s chain of causes."""
     seen = 0
     while err is not None and seen < 20:
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+        if isinstance(err, OSError) and describe(err):
             return err
         err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
+def describe(err: OSError) -> str | None:
+    """"no space left" or "read-only file system" for such an error, else None."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left"
+    if err.errno == errno.EROFS:
+        return "read-only file system"
     return None
 
 
@@ -31,11 +40,7 @@ def disk_problem(folder: Path) -> str | None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            return "no space left"
-        if err.errno == errno.EROFS:
-            return "read-only file system"
-        return None
+        return describe(err)
     finally:
         try:
             probe.unlink()

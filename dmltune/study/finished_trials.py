@@ -25,6 +25,7 @@ from pathlib import Path
 from ..config import TRAIN_PARAMS
 from .atomic import write_atomic
 from .consolidate import UNFINISHED
+from .state_copy import EXPERIMENT_STATE, SEARCHER_STATE
 
 DEFAULT_EPOCHS = next(p.default for p in TRAIN_PARAMS if p.name == "epochs")
 
@@ -63,7 +64,6 @@ def is_finished(trial_dir: Path, config: dict) -> bool:
     return isinstance(epoch, int) and epoch >= _planned_epochs(config)
 
 
-SEARCHER_STATE = "basic-variant-state-*.json"  # BasicVariantGenerator.CKPT_FILE_TMPL
 
 
 def _forget_running(folder: Path, trial_ids: set[str]) -> bool:
@@ -92,7 +92,7 @@ def settle_finished_trials(folder: Path) -> list[str]:
     stored results show it finished, and take it out of the searcher's running trials; returns their
     trial ids (none where the searcher's state cannot be updated, see the module's docstring)."""
     folder = Path(folder)
-    states = sorted(folder.glob("experiment_state-*.json"))
+    states = sorted(folder.glob(EXPERIMENT_STATE))
     if not states:
         return []
     newest = states[-1]  # the one Tune restores

@@ -11,7 +11,6 @@ and ``trials.csv`` in the study folder.
 from __future__ import annotations
 
 import copy
-import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +20,12 @@ from ..registry import ConfigError
 from ..training import tune_trainable
 from .checkpoint_repair import repair_missing_checkpoints
 from .consolidate import consolidate
-from .disk import disk_error, disk_problem, stop_for_disk
+from .disk import describe, disk_error, disk_problem, stop_for_disk
 from .domains import replace_at
 from .experiments import Experiment, experiment_folders, experiments
 from .extension import grow_record
 from .finished_trials import settle_finished_trials
 from .lifecycle import StudyLock, write_record
-from .plan import plan_lines  # noqa: F401 (its old home)
 from .progress import Progress
 from .ray_connection import prepare_environment, start_ray
 from .resources import check_resources
@@ -178,8 +176,7 @@ def _fit(tuner, study: Study, arm: Arm) -> None:
     except Exception as err:  # Tune may fail on a full disk with an unrelated error (an empty pickle)
         disk = disk_error(err)
         if disk is not None:
-            what = "no space left" if disk.errno in (errno.ENOSPC, errno.EDQUOT) else "read-only file system"
-            raise stop_for_disk(study, what, disk.filename or study.directory) from None
+            raise stop_for_disk(study, describe(disk), disk.filename or study.directory) from None
         problem = disk_problem(study.directory)
         if problem:
             raise stop_for_disk(study, problem, study.directory) from None

@@ -125,8 +125,6 @@ def _top_level(raw: dict) -> dict:
         section_mapping(raw.get(section), section, "study")
     check_value_shapes(raw)
     section_mapping(raw.get("tracking"), "tracking", "study", TRACKING_EXAMPLE)
-    if isinstance(raw.get("reuse_actors"), bool):  # YAML's true / false
-        raw = {**raw, "reuse_actors": str(raw["reuse_actors"]).lower()}
     top = STUDY.validate(raw, where="study")
     check_simple_name(top["name"], "study")
     check_storage(top["storage"], top["name"])

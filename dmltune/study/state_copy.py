@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 GOOD_COPY = ".dmltune_state"
-RECORD_PATTERNS = ("experiment_state-*.json", "basic-variant-state-*.json", "search_gen_state-*.json",
-                   "searcher-state-*.pkl")
+EXPERIMENT_STATE = "experiment_state-*.json"  # TuneController.CKPT_FILE_TMPL
+SEARCHER_STATE = "basic-variant-state-*.json"  # BasicVariantGenerator.CKPT_FILE_TMPL (grid and random arms)
+RECORD_PATTERNS = (EXPERIMENT_STATE, SEARCHER_STATE, "search_gen_state-*.json", "searcher-state-*.pkl")
 """Tune's record of an experiment: the trials (TuneController, JSON), then the search algorithm's
 state (grid/random, or the generator around an Optuna searcher, and that searcher): pickles."""
 
@@ -37,7 +38,7 @@ def _loads(name: str, data: bytes) -> bool:
     from ray import cloudpickle
 
     try:
-        if name.startswith("experiment_state-"):
+        if name.startswith(EXPERIMENT_STATE.split("*")[0]):
             return isinstance(json.loads(data), dict)
         cloudpickle.loads(data)
     except (ValueError, EOFError, pickle.UnpicklingError, IndexError):  # ValueError: JSON, and bad pickle opcodes
@@ -61,7 +62,7 @@ def save_good_copy(source: Path, folder: Path) -> bool:
     """Copy the newest record in ``source`` into ``folder/.dmltune_state`` when every file of it loads;
     the old copy is replaced only by a whole new one. False when nothing was copied."""
     record = newest_record(source)
-    if "experiment_state-*.json" not in record:
+    if EXPERIMENT_STATE not in record:
         return False
     try:
         files = {path.name: path.read_bytes() for path in record.values()}
@@ -91,7 +92,7 @@ def good_copy(folder: Path) -> Path | None:
     """The experiment's last good copy of its record, if any."""
     for name in (GOOD_COPY, GOOD_COPY + ".old"):
         path = Path(folder) / name
-        if path.is_dir() and any(path.glob("experiment_state-*.json")):
+        if path.is_dir() and any(path.glob(EXPERIMENT_STATE)):
             return path
     return None
 
@@ -99,7 +100,7 @@ def good_copy(folder: Path) -> Path | None:
 def record_damage(folder: Path) -> str | None:
     """What is wrong with the experiment's record in ``folder`` (None when it loads)."""
     record = newest_record(folder)
-    if "experiment_state-*.json" not in record:
+    if EXPERIMENT_STATE not in record:
         return "its experiment_state file is missing"
     for path in record.values():
         try:
