@@ -24,6 +24,9 @@ from .nmi import NMI_BACKENDS, NMI_DEFAULTS, NMI_INITS
 from .meta_lambda import META_PARAMS, check_clamp
 from .registry import Component, ConfigError, Param, _did_you_mean, short_repr
 
+MAX_FOLDS = 20
+"""At most this many folds of k-fold cross-validation (each fold is a trial of every configuration × seed)."""
+
 COMPILE_MODES = ("false", "true", "max-autotune")
 """``train.compile``: eager, ``torch.compile``'s default mode, or its max-autotune mode."""
 
@@ -70,17 +73,29 @@ EVAL_PARAMS = (
           help="record histograms of validation pair similarities in this many bins (0 = off)"),
 )
 
+PROTOCOL_PARAMS = (
+    Param("validation", str, "split", choices=("split", "kfold"),
+          help="model selection on one validation split, or on class-disjoint k-fold cross-validation"),
+    Param("folds", int, 4, low=2, high=MAX_FOLDS, help="k of k-fold (validation: kfold)"),
+    Param("fold", int, 0, low=0, high=MAX_FOLDS - 1, help="the fold this trial validates on (0-based)"),
+    Param("fold_seed", int, 0, low=0, high=2**31 - 1, help="seed of the assignment of classes to folds"),
+    Param("mutable", list, [], help="dotted keys a Population Based Training exploit may change on restore"),
+)
+
 TRAIN = Component("section", "train", dict, TRAIN_PARAMS)
 EVAL = Component("section", "eval", dict, EVAL_PARAMS)
 META = Component("section", "loss.lam.meta", dict, META_PARAMS)
+PROTOCOL = Component("section", "protocol", dict, PROTOCOL_PARAMS)
 
-SECTIONS = ("seed", "dataset", "model", "miner", "loss", "generation", "train", "eval")
+SECTIONS = ("seed", "dataset", "model", "miner", "loss", "generation", "train", "eval", "protocol")
+MUTABLE_SECTIONS = ("miner", "loss", "generation")
+"""Sections whose numeric parameters Population Based Training may change (``protocol.mutable``)."""
 
 # the shape of each section, for the message when a section is not a mapping
 SECTION_EXAMPLES = {
     "dataset": "{name: cub200, root: data/CUB_200_2011}", "model": "{backbone: resnet50, dim: 512}",
     "miner": "{name: asms}", "loss": "{name: soft_contrastive}", "generation": "{name: mirage}",
-    "train": "{epochs: 10, lr: 1.0e-5}", "eval": "{metric: map@r}",
+    "train": "{epochs: 10, lr: 1.0e-5}", "eval": "{metric: map@r}", "protocol": "{validation: kfold, folds: 4}",
 }
 NAME_KEYS = {"dataset": "name", "model": "backbone", "miner": "name", "loss": "name", "generation": "name"}
 MAX_SEED = 2**63 - 1
@@ -196,6 +211,20 @@ def _loss_section(config: Mapping, where: str) -> dict:
     return resolved
 
 
+def _check_protocol(out: dict, where: str) -> None:
+    """The fold is one of the folds, and every mutable key names a numeric parameter of a mutable section."""
+    protocol = out["protocol"]
+    if protocol["fold"] >= protocol["folds"]:
+        raise ConfigError(f"{where}: protocol.fold = {protocol['fold']} is not one of the {protocol['folds']} folds "
+                          f"(0 … {protocol['folds'] - 1})")
+    for key in protocol["mutable"]:
+        section, _, name = str(key).partition(".")
+        value = out.get(section, {}).get(name) if section in MUTABLE_SECTIONS else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: protocol.mutable lists {key!r}, which is not a numeric parameter of "
+                              f"{' / '.join(MUTABLE_SECTIONS)} in this configuration (e.g. miner.gamma_pos)")
+
+
 def resolve_config(config: Mapping[str, Any], where: str = "config") -> dict:
     """Defaults filled in and every value checked; raises ConfigError naming ``where`` and the key."""
     from .generation import GENERATORS
@@ -222,8 +251,10 @@ def resolve_config(config: Mapping[str, Any], where: str = "config") -> dict:
         if sections["generation"] else {"name": "none"},
         "train": TRAIN.validate(sections["train"], where=f"{where}: train"),
         "eval": EVAL.validate(sections["eval"], where=f"{where}: eval"),
+        "protocol": PROTOCOL.validate(sections["protocol"], where=f"{where}: protocol"),
     }
     _check_eval(out["eval"], where)
+    _check_protocol(out, where)
     train = out["train"]
     if train["batch_size"] % train["k"]:
         raise ConfigError(

@@ -139,6 +139,7 @@ def arm_summary(st: StudyTable, selections: dict[str, Selection], verdicts: dict
             "val_crossfit": sel.val_crossfit.mean, "val_crossfit_half": sel.val_crossfit.half,
             "test": sel.test.mean, "test_half": sel.test.half, "seeds": sel.test.n,
             "few_seeds": bool(0 < max(sel.val.n, sel.test.n) < 3), "verdict": verdict,
+            **_ensemble_columns(st, sel, settings["confidence"]),
         })
     return pd.DataFrame(rows)
 
@@ -161,6 +162,16 @@ def sensitivity(st: StudyTable, arm: str, verdict: Verdict | None, selection: Se
     return out
 
 
+def _ensemble_columns(st: StudyTable, sel: Selection, confidence: float) -> dict:
+    """k-fold studies: the selected configuration's fold-model ensemble on test (mean ± half, seeds)."""
+    if not st.kfold:
+        return {}
+    from .fold_ensemble import ensemble_estimate
+
+    e = ensemble_estimate(sel, st.folder, st.test_metric, confidence)
+    return {"test_ensemble": e.mean, "test_ensemble_half": e.half, "test_ensemble_n": e.n}
+
+
 def cost_row(st: StudyTable, arm: str, verdict: Verdict, ref_values: pd.Series, settings: dict,
              probability_column: str) -> dict:
     """Trials and cost to match, with seed-bootstrap intervals; NaN unless the verdict is matched."""
@@ -180,6 +191,8 @@ def cost_row(st: StudyTable, arm: str, verdict: Verdict, ref_values: pd.Series, 
            "reason": verdict.reason}
     if verdict.verdict != MATCHED or not len(seeds):
         return row
+    if st.search_mode(arm) == "pbt":
+        return _population_cost(st, arm, row, settings, probability_column)
     trials, cost, hits, finished = match_costs(c, ref, settings["delta"], np.ones((1, len(seeds))))
     boot_t, boot_c, _, _ = match_costs(c, ref, settings["delta"],
                                        seed_draws(len(seeds), settings["bootstrap"], settings["seed"]))
@@ -191,6 +204,25 @@ def cost_row(st: StudyTable, arm: str, verdict: Verdict, ref_values: pd.Series, 
     if len(seeds) >= 2:
         (row["expected_trials_low"], row["expected_trials_high"]) = percentile_interval(boot_t, settings["confidence"])
         (row["expected_cost_low"], row["expected_cost_high"]) = percentile_interval(boot_c, settings["confidence"])
+    return row
+
+
+def _population_cost(st: StudyTable, arm: str, row: dict, settings: dict, probability_column: str) -> dict:
+    """A PBT arm's cost to match is one whole population: its members train together and its result is
+    their best, so no member can be stopped early or run alone. Mean over seeds, with a bootstrap
+    interval over seeds."""
+    rows = st.arm_rows(arm)
+    per_seed = rows.groupby("seed").agg(trials=("trial_id", "size"), cost=("cost_h", "sum"))
+    row.update(matching_trials=int(rows.pipe(st.usable).sum()), expected_trials_to_match=float(per_seed.trials.mean()),
+               expected_cost_to_match=float(per_seed.cost.mean()),
+               **{probability_column: float(per_seed.trials.mean())}, cost_needed=float(per_seed.cost.mean()))
+    if len(per_seed) >= 2:
+        draws = seed_draws(len(per_seed), settings["bootstrap"], settings["seed"])
+        means = lambda v: (draws @ v.to_numpy(dtype=float)) / draws.sum(axis=1)  # noqa: E731
+        row["expected_trials_low"], row["expected_trials_high"] = percentile_interval(means(per_seed.trials),
+                                                                                     settings["confidence"])
+        row["expected_cost_low"], row["expected_cost_high"] = percentile_interval(means(per_seed.cost),
+                                                                                 settings["confidence"])
     return row
 
 

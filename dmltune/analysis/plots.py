@@ -20,7 +20,7 @@ from .compare import Analysis
 from .selection import configurations
 from .trials import KEY, short_name
 
-FIGURES = ("best_so_far", "heatmaps", "trajectories", "mined_pairs", "test_metric", "similarity_histograms")
+FIGURES = ("best_so_far", "heatmaps", "trajectories", "pbt_schedule", "mined_pairs", "test_metric", "similarity_histograms")
 
 
 def _metric_name(column: str) -> str:
@@ -217,6 +217,42 @@ def trajectories_figure(analysis: Analysis) -> Figure | None:
     return fig
 
 
+SCHEDULE_PREFIX = "schedule/"
+REPORTED_AS = {"loss.lam": "lam", "miner.gamma_pos": "gamma_pos", "miner.gamma_neg": "gamma_neg"}
+
+
+def pbt_schedule_figure(analysis: Analysis) -> Figure | None:
+    """3b. PBT arms: the value of each mutated threshold that every population member trained with per
+    epoch (thin lines; the selected members thick), beside the other arms' trajectories of the same
+    threshold (dashed, epoch means of their selected configurations) where they report one."""
+    st = analysis.table
+    columns = sorted(c for c in st.per_epoch.columns if c.startswith(SCHEDULE_PREFIX) and st.per_epoch[c].notna().any())
+    if not columns:
+        return None
+    colours = _arm_colours(analysis)
+    fig, axes = _grid(len(columns))
+    for ax, column in zip(axes, columns):
+        key = column[len(SCHEDULE_PREFIX):]
+        rows = st.per_epoch[st.per_epoch[column].notna()].sort_values("epoch")
+        for arm, members in rows.groupby("arm", sort=False):
+            chosen = set(analysis.selections[arm].trials.get("trial_id", [])) if arm in analysis.selections else set()
+            for i, (trial, member) in enumerate(members.groupby("trial_id", sort=True)):
+                best = trial in chosen
+                ax.plot(member["epoch"], member[column], color=colours.get(arm, "grey"), drawstyle="steps-post",
+                        linewidth=2.0 if best else 0.8, alpha=1.0 if best else 0.5,
+                        label=f"{arm} (thick: selected)" if i == 0 else None)
+        reported = REPORTED_AS.get(key)
+        if reported:
+            for arm, series in _per_epoch_mean(analysis, reported).items():
+                if arm not in set(rows.arm):
+                    ax.plot(series.index, series.to_numpy(), linestyle="--", color=colours[arm], label=arm)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.legend(fontsize=7)
+    fig.suptitle("PBT schedules: each member's thresholds per epoch")
+    return fig
+
+
 def mined_pairs_figure(analysis: Analysis) -> Figure | None:
     """4. Positive and negative pairs kept by the miner per batch, per epoch (as DDTAS's Fig. 4)."""
     panels = [(c, label) for c, label in (("pos_after", "mined positive pairs per batch"),
@@ -295,6 +331,7 @@ def similarity_histograms_figure(analysis: Analysis) -> Figure | None:
 
 
 DRAW = {"best_so_far": best_so_far_figure, "heatmaps": heatmaps_figure, "trajectories": trajectories_figure,
+        "pbt_schedule": pbt_schedule_figure,
         "mined_pairs": mined_pairs_figure, "test_metric": test_metric_figure,
         "similarity_histograms": similarity_histograms_figure}
 

@@ -19,6 +19,10 @@ from .selection import configurations
 from .trials import read_study_table
 
 FIGURE_NOTES = {
+    "pbt_schedule": "Population Based Training arms: the value of each mutated threshold that every member of the "
+                    "population trained with, per epoch (steps where an exploit or explore changed it; thick: the "
+                    "members selected on validation), with the other arms' trajectories of the same threshold "
+                    "dashed where they report one.",
     "best_so_far": "Expected best validation value after spending a budget, if the arm's trials were drawn at "
                    "random without replacement (E[max_n], Tang et al. 2020), against the expected cost of n trials; "
                    "the band is its interval from a bootstrap over seeds. Single-configuration arms are points at "
@@ -81,6 +85,8 @@ def arms_section(a: Analysis) -> str:
                      f"val {st.metric[4:]} (mean ± {conf}% CI)": interval_text(r.val, r.val_half, r.val_n),
                      "val, cross-fitted": number(r.val_crossfit),
                      f"test {st.test_metric[5:]} (mean ± {conf}% CI)": interval_text(r.test, r.test_half, r.seeds),
+                     **({f"test {st.test_metric[5:]}, fold ensemble (mean ± {conf}% CI)": interval_text(
+                         r.test_ensemble, r.test_ensemble_half, r.test_ensemble_n)} if st.kfold else {}),
                      "verdict": r.verdict.replace("_", " ")})
     return markdown_table(rows)
 
@@ -184,6 +190,33 @@ def write_tables(a: Analysis, folder: Path) -> None:
             folder / f"configurations_{arm}.csv", index=False)
 
 
+def protocol_note(a: Analysis) -> str:
+    """k-fold studies: how a configuration was validated and what the test columns are."""
+    st = a.table
+    if not st.kfold:
+        return ""
+    k = int(st.final["folds"].max())
+    return (f"**Class-disjoint {k}-fold cross-validation** (study `protocol`; the classes of each fold: "
+            "`folds.yaml`). Each configuration × seed trained one model per fold, on the other folds' classes; its "
+            f"validation value is the mean over its {k} folds, a failed fold fails it, and every fold's time counts "
+            "in every cost (the *trials* columns count configurations × seeds). Test: the mean over the fold models, "
+            "and the fold models' concatenated-embedding ensemble (each model's test embeddings L2-normalised, "
+            "concatenated), as in the Metric Learning Reality Check.\n")
+
+
+def pbt_note(a: Analysis) -> str:
+    """PBT arms: what their selection and cost mean."""
+    arms = [arm for arm in a.table.arms
+            if any(isinstance(x, dict) and x.get("name") == arm and (x.get("search") or {}).get("mode") == "pbt"
+                   for x in a.table.source.get("arms") or [])]
+    if not arms:
+        return ""
+    return (f"**Population Based Training** ({', '.join(arms)}): each seed trains one population; a member's thresholds "
+            "change during training (their schedule: the figure *pbt schedule* and `schedule/…` columns of "
+            "`trials.csv`). The selected result of a seed is its best member on validation; the cost counts every "
+            "member's own epochs, so the whole population is paid for.\n")
+
+
 def render(a: Analysis, figures: dict[str, Path], folder: Path) -> str:
     st, s = a.table, a.settings
     conf = int(round(100 * s["confidence"]))
@@ -203,6 +236,7 @@ def render(a: Analysis, figures: dict[str, Path], folder: Path) -> str:
         f"as {s['failure_value']:g}. Cost: {st.cost_unit}" + ("" if st.cost_unit == "GPU-hours" else
                                                                " (no trial used a GPU)") +
         f"; bootstrap over seeds with {s['bootstrap']} replicates (seed {s['seed']}).\n",
+        protocol_note(a), pbt_note(a),
         f"## Verdicts against {a.reference}\n",
         "`matched`: shown with the study's confidence, accounting for seed noise in both arms and for the number of "
         "configurations tried; `not matched`: every configuration shown to fall short; `inconclusive`: the seeds "
@@ -271,6 +305,10 @@ def console_summary(a: Analysis) -> str:
         spent = r.gpu_h if st.cost_unit == "GPU-hours" else r.wall_h
         lines.append(f"{r.arm:<24} {r.trials:>6} {cost(spent):>10}  {interval(r.val, r.val_half, r.val_n):<26} "
                      f"{interval(r.test, r.test_half, r.seeds):<26} {r.selected}{mark}")
+        if st.kfold:
+            lines.append(f"{'':<24} {'':>6} {'':>10}  {'':<26} "
+                         f"{interval(r.test_ensemble, r.test_ensemble_half, r.test_ensemble_n):<26} "
+                         f"(test: the {st.final['folds'].max():.0f} fold models' concatenated-embedding ensemble)")
     if not math.isfinite(a.target):
         lines.append(f"\nno verdicts: the reference {a.reference} has no usable trial")
         return "\n".join(lines)

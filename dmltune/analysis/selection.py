@@ -240,7 +240,8 @@ def select(st: StudyTable, arm: str, confidence: float = 0.95, failure_value: fl
     scored = st.scored(rows, failure_value)
     finished = rows[scored.notna()].assign(_score=scored[scored.notna()])
     usable = st.usable(rows)
-    if rows.experiment.nunique() > 1:  # one independent search per seed
+    pbt = st.search_mode(arm) == "pbt"
+    if rows.experiment.nunique() > 1 or pbt:  # one independent search (PBT: population) per seed
         picks = []
         for _, group in finished.groupby("experiment", sort=True):
             picks.append(group.assign(_ok=st.usable(group)).sort_values(
@@ -248,6 +249,9 @@ def select(st: StudyTable, arm: str, confidence: float = 0.95, failure_value: fl
         picked = pd.DataFrame(picks)
         labels = sorted({config_label(r, dims) for _, r in picked.iterrows()}) if len(picked) else []
         label = labels[0] if len(labels) == 1 else f"best of each seed's search ({len(labels)} distinct)"
+        if pbt:  # a member's configuration is where its schedule ended
+            label = f"best member of each seed's population (final {label})" if len(labels) == 1 else \
+                f"best member of each seed's population ({len(labels)} distinct final settings)"
         values = picked.set_index("seed")._score.groupby(level=0).mean() if len(picked) else pd.Series(dtype=float)
         chosen = picked[st.usable(picked)] if len(picked) else picked
         failed = int(picked.status.isin(st.FAILED).sum()) if len(picked) else 0

@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from ..registry import ConfigError
+from .folds import collapse_folds, is_kfold
 
 KEY = ["arm", "experiment", "trial_id"]
 CONFIG_PREFIX = "config/"
@@ -38,6 +39,20 @@ class StudyTable:
     dims: dict[str, list[str]]       # per arm, the config columns that vary (the searched parameters)
     source: dict                     # the study file as run (study.yaml), {} if absent
     cache: dict = field(default_factory=dict, repr=False)   # derived tables, computed once
+    folder: Path | None = None       # the study folder (k-fold: where the fold models' embeddings are)
+
+    def search_mode(self, arm: str) -> str | None:
+        """The arm's search mode in the recorded study file (None when unknown)."""
+        for entry in self.source.get("arms") or []:
+            if isinstance(entry, dict) and entry.get("name") == arm:
+                search = entry.get("search")
+                return (search.get("mode") or "grid") if isinstance(search, dict) else "grid"
+        return None
+
+    @property
+    def kfold(self) -> bool:
+        """Whether each configuration × seed was scored over k folds (final rows are fold means)."""
+        return "folds" in self.final
 
     def arm_rows(self, arm: str) -> pd.DataFrame:
         key = ("rows", arm)
@@ -58,6 +73,27 @@ class StudyTable:
         value = rows[self.metric].astype(float)
         out = value.where(self.usable(rows), np.nan)
         return out.mask(rows.status.isin(self.FAILED), failure_value)
+
+
+def own_costs(final: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """A PBT member that continued from another member's checkpoint (``exploited_from``) carries the
+    donor's time up to then in ``wall_s``. Its own cost is estimated as the epochs it trained (its last
+    epoch: a synchronous exploit continues at the member's own epoch) × its mean own epoch time
+    (``epoch_s``; Tune may drop the report of an epoch at which a member was paused), with ``gpu_s``
+    in the same proportion. Every other trial keeps its reported time, which is exact."""
+    if "exploited_from" not in table or "epoch_s" not in table or not table["exploited_from"].notna().any():
+        return final
+    exploited = table[table.trial_id.isin(set(table.loc[table["exploited_from"].notna(), "trial_id"]))]
+    grouped = exploited.groupby(KEY)
+    own = grouped["epoch_s"].mean() * grouped["epoch"].max()
+    final = final.copy()
+    for key, seconds in own.items():
+        where = (final[KEY] == pd.Series(key, index=KEY)).all(axis=1)
+        wall = final.loc[where, "wall_s"].astype(float)
+        share = (final.loc[where, "gpu_s"].astype(float) / wall).where(wall > 0, 0.0).fillna(0.0)
+        final.loc[where, "wall_s"] = float(seconds)
+        final.loc[where, "gpu_s"] = share * float(seconds)
+    return final
 
 
 def final_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -98,7 +134,9 @@ def read_study_table(study_dir: str | Path, metric: str | None = None) -> StudyT
         raise ConfigError(f"{path} cannot be read ({type(err).__name__}); rerun `dmltune resume` on the study file to rebuild it") from None
     record = folder / "study.yaml"
     source = yaml.safe_load(record.read_text()) if record.is_file() else {}
-    return study_table(table, source or {}, metric, name=(source or {}).get("name", folder.name))
+    st = study_table(table, source or {}, metric, name=(source or {}).get("name", folder.name))
+    st.folder = folder
+    return st
 
 
 def study_table(table: pd.DataFrame, source: dict | None = None, metric: str | None = None,
@@ -116,7 +154,10 @@ def study_table(table: pd.DataFrame, source: dict | None = None, metric: str | N
     for column in ("status", "wall_s", "gpu_s"):
         if column not in table:
             table[column] = "error" if column == "status" else 0.0
-    final = final_rows(table)
+    final = own_costs(final_rows(table), table)
+    if is_kfold(final):
+        planned = (source.get("protocol") or {}).get("folds") if isinstance(source.get("protocol"), dict) else None
+        final = collapse_folds(final, planned if isinstance(planned, int) and not isinstance(planned, bool) else None)
     gpu_used = final["gpu_s"].fillna(0).sum() > 0
     cost_column, unit = ("gpu_s", "GPU-hours") if gpu_used else ("wall_s", "wall-hours")
     final["cost_h"] = final[cost_column].astype(float).fillna(0.0) / 3600

@@ -39,3 +39,29 @@ def fold_split(train_classes: Sequence, folds: int, fold: int, seed: int = 0) ->
     val = groups[fold]
     fit = sorted(c for i, group in enumerate(groups) if i != fold for c in group)
     return fit, val
+
+
+def kfold_splits(splits, folds: int, fold: int, seed: int = 0):
+    """``splits`` with its training and validation sets replaced by fold ``fold`` of the k-fold
+    protocol over all its training classes (the dataset's own validation classes are training
+    classes here: ``val_fraction`` plays no part). The test set (or query and gallery) is unchanged."""
+    from dataclasses import replace
+
+    from .splits import make_set
+
+    parts = [s for s in (splits.train, splits.val) if s is not None and len(s)]
+    original = np.concatenate([np.asarray(s.classes, dtype=object)[s.labels] for s in parts])
+    in_memory = parts[0].in_memory
+    images = np.concatenate([s.images for s in parts]) if in_memory else None
+    paths = None if in_memory else [p for s in parts for p in s.paths]
+    fit, val = fold_split(list(original), folds, fold, seed)
+    train_set, val_set = make_set(original, fit, paths, images), make_set(original, val, paths, images)
+    for new, old in ((train_set, parts[0]), (val_set, parts[0])):
+        new.max_pixels = old.max_pixels
+    return replace(splits, train=train_set, val=val_set)
+
+
+def fold_assignment(splits, folds: int, seed: int = 0) -> list[list]:
+    """The classes of each fold (original class ids), as recorded with a k-fold study."""
+    parts = [s for s in (splits.train, splits.val) if s is not None and len(s)]
+    return class_folds([c for s in parts for c in s.classes], folds, seed)

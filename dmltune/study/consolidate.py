@@ -1,6 +1,7 @@
 """The study's results table: one row per trial × reported epoch, from every arm's Tune experiment.
 
-Columns: ``arm``, ``experiment``, ``trial_id``, ``seed``, ``trial_status`` (Tune's: TERMINATED,
+Columns: ``arm``, ``experiment``, ``trial_id``, ``seed``, ``fold`` (k-fold studies: the fold the
+trial validated on; ``test_embeddings`` then says where its final test embeddings are), ``trial_status`` (Tune's: TERMINATED,
 ERROR, ...), ``status`` (the trainable's: ok, diverged; ``error`` for a failed trial), ``error``
 (first line of the failure), every reported metric (epoch, loss, val/…, test/…, gpu_s, wall_s, …)
 and the trial's configuration flattened into ``config/…`` columns. Written as ``trials.parquet``
@@ -16,6 +17,7 @@ import pandas as pd
 
 from ..pairs.coupling import couple_dynamic_thresholds
 from .experiments import experiment_folders
+from .result_ledger import ledger_rows
 
 TABLE = "trials"
 
@@ -48,8 +50,27 @@ def _error_summary(trial) -> str:
     return "error" if trial.status == "ERROR" else ""
 
 
-def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experiment: str | None = None
-                    ) -> list[pd.DataFrame]:
+def _test_embeddings(trial, study_dir: Path | None) -> str | None:
+    """Where a k-fold trial's final test embeddings lie (relative to the study folder), if stored."""
+    from ..training.state import TEST_EMBEDDINGS_FILE
+
+    if not (trial.config.get("protocol") or {}).get("validation") == "kfold":
+        return None
+    try:
+        checkpoint = trial.checkpoint
+    except Exception:
+        return None
+    path = Path(checkpoint.path) / TEST_EMBEDDINGS_FILE if checkpoint is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return str(path.relative_to(study_dir)) if study_dir is not None else str(path)
+    except ValueError:
+        return str(path)
+
+
+def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experiment: str | None = None,
+                    study_dir: Path | None = None) -> list[pd.DataFrame]:
     """One frame per trial of the experiment in ``folder``. After an interruption an unfinished trial
     is ``incomplete`` (resume continues it); otherwise it is an error (see UNFINISHED). ``experiment``:
     the name in the table's ``experiment`` column (default: the folder's name); the trial ids of a
@@ -59,9 +80,12 @@ def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experimen
 
     analysis = ExperimentAnalysis(str(folder))
     frames = analysis.trial_dataframes
+    ledger = ledger_rows(folder)
     out = []
     for trial in analysis.trials:
         df = frames.get(trial.trial_id, frames.get(trial.path))
+        if trial.trial_id in ledger:  # what Tune's result file lost when it restarted the trial (PBT)
+            df = pd.concat([ledger[trial.trial_id]] + ([df] if df is not None and len(df) else []), ignore_index=True)
         df = df.copy() if df is not None and len(df) else pd.DataFrame([{}])
         df = df.drop(columns=[c for c in df.columns if c.startswith("config/")])  # replaced by ours below
         # a restored experiment can list a result twice (a restored trial replays its epochs up to
@@ -77,10 +101,13 @@ def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experimen
         lost = trial.status in UNFINISHED and not interrupted
         error = _error_summary(trial) if lost or trial.status not in UNFINISHED else ""
         block = folder.name[len(arm) + 1:] if folder.name.startswith(f"{arm}+") else ""
+        protocol = trial.config.get("protocol") or {}
         meta = {"arm": arm, "experiment": experiment or folder.name,
                 "trial_id": f"{block}:{trial.trial_id}" if block else trial.trial_id,
-                "seed": trial.config.get("seed"), "trial_status": trial.status, "error": error,
-                **flatten({k: v for k, v in couple_dynamic_thresholds(trial.config).items() if k != "seed"})}
+                "seed": trial.config.get("seed"), "fold": protocol.get("fold"), "trial_status": trial.status,
+                "error": error, "test_embeddings": _test_embeddings(trial, study_dir),
+                **flatten({k: v for k, v in couple_dynamic_thresholds(trial.config).items()
+                           if k not in ("seed", "protocol")})}
         for key, value in meta.items():
             df[key] = [value] * len(df)
         if "status" not in df:
@@ -101,9 +128,12 @@ def consolidate(study, interrupted: bool = False) -> pd.DataFrame:
         grid = arm.search["mode"] == "grid"
         for folder in experiment_folders(study, arm):
             if folder.is_dir():  # a grid grown by `extend` is still one search: one experiment name
-                frames.extend(experiment_rows(folder, arm.name, interrupted, experiment=arm.name if grid else None))
+                frames.extend(experiment_rows(folder, arm.name, interrupted, experiment=arm.name if grid else None,
+                                              study_dir=study.directory))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    first = ["arm", "experiment", "trial_id", "seed", "trial_status", "status", "error", "epoch"]
+    if "fold" in table and table["fold"].isna().all():  # one validation split: no fold column
+        table = table.drop(columns=["fold", "test_embeddings"], errors="ignore")
+    first = ["arm", "experiment", "trial_id", "seed", "fold", "trial_status", "status", "error", "epoch"]
     table = table[[c for c in first if c in table] + [c for c in table.columns if c not in first]]
     if "epoch" in table:
         table = table.sort_values(["arm", "experiment", "trial_id", "epoch"], kind="stable").reset_index(drop=True)

@@ -98,16 +98,33 @@ def _check_class_counts(arm: Arm, section: dict, pools: list[tuple], where: str)
     fractions = _choices(section, arm.resolved["dataset"], "val_fraction", "dataset.val_fraction")
     every = [(e, n) for e, n in _choices(evals, arm.resolved["eval"], "every", "eval.every") if e]
     metric = arm.resolved["eval"]["metric"]
+    if arm.folds > 1:  # k-fold: the dataset's own validation split plays no part
+        fractions = [(None, "")]
     for (name, pool, notes), (fraction, f_note) in product(pools, fractions):
-        fit, val = (len(part) for part in split_train_val(range(pool), fraction, 0))
+        if arm.folds > 1:
+            fit, val, f_note = _fold_sizes(name, pool, arm.folds, where)
+        else:
+            fit, val = (len(part) for part in split_train_val(range(pool), fraction, 0))
         for (batch, b_note), (k, k_note) in product(batches, ks):
             if fit < batch // k:
-                more = ", or lower dataset.val_fraction" if val else ""
+                more = (", or use fewer folds" if arm.folds > 1 else ", or lower dataset.val_fraction" if val else "")
                 raise ConfigError(f"{where}: a batch needs {batch // k} classes (train.batch_size {batch} / train.k {k}) "
                                   f"but {name} has {fit} training classes{_noted(*notes, f_note, b_note, k_note)}; "
                                   f"lower the batch size or raise k{more}")
         if every and val < 2:
             _refuse_validation(where, name, pool, val, fraction, [*notes, f_note], every[0], metric)
+
+
+def _fold_sizes(name: str, pool: int, folds: int, where: str) -> tuple[int, int, str]:
+    """(fewest training classes of a fold, fewest validation classes, note) of k-fold over ``pool`` classes."""
+    from ..data.folds import class_folds
+
+    try:
+        groups = class_folds(range(pool), folds)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {name}: {err}") from None
+    sizes = [len(g) for g in groups]
+    return pool - max(sizes), min(sizes), f"the smallest fold of protocol.folds = {folds}"
 
 
 def _refuse_validation(where: str, name: str, pool: int, val: int, fraction, notes: list[str],

@@ -19,12 +19,19 @@ def plan_lines(study: Study) -> list[str]:
     roots = sorted({str(a.config["dataset"].get("root")) for a in study.arms if a.config["dataset"].get("root")})
     for root in roots:
         lines.append(f"data: {root}")
+    if study.protocol["validation"] == "kfold":
+        k = study.protocol["folds"]
+        lines.append(f"validation: class-disjoint {k}-fold cross-validation of the training classes (fold_seed "
+                     f"{study.protocol['fold_seed']}): each configuration × seed is {k} trials, one per fold")
     total = 0
     for arm in study.arms:
         n = arm.trials_per_seed * len(study.seeds)
         total += n
         searched = ", ".join(f"{'.'.join(p)} {d.kind} {list(d.values)}" for p, d in arm.domains) or "fixed"
         mode = arm.search["mode"] + (" + ASHA" if arm.search["scheduler"] else "")
+        if mode == "pbt":
+            mode = f"pbt every {arm.search['perturbation_interval']} ep"
+            searched = "population, mutating " + searched
         share = f"   ({arm.gpu(gpu):g} GPU per trial)" if gpu == "auto" else ""
         lines.append(f"  {arm.name:<24} {mode:<15} {n:>4} trials   {searched}{share}")
     lines.append(f"  {'total':<24} {'':<15} {total:>4} trials")

@@ -27,9 +27,11 @@ from .extension import grow_record
 from .finished_trials import settle_finished_trials
 from .lifecycle import StudyLock, write_record
 from .progress import Progress
+from .protocol import write_folds_record
 from .ray_connection import prepare_environment, start_ray
 from .resources import check_resources
 from .schema import Arm, Study
+from .result_ledger import ledger_callback
 from .state_copy import recover_record, state_copy_callback
 from .tracking import tracking_callbacks
 
@@ -44,6 +46,8 @@ def _param_space(arm: Arm, experiment: Experiment):
         block = experiment.values and experiment.values.get(".".join(path))
         space = replace_at(space, path, tune.grid_search(list(block)) if block else domain.to_tune())
     space["seed"] = experiment.seed_space
+    if arm.folds > 1:  # k-fold: every configuration × seed trains one model per fold, each its own trial
+        space["protocol"] = {**space["protocol"], "fold": tune.grid_search(list(range(arm.folds)))}
     return space
 
 
@@ -55,6 +59,8 @@ def _tune_config(study: Study, arm: Arm, metric: str, searcher_seed: int):
     from ray.tune.search.optuna import OptunaSearch
 
     mode, scheduler = arm.search["mode"], None
+    if mode == "pbt":
+        return _pbt_config(arm, metric, searcher_seed, study.reuse_actors)
     if arm.search["scheduler"]:
         asha = arm.search["scheduler"]["asha"]
         # epochs, not Tune's iteration count: a resumed trial reports its past epochs again
@@ -69,6 +75,24 @@ def _tune_config(study: Study, arm: Arm, metric: str, searcher_seed: int):
     samples = arm.search["num_samples"] if mode != "grid" else 1
     return tune.TuneConfig(metric=metric, mode="max", search_alg=search, scheduler=scheduler, num_samples=samples,
                            reuse_actors=study.reuse_actors)
+
+
+def _pbt_config(arm: Arm, metric: str, searcher_seed: int, reuse_actors: bool):
+    """Tune's settings of a PBT arm: the whole population is created at once (a synchronous population
+    waits for all its members, so ``concurrency`` cannot hold some of them back; resources do)."""
+    from ray import tune
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.search import BasicVariantGenerator
+
+    from .pbt import hyperparam_mutations
+
+    search = arm.search
+    scheduler = PopulationBasedTraining(
+        time_attr="epoch", perturbation_interval=search["perturbation_interval"],
+        hyperparam_mutations=hyperparam_mutations(arm), quantile_fraction=search["quantile_fraction"],
+        resample_probability=search["resample_probability"], synch=True)
+    return tune.TuneConfig(metric=metric, mode="max", scheduler=scheduler, num_samples=search["population"],
+                           search_alg=BasicVariantGenerator(random_state=searcher_seed), reuse_actors=reuse_actors)
 
 
 def check_storage(folder: Path) -> None:
@@ -110,10 +134,19 @@ def _experiment_tuner(study: Study, arm: Arm, experiment: Experiment, metric: st
         return tuner
     run_config = tune.RunConfig(
         storage_path=str(folder.parent), name=folder.name, verbose=0, callbacks=callbacks, stop=stopper,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept(arm)),
         failure_config=tune.FailureConfig(max_failures=study.retries))
     return tune.Tuner(trainable, param_space=_param_space(arm, experiment),
                       tune_config=_tune_config(study, arm, metric, experiment.searcher_seed), run_config=run_config)
+
+
+def _checkpoints_kept(arm: Arm) -> int:
+    """Checkpoints Tune keeps per trial: the last one, except in a PBT arm, where a donor's checkpoint
+    must outlive the epochs its donor trains (at most one perturbation interval, synchronous PBT)
+    before the member that exploits it restarts from it."""
+    if arm.search["mode"] != "pbt":
+        return 1
+    return arm.search["perturbation_interval"] // max(arm.resolved["train"]["checkpoint_every"], 1) + 2
 
 
 def _prepare_restores(study: Study) -> None:
@@ -132,7 +165,7 @@ def _prepare_restores(study: Study) -> None:
                     if not folder.is_dir():  # moved aside: the experiment starts over
                         continue
                 repair_missing_checkpoints(folder)
-                if arm.search["mode"] != "optuna":  # Optuna must learn each result: Tune resumes those
+                if arm.search["mode"] not in ("optuna", "pbt"):  # Optuna and PBT must see each result
                     settle_finished_trials(folder)
 
 
@@ -160,10 +193,14 @@ def arm_epochs(arm: Arm) -> int:
     return int(arm.resolved["train"]["epochs"])
 
 
-def _fit(tuner, study: Study, arm: Arm) -> None:
+def _fit(tuner, study: Study, arm: Arm, seed: int = 0) -> None:
     problem = disk_problem(study.directory)
     if problem:
         raise stop_for_disk(study, problem, study.directory)
+    if arm.search["mode"] == "pbt":  # PBT draws its exploit partners and explorations from `random`
+        import random
+
+        random.seed(seed)
     try:
         tuner.fit()
     except KeyboardInterrupt:
@@ -203,6 +240,7 @@ def run_study(study: Study, address: str | None = None, retry_errored: bool = Fa
             if extend:  # checked again under the lock, and recorded once the study is known to run
                 grow_record(study)
             write_record(study)  # the plan is recorded once it is known to run
+            write_folds_record(study)
             return _run_arms(study, lock, retry_errored)
         finally:
             if started_here:
@@ -232,9 +270,11 @@ def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcom
             for experiment in experiments(study, arm):
                 tuner = _experiment_tuner(study, arm, experiment, metric,
                                           [progress.callback(arm, arm_epochs(arm)), *tracking[arm.name],
-                                           state_copy_callback(experiment.folder)], stopper,
+                                           state_copy_callback(experiment.folder),
+                                           *([ledger_callback(experiment.folder)] if arm.search["mode"] == "pbt"
+                                             else [])], stopper,
                                           retry_errored)
-                _fit(tuner, study, arm)
+                _fit(tuner, study, arm, experiment.searcher_seed)
                 if not lock.folder_present():
                     raise StudyFailed(f"the study folder {study.directory} was deleted while the study ran; stopped "
                                       "(nothing more is written there): run the study again to start over")

@@ -21,6 +21,8 @@ from .data_checks import check_arm_data
 from .domains import Domain
 from .top_level_checks import (MAX_NAME, SIMPLE_NAME, check_analysis, check_resources_section,
                                check_seeds, check_simple_name, check_storage, check_value_shapes)
+from .pbt import PBT_PARAMS, check_pbt
+from .protocol import check_kfold_arm, parse_protocol
 from .tracking import TRACKING_EXAMPLE, parse_tracking
 
 SHARED = ("dataset", "model", "generation", "train", "eval")
@@ -40,15 +42,19 @@ STUDY = Component("section", "study", dict, (
     *(Param(section, dict, {}, nullable=True, help=f"shared {section} settings (an arm may override them)")
       for section in SHARED),
     Param("arms", list, None, nullable=True, help="the arms: name, miner, loss, optional search and overrides"),
+    Param("protocol", dict, None, nullable=True,
+          help="{validation: split | kfold, folds: 4, fold_seed: 0}: how each configuration is validated"),
     Param("analysis", dict, None, nullable=True, help="{reference, delta, confidence, ...} of the report"),
     Param("tracking", dict, None, nullable=True, help="{mlflow: {tracking_uri, experiment, tags}}: log every trial to MLflow"),
 ))
 TOP_KEYS = tuple(STUDY.param_names)
 
 SEARCH = Component("section", "search", dict, (
-    Param("mode", str, "grid", choices=("grid", "random", "optuna"), help="how the arm's domains are explored"),
+    Param("mode", str, "grid", choices=("grid", "random", "optuna", "pbt"),
+          help="how the arm's domains are explored (pbt: Population Based Training over search.mutations)"),
     Param("num_samples", int, 1, low=1, high=100000, help="trials per seed (random, optuna)"),
     Param("scheduler", dict, None, nullable=True, help="{asha: {max_t, grace_period, reduction_factor}}"),
+    *PBT_PARAMS,
 ))
 ASHA = Component("section", "asha", dict, (
     Param("max_t", int, None, low=1, nullable=True, help="time budget in epochs (required)"),
@@ -64,6 +70,7 @@ class Arm:
     search: dict
     domains: list[tuple[tuple, Domain]] = field(default_factory=list)
     resolved: dict = field(default_factory=dict)  # config resolved at each domain's first value: every default filled in
+    folds: int = 1                   # k-fold validation: each configuration × seed is this many trials
 
     def gpu(self, requested) -> float:
         """This arm's GPU share per trial: the study's number, or the backbone's default for ``auto``."""
@@ -75,8 +82,15 @@ class Arm:
 
     @property
     def trials_per_seed(self) -> int:
+        if self.search["mode"] == "pbt":
+            return self.search["population"]
         if self.search["mode"] != "grid":
             return self.search["num_samples"]
+        return self.configurations * self.folds
+
+    @property
+    def configurations(self) -> int:
+        """Distinct configurations of a grid arm (its grid's size)."""
         n = 1
         for _, d in self.domains:
             n *= len(d.values)
@@ -96,6 +110,7 @@ class Study:
     notes: list[str] = field(default_factory=list)  # valid but worth a word (e.g. decoupled τ)
     tracking: dict | None = None     # {"mlflow": {tracking_uri, experiment, tags}} or None (tracking.py)
     reuse_actors: bool = False       # `reuse_actors` resolved (auto → see reuse_actors())
+    protocol: dict = field(default_factory=lambda: {"validation": "split"})  # {validation, folds, fold_seed}
 
 
 def _arm_search(arm: dict, where: str, epochs: int) -> dict:
@@ -134,7 +149,7 @@ def _top_level(raw: dict) -> dict:
     return top
 
 
-def _parse_arm(i: int, arm_raw, shared: dict, seen: set) -> Arm:
+def _parse_arm(i: int, arm_raw, shared: dict, seen: set, protocol: dict | None = None) -> Arm:
     """One arm: its name, its config (shared settings merged under its own), search and domains."""
     if not isinstance(arm_raw, dict):
         raise ConfigError(f"study: arm #{i + 1} must be a mapping like {{name: a, miner: {{name: asms}}, "
@@ -156,11 +171,21 @@ def _parse_arm(i: int, arm_raw, shared: dict, seen: set) -> Arm:
     resolve_paths(config)
     config["miner"] = arm_raw.get("miner") or {"name": "none"}
     config["loss"] = arm_raw["loss"]
+    protocol = protocol or {"validation": "split"}
+    if protocol["validation"] == "kfold":
+        config["protocol"] = dict(protocol)
+    epochs = (config.get("train") or {}).get("epochs")
+    search = _arm_search(arm_raw, where, epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else 10)
+    if search["mode"] == "pbt":
+        config = check_pbt(config, search, where)
     try:
         domains, resolved = resolve_domains(config, where)
     except ConfigError as err:  # a mistake of the shared sections names them, not the first arm
         raise shared_mistake(err, shared, where) from None
-    search = _arm_search(arm_raw, where, resolved["train"]["epochs"])
+    if search["mode"] == "pbt":
+        search = check_pbt(config, search, where, resolved)
+    if protocol["validation"] == "kfold":
+        check_kfold_arm(search, where)
     for path, domain in domains:
         key = ".".join(path)
         repeated = _repeated(domain.values) if domain.kind == "grid" else []
@@ -172,7 +197,8 @@ def _parse_arm(i: int, arm_raw, shared: dict, seen: set) -> Arm:
                               "use {grid: [...]} or search.mode: random / optuna")
         if search["mode"] == "optuna" and domain.kind == "grid":
             raise ConfigError(f"{where}: {key} is a grid but search.mode is optuna; use {{choice: [...]}}")
-    return Arm(name, config, search, domains, resolved)
+    folds = protocol["folds"] if protocol["validation"] == "kfold" else 1
+    return Arm(name, config, search, domains, resolved, folds)
 
 
 def _repeated(values) -> list:
@@ -193,10 +219,11 @@ def parse_study(raw: dict, check_data: bool = True, scan_data: bool = True) -> S
     file of file-based datasets (header only, :mod:`dmltune.data.scan`); ``--no-data-scan`` clears it."""
     top = _top_level(raw)
     tracking = parse_tracking(raw.get("tracking"), top["name"])
+    protocol = parse_protocol(raw.get("protocol"))
     shared = {k: raw[k] for k in SHARED if k in raw}
     arms, data_cache, notes = [], {}, []
     for i, arm_raw in enumerate(top["arms"]):
-        arm = _parse_arm(i, arm_raw, shared, {a.name for a in arms})
+        arm = _parse_arm(i, arm_raw, shared, {a.name for a in arms}, protocol)
         where = f"arm '{arm.name}'"
         notes.extend(decoupled_notes(arm.config, where))
         if check_data:  # a mistake in the shared data settings is named as the shared section's
@@ -208,7 +235,7 @@ def parse_study(raw: dict, check_data: bool = True, scan_data: bool = True) -> S
     return Study(name=top["name"], directory=storage / top["name"], seeds=top["seeds"],
                  resources=check_resources_section(raw), concurrency=top["concurrency"], arms=arms,
                  retries=top["retries"], source=raw, notes=notes, tracking=tracking,
-                 reuse_actors=reuse_actors(top["reuse_actors"], arms))
+                 reuse_actors=reuse_actors(top["reuse_actors"], arms), protocol=protocol)
 
 
 def reuse_actors(setting: str, arms: list[Arm]) -> bool:

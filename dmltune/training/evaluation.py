@@ -42,8 +42,11 @@ def image_source(image_set, resize, runtime: Runtime, train_settings):
 class Evaluator:
     """Embeds the validation or test images and computes the retrieval metrics of ``eval``."""
 
-    def __init__(self, splits, resize, transform, runtime: Runtime, eval_settings, train_settings):
+    def __init__(self, splits, resize, transform, runtime: Runtime, eval_settings, train_settings,
+                 keep_test: bool = False):
         self.transform, self.runtime, self.settings = transform, runtime, eval_settings
+        self.keep_test = keep_test  # keep the last test embeddings (k-fold: the fold models' ensemble)
+        self.test_embeddings: dict | None = None
         self.val = image_source(splits.val, resize, runtime, train_settings)
         self.test = image_source(splits.test, resize, runtime, train_settings)
         self.query = image_source(splits.query, resize, runtime, train_settings)
@@ -61,6 +64,11 @@ class Evaluator:
         options = {key: getattr(s, key) for key in NMI_DEFAULTS}
         return lambda *args: evaluate(*args, ks=list(s.ks), metrics=wanted, **options)
 
+    def _keep(self, **sets) -> None:
+        if self.keep_test:
+            self.test_embeddings = {name: (emb.detach().cpu(), labels.detach().cpu() if hasattr(labels, "detach")
+                                           else torch.as_tensor(labels)) for name, (emb, labels) in sets.items()}
+
     def metrics(self, model, which: str) -> dict[str, float]:
         """``val/…`` or ``test/…`` metrics (query against gallery where the dataset has them)."""
         from ..evaluate import histogram_columns, similarity_histograms
@@ -68,11 +76,14 @@ class Evaluator:
         evaluate = self._evaluate()
         if which == "test" and self.query is not None:
             q, g = self.embed(model, self.query), self.embed(model, self.gallery)
+            self._keep(query=(q, self.query.labels()), gallery=(g, self.gallery.labels()))
             return {f"test/{k}": v for k, v in evaluate(q, self.query.labels(), g, self.gallery.labels()).items()}
         source = self.val if which == "val" else self.test
         if source is None:
             return {}
         emb = self.embed(model, source)
+        if which == "test":
+            self._keep(test=(emb, source.labels()))
         result = {f"{which}/{k}": v for k, v in evaluate(emb, source.labels()).items()}
         if which == "val" and self.settings.similarity_bins:
             hist = similarity_histograms(emb, source.labels(), bins=self.settings.similarity_bins)

@@ -18,7 +18,8 @@ from ..registry import ConfigError
 from .reporting import in_tune_session, make_reporter
 from .runtime import reset_process_state
 from .settings import TrialSettings
-from .state import config_changes, describe_changes, load_checkpoint, plain_config, save_checkpoint
+from .state import (config_changes, describe_changes, load_checkpoint, plain_config, save_checkpoint,
+                    save_test_embeddings)
 from .trial import Trial
 
 
@@ -26,9 +27,11 @@ class RunState:
     """Where a run stands: the next epoch, the wall time so far, the last validation, past reports;
     ``config`` is the resolved configuration (plain values), saved with every checkpoint."""
 
-    def __init__(self, config: dict | None = None):
+    def __init__(self, config: dict | None = None, owner: str | None = None):
         self.start_epoch, self.wall_s, self.last_val, self.history = 1, 0.0, {}, []
         self.config = config
+        self.owner = owner            # the Tune trial id (None standalone), saved with each checkpoint
+        self.exploited_from = None    # PBT: the trial whose checkpoint this one continued from
 
     def restore(self, trial: Trial, reporter) -> None:
         """Continue from the reporter's checkpoint, if any. In Tune, every epoch up to it is reported
@@ -42,10 +45,19 @@ class RunState:
                 return
             state = load_checkpoint(restore, map_location=trial.runtime.device)
             if self.config is not None and "config" in state:
-                check_same_config(state["config"], self.config, reporter)
+                mutable = tuple(self.config.get("protocol", {}).get("mutable", ()))
+                check_same_config(state["config"], self.config, reporter, mutable)
             trial.load_state_dict(state)
             self.start_epoch, self.wall_s, self.last_val = state["epoch"] + 1, state["wall_s"], state["last_val"]
             self.history = list(state["reports"]) if "reports" in state else [state["report"]] if "report" in state else []
+            donor = state.get("owner")
+            self.exploited_from = state.get("exploited_from")
+            if donor is not None and self.owner is not None and donor != self.owner:
+                # a PBT exploit: another trial's model, optimizer and random state, this trial's new
+                # thresholds (its configuration) from the next step on. The donor's reports are not
+                # this trial's: they are neither replayed nor kept (its own history starts again)
+                self.exploited_from, self.history = donor, []
+                return
         if in_tune_session():
             for past in self.history:
                 reporter.report({**past, "replayed": True})
@@ -55,15 +67,21 @@ class RunState:
                  "reports": self.history}
         if self.config is not None:
             state["config"] = self.config
+        if self.owner is not None:
+            state["owner"] = self.owner
+        if self.exploited_from is not None:
+            state["exploited_from"] = self.exploited_from
         return state
 
 
-def check_same_config(saved: dict, current: dict, reporter=None) -> None:
+def check_same_config(saved: dict, current: dict, reporter=None, mutable: tuple = ()) -> None:
     """Raise ConfigError naming up to three settings (``miner.name: asms → ms``) when the checkpoint's
     configuration differs from the current one in anything but the settings a resume may change
     (``state.RESUME_MAY_DIFFER``: epochs, evaluation, checkpoint cadence, device, workers, cache,
-    data location). Standalone, the fix is another checkpoint folder or deleting this one. Inside
-    Ray Tune a trial is restored with its own configuration, so there it never triggers.
+    data location) and the keys Population Based Training may change (``mutable``, from
+    ``protocol.mutable``: an exploit continues another trial's checkpoint with new values). Standalone,
+    the fix is another checkpoint folder or deleting this one. Inside Ray Tune a trial is restored
+    with its own configuration, so there it never triggers.
 
     The recorded configuration is resolved again first, so a parameter added since the checkpoint
     was made compares at its default rather than as missing."""
@@ -71,7 +89,7 @@ def check_same_config(saved: dict, current: dict, reporter=None) -> None:
         saved = plain_config(resolve_config(saved, where="checkpoint"))
     except (ValueError, TypeError, KeyError, AttributeError):  # ConfigError is a ValueError
         pass  # recorded by a version whose settings no longer validate: compare them as they are
-    changes = config_changes(saved, current)
+    changes = [c for c in config_changes(saved, current) if c[0] not in set(mutable)]
     if not changes:
         return
     root = getattr(reporter, "checkpoint_root", None)
@@ -99,6 +117,9 @@ def _report(trial: Trial, progress: RunState, reporter, report: dict, epoch: int
     if due and reporter.keeps_checkpoints:
         with tempfile.TemporaryDirectory(prefix="dmltune-ckpt-") as tmp:
             save_checkpoint(Path(tmp), progress.checkpoint_state(trial, epoch))
+            kept = trial.evaluator.test_embeddings
+            if kept is not None and epoch == train.epochs:  # k-fold: for the fold models' ensemble
+                save_test_embeddings(Path(tmp), kept)
             reporter.report(report, checkpoint_dir=Path(tmp))
     else:
         reporter.report(report)
@@ -115,13 +136,20 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
     settings = TrialSettings.from_resolved(resolved)
     reporter = reporter or make_reporter(checkpoint_root, settings.eval.metric)
     trial = Trial(settings)
-    progress = RunState(plain_config(resolved))
+    owner = reporter.trial_id() if hasattr(reporter, "trial_id") else None
+    progress = RunState(plain_config(resolved), owner)
     progress.restore(trial, reporter)
+    schedule = {f"schedule/{key}": value for key in settings.protocol.mutable
+                for section, _, name in [key.partition(".")]
+                for value in [resolved[section][name]]} if settings.protocol else {}
+    if progress.exploited_from is not None:
+        schedule["exploited_from"] = progress.exploited_from
     gpu_fraction = reporter.gpu_fraction() if trial.runtime.device.type == "cuda" else 0.0
     report: dict = {}
     for epoch in range(progress.start_epoch, settings.train.epochs + 1):
         started = time.perf_counter()
         report = trial.run_epoch(epoch)
+        report.update(schedule)  # PBT: the thresholds this epoch trained with
         if report["status"] == "diverged":
             progress.wall_s += time.perf_counter() - started
             report.update(wall_s=progress.wall_s, gpu_s=progress.wall_s * gpu_fraction,

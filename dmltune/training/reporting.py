@@ -57,6 +57,11 @@ class TuneReporter:
         node = ray.get_runtime_context().get_node_id()  # which machine ran it, for cluster studies
         tune.report({**metrics, "node_id": node}, checkpoint=checkpoint)
 
+    def trial_id(self) -> str | None:
+        from ray import tune
+
+        return tune.get_context().get_trial_id()
+
     def gpu_fraction(self) -> float:
         from ray import tune
 

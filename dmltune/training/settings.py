@@ -15,7 +15,7 @@ from dataclasses import dataclass, make_dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from ..config import EVAL_PARAMS, TRAIN_PARAMS, resolve_config
+from ..config import EVAL_PARAMS, PROTOCOL_PARAMS, TRAIN_PARAMS, resolve_config
 from ..meta_lambda import META_PARAMS
 from ..registry import Param
 
@@ -39,6 +39,8 @@ def _settings_class(name: str, params: tuple[Param, ...], doc: str):
 TrainSettings = _settings_class("TrainSettings", TRAIN_PARAMS, "The ``train`` section (config.TRAIN_PARAMS).")
 EvalSettings = _settings_class("EvalSettings", EVAL_PARAMS, "The ``eval`` section (config.EVAL_PARAMS).")
 MetaSettings = _settings_class("MetaSettings", META_PARAMS, "``loss.lam.meta`` (meta_lambda.META_PARAMS).")
+ProtocolSettings = _settings_class("ProtocolSettings", PROTOCOL_PARAMS,
+                                   "The ``protocol`` section (config.PROTOCOL_PARAMS): k-fold validation, PBT.")
 
 
 def _section(cls, values: Mapping):
@@ -85,6 +87,7 @@ class TrialSettings:
     generation: ComponentSpec
     train: Any  # TrainSettings
     eval: Any  # EvalSettings
+    protocol: Any = None  # ProtocolSettings (None: one validation split, nothing mutable)
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], where: str = "config") -> "TrialSettings":
@@ -105,4 +108,5 @@ class TrialSettings:
                    model=_frozen(cfg["model"]), miner=ComponentSpec.from_section(cfg["miner"]),
                    loss=ComponentSpec.from_section(loss), meta=_section(MetaSettings, meta) if meta else None,
                    generation=ComponentSpec.from_section(cfg["generation"]),
-                   train=_section(TrainSettings, cfg["train"]), eval=_section(EvalSettings, cfg["eval"]))
+                   train=_section(TrainSettings, cfg["train"]), eval=_section(EvalSettings, cfg["eval"]),
+                   protocol=_section(ProtocolSettings, cfg["protocol"]) if "protocol" in cfg else None)

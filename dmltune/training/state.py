@@ -63,6 +63,25 @@ def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     return path
 
 
+TEST_EMBEDDINGS_FILE = "test_embeddings.pt"
+"""Beside the final checkpoint of a k-fold trial: its model's test embeddings (float16) and labels, per
+set (``test``, or ``query`` and ``gallery``), for the fold models' concatenated-embedding ensemble."""
+
+
+def save_test_embeddings(directory: Path, sets: Mapping[str, tuple]) -> Path:
+    """Write ``{set: {"embeddings": N×d float16, "labels": N int64}}`` next to a checkpoint."""
+    path = Path(directory) / TEST_EMBEDDINGS_FILE
+    torch.save({name: {"embeddings": emb.to(torch.float16).contiguous(), "labels": labels.to(torch.int64)}
+                for name, (emb, labels) in sets.items()}, path)
+    return path
+
+
+def load_test_embeddings(path: Path) -> dict[str, tuple]:
+    """``{set: (embeddings float32, labels)}`` written by :func:`save_test_embeddings`."""
+    stored = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return {name: (v["embeddings"].float(), v["labels"]) for name, v in stored.items()}
+
+
 def load_checkpoint(directory: Path, map_location="cpu") -> dict[str, Any]:
     path = Path(directory) / CHECKPOINT_FILE
     if not path.is_file():

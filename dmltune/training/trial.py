@@ -77,6 +77,10 @@ class Trial:
 
         spec = TransformSpec.from_config(dict(s.transform))
         self.splits = load_dataset(s.dataset.name, **s.dataset.kwargs)
+        if s.protocol is not None and s.protocol.validation == "kfold":
+            from ..data.folds import kfold_splits
+
+            self.splits = kfold_splits(self.splits, s.protocol.folds, s.protocol.fold, s.protocol.fold_seed)
         model = dict(s.model)
         if model["in_channels"] is None and model["backbone"] == "small_cnn":
             model["in_channels"] = self.splits.channels
@@ -88,7 +92,8 @@ class Trial:
         self.train_labels = self.source.labels()
         self.sampler = ClassBalancedSampler(self.splits.train.labels, s.train.batch_size, s.train.k,
                                             s.train.batches_per_epoch, s.seed)
-        self.evaluator = Evaluator(self.splits, spec.resize, self.transform, self.runtime, s.eval, s.train)
+        self.evaluator = Evaluator(self.splits, spec.resize, self.transform, self.runtime, s.eval, s.train,
+                                   keep_test=s.protocol is not None and s.protocol.validation == "kfold")
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,104 @@
+"""Population Based Training as an arm (``search: {mode: pbt, ...}``): Ray Tune's
+``PopulationBasedTraining`` over the thresholds named in ``search.mutations``.
+
+Each seed runs one population (its own Tune experiment, like a random arm's replicate). Every
+``perturbation_interval`` epochs the population is compared on validation (synchronously: members
+wait for each other, so every exploit copies a checkpoint of the same epoch). A member in the bottom
+``quantile_fraction`` continues from the checkpoint of one in the top quantile (model, optimizer,
+sampler and random state) with the donor's thresholds perturbed (×0.8 or ×1.2, or resampled from
+its domain with ``resample_probability``); the new values apply from its next step (the trainable:
+``protocol.mutable`` lets such a restore change exactly these keys). Each member reports the values it
+trained with per epoch (``schedule/KEY``), and the analysis counts every member's own epochs as its
+cost, so the whole population's compute is counted. The selected result of a seed is its best member
+on validation.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from ..config import MUTABLE_SECTIONS
+from ..registry import ConfigError, Param, short_repr
+from .domains import find_domains, parse_domain, replace_at
+
+PBT_PARAMS = (
+    Param("population", int, None, low=2, high=1000, nullable=True, help="members of each seed's population (pbt)"),
+    Param("perturbation_interval", int, None, low=1, nullable=True, help="epochs between exploit/explore steps (pbt)"),
+    Param("mutations", dict, None, nullable=True,
+          help="{miner.gamma_pos: {uniform: [0, 0.3]}, ...}: the thresholds PBT samples and perturbs (pbt)"),
+    Param("quantile_fraction", float, 0.25, low=0.0, high=0.5, help="bottom share that exploits the top share (pbt)"),
+    Param("resample_probability", float, 0.25, low=0.0, high=1.0,
+          help="chance that an explored value is resampled from its domain instead of perturbed (pbt)"),
+)
+PBT_ONLY = ("population", "perturbation_interval", "mutations")
+
+
+def check_pbt(config: dict, search: dict, where: str, resolved: dict | None = None):
+    """Before resolution (``resolved`` None): the arm's config with each mutation's domain put at its
+    key and ``protocol.mutable`` listing the keys. After: the search section checked against the
+    resolved settings (epochs, checkpoint cadence), returned."""
+    if resolved is None:
+        return _with_mutations(config, search, where)
+    epochs, interval = resolved["train"]["epochs"], search["perturbation_interval"]
+    if search["scheduler"] is not None:
+        raise ConfigError(f"{where}: search.scheduler cannot be combined with search.mode pbt (PBT is the scheduler)")
+    if interval >= epochs:
+        raise ConfigError(f"{where}: search.perturbation_interval = {interval} is not below train.epochs = {epochs}, "
+                          f"so PBT would never act; use an interval below {epochs}")
+    every = resolved["train"]["checkpoint_every"]
+    if every == 0 or interval % every:
+        raise ConfigError(f"{where}: search.perturbation_interval = {interval} needs a checkpoint at each perturbation, "
+                          f"but train.checkpoint_every is {every}; set train.checkpoint_every: 1")
+    return search
+
+
+def _with_mutations(config: dict, search: dict, where: str) -> dict:
+    for key in PBT_ONLY:
+        if search[key] is None:
+            example = {"population": "population: 8", "perturbation_interval": "perturbation_interval: 2",
+                       "mutations": "mutations: {miner.gamma_pos: {uniform: [0.0, 0.3]}}"}[key]
+            raise ConfigError(f"{where}: search.mode pbt needs search.{key} (e.g. {example})")
+    if search["num_samples"] != 1:
+        raise ConfigError(f"{where}: a pbt arm's size is search.population; remove search.num_samples")
+    found = [".".join(p) for p, _ in find_domains(config)]
+    if found:
+        raise ConfigError(f"{where}: {found[0]} is a search domain, but a pbt arm searches only what "
+                          "search.mutations names; move it there (or fix its value)")
+    mutations = search["mutations"]
+    if not mutations:
+        raise ConfigError(f"{where}: search.mutations is empty; name at least one threshold, "
+                          "e.g. {miner.gamma_pos: {uniform: [0.0, 0.3]}}")
+    config = copy.deepcopy(config)
+    for key, spec in mutations.items():
+        section, _, name = str(key).partition(".")
+        if section not in MUTABLE_SECTIONS or not name or "." in name:
+            raise ConfigError(f"{where}: search.mutations key {short_repr(key)} must name a parameter of "
+                              f"{' / '.join(MUTABLE_SECTIONS)} as SECTION.PARAMETER, e.g. miner.gamma_pos")
+        spec = {"choice": spec} if isinstance(spec, list) else spec
+        domain = parse_domain(spec, f"{where}: search.mutations.{key}")
+        if domain is None or domain.kind == "grid":
+            raise ConfigError(f"{where}: search.mutations.{key} must be a domain {{uniform: [low, high]}}, "
+                              f"{{loguniform: [low, high]}} or {{choice: [...]}}, got {short_repr(spec)}")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in domain.values):
+            raise ConfigError(f"{where}: search.mutations.{key} must hold numbers (PBT perturbs them), "
+                              f"got {short_repr(list(domain.values))}")
+        own = config.get(section)
+        if not isinstance(own, dict):
+            raise ConfigError(f"{where}: search.mutations.{key}: the arm has no {section} section")
+        if name in own:
+            raise ConfigError(f"{where}: {key} is set in the arm ({short_repr(own[name])}) and in search.mutations; "
+                              "keep it in one place (PBT samples its start values from the mutation's domain)")
+        config = replace_at(config, (section, name), spec)
+    config["protocol"] = {**(config.get("protocol") or {}), "mutable": [str(k) for k in mutations]}
+    return config
+
+
+def hyperparam_mutations(arm) -> dict:
+    """PBT's ``hyperparam_mutations`` (nested like the config) from the arm's mutation domains."""
+    out: dict = {}
+    for path, domain in arm.domains:
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = list(domain.values) if domain.kind == "choice" else domain.to_tune()
+    return out
