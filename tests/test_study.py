@@ -144,7 +144,7 @@ def test_run_consolidate_and_resume(tmp_path):
 
 
 @pytest.mark.parametrize("name, arms", [
-    ("fixed_vs_dynamic", 8), ("fixed_vs_dynamic_fashion", 8), ("ddtas_table1", 12), ("dynamic_sampling_ablation", 10),
+    ("fixed_vs_dynamic", 9), ("fixed_vs_dynamic_fashion", 9), ("ddtas_table1", 12), ("dynamic_sampling_ablation", 10),
 ])
 def test_shipped_paper_studies_are_valid(name, arms, monkeypatch):
     from dmltune.study import load_study
@@ -154,6 +154,9 @@ def test_shipped_paper_studies_are_valid(name, arms, monkeypatch):
     parsed = load_study(path, check_data=False)
     assert len(parsed.arms) == arms and parsed.seeds == [0, 1, 2]
     assert parsed.notes == []  # no dynamic loss decoupled from its dsml miner's τ
+    if name.startswith("fixed_vs_dynamic"):  # PBT over the same thresholds, the generic adaptive baseline
+        pbt = [a for a in parsed.arms if a.search["mode"] == "pbt"]
+        assert len(pbt) == 1 and pbt[0].config["protocol"]["mutable"] == ["miner.gamma_pos", "miner.gamma_neg", "loss.lam"]
     if parsed.arms[0].config["dataset"]["name"] == "cub200":
         with pytest.raises(ConfigError, match="needs dataset.root"):
             load_study(path)  # a clear error when the data is absent

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,14 +194,10 @@ def arm_epochs(arm: Arm) -> int:
     return int(arm.resolved["train"]["epochs"])
 
 
-def _fit(tuner, study: Study, arm: Arm, seed: int = 0) -> None:
+def _fit(tuner, study: Study, arm: Arm) -> None:
     problem = disk_problem(study.directory)
     if problem:
         raise stop_for_disk(study, problem, study.directory)
-    if arm.search["mode"] == "pbt":  # PBT draws its exploit partners and explorations from `random`
-        import random
-
-        random.seed(seed)
     try:
         tuner.fit()
     except KeyboardInterrupt:
@@ -274,7 +271,9 @@ def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcom
                                            *([ledger_callback(experiment.folder)] if arm.search["mode"] == "pbt"
                                              else [])], stopper,
                                           retry_errored)
-                _fit(tuner, study, arm, experiment.searcher_seed)
+                if arm.search["mode"] == "pbt":  # PBT draws exploit partners and explorations from `random`
+                    random.seed(experiment.searcher_seed)
+                _fit(tuner, study, arm)
                 if not lock.folder_present():
                     raise StudyFailed(f"the study folder {study.directory} was deleted while the study ran; stopped "
                                       "(nothing more is written there): run the study again to start over")

@@ -78,7 +78,8 @@ def save_test_embeddings(directory: Path, sets: Mapping[str, tuple]) -> Path:
 
 def load_test_embeddings(path: Path) -> dict[str, tuple]:
     """``{set: (embeddings float32, labels)}`` written by :func:`save_test_embeddings`."""
-    stored = torch.load(Path(path), map_location="cpu", weights_only=True)
+    path = Path(path)
+    stored = torch.load(path, map_location="cpu", weights_only=True)
     return {name: (v["embeddings"].float(), v["labels"]) for name, v in stored.items()}
 
 
