@@ -108,3 +108,17 @@ def simulated_table(rng: np.random.Generator, config_means, reference_mean: floa
                      "val/map@r": v, "test/map@r": v - 0.1, "wall_s": gpu_s, "gpu_s": gpu_s,
                      "config/miner.name": "at_asms", "config/miner.gamma_pos": 0.1})
     return pd.DataFrame(rows)
+
+
+def run_study_text(tmp_path: Path, text: str, name: str, timeout: int = 600):
+    """Write ``text`` as ``s.yaml`` in ``tmp_path`` and ``dmltune run`` it there (it must exit 0);
+    return (the completed process, the study folder, its results table)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "s.yaml").write_text(text)
+    run = subprocess.run([sys.executable, "-m", "dmltune", "run", "s.yaml"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=timeout)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    folder = tmp_path / "results" / name
+    return run, folder, pd.read_parquet(folder / "trials.parquet")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,6 +17,7 @@ from dmltune.registry import ConfigError
 from dmltune.study import parse_study
 from dmltune.study.plan import plan_lines
 from dmltune.training.state import load_test_embeddings, save_test_embeddings
+from synthetic_study import run_study_text
 
 
 def _study(**top) -> dict:
@@ -183,12 +181,7 @@ arms:
 
 @pytest.mark.slow
 def test_a_kfold_study_on_digits_runs_end_to_end_and_reports_both_test_figures(tmp_path):
-    (tmp_path / "s.yaml").write_text(KFOLD_STUDY)
-    run = subprocess.run([sys.executable, "-m", "dmltune", "run", "s.yaml"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    folder = tmp_path / "results" / "kfold_digits"
-    table = pd.read_parquet(folder / "trials.parquet")
+    run, folder, table = run_study_text(tmp_path, KFOLD_STUDY, "kfold_digits")
     final = table.groupby("trial_id").tail(1)
     assert len(final) == (2 * 2 + 2) * 2  # (grid configurations + 1) × seeds × folds
     assert sorted(final.fold.unique()) == [0, 1] and final.test_embeddings.notna().all()

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
-import pandas as pd
 import pytest
 
 from dmltune.registry import ConfigError
 from dmltune.study import parse_study
 from dmltune.training.reporting import ConsoleReporter
+from synthetic_study import run_study_text
 from trial_helpers import tiny_config
 
 MUTABLE = {"mutable": ["miner.gamma_pos", "miner.gamma_neg"]}
@@ -160,12 +158,7 @@ arms:
 
 @pytest.mark.slow
 def test_a_pbt_arm_runs_beside_the_quickstart_arms_and_the_report_lists_its_cost(tmp_path):
-    (tmp_path / "s.yaml").write_text(PBT_STUDY)
-    run = subprocess.run([sys.executable, "-m", "dmltune", "run", "s.yaml"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    folder = tmp_path / "results" / "pbt_quick"
-    table = pd.read_parquet(folder / "trials.parquet")
+    run, folder, table = run_study_text(tmp_path, PBT_STUDY, "pbt_quick")
     pbt = table[table.arm == "softcon_asms_pbt"]
     assert pbt.trial_id.nunique() == 2
     # every member has one row per epoch, with the thresholds it trained with

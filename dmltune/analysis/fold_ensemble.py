@@ -15,7 +15,6 @@ import math
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .selection import Estimate, Selection, estimate

@@ -34,7 +34,8 @@ def _trial_label(arm_name: str, paths, trial) -> str:
             node = node.get(key, {}) if isinstance(node, dict) else {}
         value = f"{node:.4g}" if isinstance(node, float) else node
         searched += f" {path[-1]}={value}"
-    return f"{arm_name}{searched} seed {trial.config.get('seed')}"
+    fold = (trial.config.get("protocol") or {}).get("fold")
+    return f"{arm_name}{searched} seed {trial.config.get('seed')}" + (f" fold {fold}" if fold is not None else "")
 
 
 class Progress:
