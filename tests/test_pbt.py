@@ -181,3 +181,25 @@ def test_a_pbt_arm_runs_beside_the_quickstart_arms_and_the_report_lists_its_cost
     report = (folder / "report.md").read_text()
     assert "softcon_asms_pbt" in report and "Population Based Training" in report
     assert (folder / "figures" / "pbt_schedule.png").is_file()
+
+
+@pytest.mark.parametrize("statuses, restarted", [(["TERMINATED", "PAUSED"], True), (["TERMINATED", "ERROR"], False)])
+def test_an_interrupted_population_starts_again_and_its_partial_run_is_kept(tmp_path, monkeypatch, statuses, restarted):
+    import types
+
+    import ray.tune
+
+    from dmltune.study.pbt import restart_interrupted_population
+
+    folder = tmp_path / "arm" / "seed_0"
+    folder.mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(b"x")
+    fake = types.SimpleNamespace(trials=[types.SimpleNamespace(status=s) for s in statuses])
+    monkeypatch.setattr(ray.tune, "ExperimentAnalysis", lambda path: fake)
+    line = restart_interrupted_population(folder)
+    if restarted:
+        kept = [p for p in folder.parent.iterdir() if p.name.startswith("seed_0.interrupted-")]
+        assert "starts again" in line and not folder.exists() and len(kept) == 1
+        assert (kept[0] / "tuner.pkl").read_bytes() == b"x"
+    else:
+        assert line is None and folder.is_dir()

@@ -102,3 +102,27 @@ def hyperparam_mutations(arm) -> dict:
             node = node.setdefault(part, {})
         node[path[-1]] = list(domain.values) if domain.kind == "choice" else domain.to_tune()
     return out
+
+
+def restart_interrupted_population(folder) -> str | None:
+    """Before a resume: a PBT experiment whose population did not finish is moved aside whole
+    (``seed_S.interrupted-TIME``, nothing deleted) so that the population runs again from the start.
+    Ray Tune does not continue a restored synchronous population reliably: in our test (Ray 2.60) its
+    last member waited forever. A population's members depend on each other, so no member can be
+    finished alone either. Returns the line to print, or None when the population had finished."""
+    import time
+    from pathlib import Path
+
+    from ray.tune import ExperimentAnalysis
+
+    folder = Path(folder)
+    try:
+        trials = ExperimentAnalysis(str(folder)).trials
+    except Exception:  # an unreadable record: recover_record has dealt with it, Tune will say more
+        return None
+    if trials and all(t.status in ("TERMINATED", "ERROR") for t in trials):
+        return None
+    aside = folder.with_name(f"{folder.name}.interrupted-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    folder.rename(aside)
+    return (f"{folder}: the PBT population was interrupted and starts again from the first epoch (a "
+            f"population continues only as a whole); its partial run is kept in {aside.name}")

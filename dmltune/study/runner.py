@@ -27,6 +27,7 @@ from .experiments import Experiment, experiment_folders, experiments
 from .extension import grow_record
 from .finished_trials import settle_finished_trials
 from .lifecycle import StudyLock, write_record
+from .pbt import restart_interrupted_population
 from .progress import Progress
 from .protocol import write_folds_record
 from .ray_connection import prepare_environment, start_ray
@@ -164,6 +165,11 @@ def _prepare_restores(study: Study) -> None:
                 if recovered:
                     print(recovered, flush=True)
                     if not folder.is_dir():  # moved aside: the experiment starts over
+                        continue
+                if arm.search["mode"] == "pbt":
+                    restarted = restart_interrupted_population(folder)
+                    if restarted:
+                        print(restarted, flush=True)
                         continue
                 repair_missing_checkpoints(folder)
                 if arm.search["mode"] not in ("optuna", "pbt"):  # Optuna and PBT must see each result
