@@ -18,9 +18,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-FAILED = ("error", "diverged")
-
-
 def is_kfold(final: pd.DataFrame) -> bool:
     return "fold" in final and bool(final["fold"].notna().any())
 
@@ -46,16 +43,15 @@ def collapse_folds(final: pd.DataFrame, folds: int | None = None) -> pd.DataFram
         else:
             status = "incomplete"
         row["status"] = status
-        for column in metrics:
+        for column in metrics:  # a usable unit needs every fold's value
             values = group[column].astype(float)
-            row[column] = float(values.mean()) if status == "ok" and np.isfinite(values).all() else (
-                np.nan if status == "ok" else float(values.mean()))
+            row[column] = np.nan if status == "ok" and not np.isfinite(values).all() else float(values.mean())
         for column in ("wall_s", "gpu_s"):
             if column in group:
                 row[column] = float(group[column].astype(float).fillna(0.0).sum())
-        errors = [str(e) for e in group.get("error", pd.Series(dtype=object)) if isinstance(e, str) and e]
-        if errors:
-            row["error"] = "; ".join(f"fold {f}: {e}" for f, e in zip(group["fold"], group["error"]) if isinstance(e, str) and e)
+        if "error" in group:
+            errors = [f"fold {f}: {e}" for f, e in zip(group["fold"], group["error"]) if isinstance(e, str) and e]
+            row["error"] = "; ".join(errors) if errors else row["error"]
         row["folds"] = int(group["fold"].nunique())
         row["fold_trials"] = ",".join(map(str, group["trial_id"]))
         paths = group["test_embeddings"] if "test_embeddings" in group else pd.Series([None] * len(group))

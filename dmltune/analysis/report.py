@@ -206,9 +206,7 @@ def protocol_note(a: Analysis) -> str:
 
 def pbt_note(a: Analysis) -> str:
     """PBT arms: what their selection and cost mean."""
-    arms = [arm for arm in a.table.arms
-            if any(isinstance(x, dict) and x.get("name") == arm and (x.get("search") or {}).get("mode") == "pbt"
-                   for x in a.table.source.get("arms") or [])]
+    arms = [arm for arm in a.table.arms if a.table.search_mode(arm) == "pbt"]
     if not arms:
         return ""
     return (f"**Population Based Training** ({', '.join(arms)}): each seed trains one population; a member's thresholds "

@@ -56,8 +56,7 @@ def kfold_splits(splits, folds: int, fold: int, seed: int = 0):
     paths = None if in_memory else [p for s in parts for p in s.paths]
     fit, val = fold_split(list(original), folds, fold, seed)
     train_set, val_set = make_set(original, fit, paths, images), make_set(original, val, paths, images)
-    for new, old in ((train_set, parts[0]), (val_set, parts[0])):
-        new.max_pixels = old.max_pixels
+    train_set.max_pixels = val_set.max_pixels = parts[0].max_pixels
     return replace(splits, train=train_set, val=val_set)
 
 

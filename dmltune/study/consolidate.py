@@ -56,17 +56,12 @@ def _test_embeddings(trial, study_dir: Path | None) -> str | None:
 
     if not (trial.config.get("protocol") or {}).get("validation") == "kfold":
         return None
-    try:
-        checkpoint = trial.checkpoint
-    except Exception:
-        return None
+    checkpoint = trial.checkpoint
     path = Path(checkpoint.path) / TEST_EMBEDDINGS_FILE if checkpoint is not None else None
     if path is None or not path.is_file():
         return None
-    try:
-        return str(path.relative_to(study_dir)) if study_dir is not None else str(path)
-    except ValueError:
-        return str(path)
+    inside = study_dir is not None and Path(study_dir) in path.parents
+    return str(path.relative_to(study_dir)) if inside else str(path)
 
 
 def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experiment: str | None = None,

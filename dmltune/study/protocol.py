@@ -60,12 +60,13 @@ def write_folds_record(study) -> None:
 
     from ..data import load_dataset
     from .atomic import write_atomic
+    from .data_checks import DATASET_ONLY
 
     if study.protocol["validation"] != "kfold":
         return
     record, seen = {"folds": study.protocol["folds"], "fold_seed": study.protocol["fold_seed"], "datasets": {}}, {}
     for arm in study.arms:
-        dataset = {k: v for k, v in arm.resolved["dataset"].items() if k not in ("transform", "val_fraction", "val_seed")}
+        dataset = {k: v for k, v in arm.resolved["dataset"].items() if k not in DATASET_ONLY}
         key = repr(sorted(dataset.items()))
         if key not in seen:
             params = dict(dataset)

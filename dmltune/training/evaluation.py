@@ -66,8 +66,7 @@ class Evaluator:
 
     def _keep(self, **sets) -> None:
         if self.keep_test:
-            self.test_embeddings = {name: (emb.detach().cpu(), labels.detach().cpu() if hasattr(labels, "detach")
-                                           else torch.as_tensor(labels)) for name, (emb, labels) in sets.items()}
+            self.test_embeddings = {name: (emb.detach().cpu(), labels.cpu()) for name, (emb, labels) in sets.items()}
 
     def metrics(self, model, which: str) -> dict[str, float]:
         """``val/…`` or ``test/…`` metrics (query against gallery where the dataset has them)."""

@@ -125,6 +125,15 @@ def _report(trial: Trial, progress: RunState, reporter, report: dict, epoch: int
         reporter.report(report)
 
 
+def _schedule(resolved: dict) -> dict:
+    """``schedule/KEY``: the value of every key PBT may change (``protocol.mutable``), reported each epoch."""
+    out = {}
+    for key in resolved["protocol"]["mutable"]:
+        section, _, name = key.partition(".")
+        out[f"schedule/{key}"] = resolved[section][name]
+    return out
+
+
 def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, reporter=None) -> dict:
     """Train and evaluate one configuration; report once per epoch; return the last report.
 
@@ -136,12 +145,9 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
     settings = TrialSettings.from_resolved(resolved)
     reporter = reporter or make_reporter(checkpoint_root, settings.eval.metric)
     trial = Trial(settings)
-    owner = reporter.trial_id() if hasattr(reporter, "trial_id") else None
-    progress = RunState(plain_config(resolved), owner)
+    progress = RunState(plain_config(resolved), getattr(reporter, "trial_id", lambda: None)())
     progress.restore(trial, reporter)
-    schedule = {f"schedule/{key}": value for key in settings.protocol.mutable
-                for section, _, name in [key.partition(".")]
-                for value in [resolved[section][name]]} if settings.protocol else {}
+    schedule = _schedule(resolved)
     if progress.exploited_from is not None:
         schedule["exploited_from"] = progress.exploited_from
     gpu_fraction = reporter.gpu_fraction() if trial.runtime.device.type == "cuda" else 0.0

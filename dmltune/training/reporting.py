@@ -83,6 +83,9 @@ class ConsoleReporter:
         self.stream = stream or sys.stdout
         self.history: list[dict] = []
 
+    def trial_id(self) -> str | None:
+        return None  # standalone: no Tune trial (PBT exploits happen only in Tune)
+
     @contextlib.contextmanager
     def restore_dir(self) -> Iterator[Path | None]:
         latest = self.checkpoint_root / "latest" if self.checkpoint_root else None
