@@ -68,7 +68,7 @@ def steps_table(dry: bool, faiss_gpu: bool, cpus: int) -> list[dict]:
              "--sizes 20 --dim 8 --repeats 1 --warmup 0", (90, 60)),
         step("train_step", "training step, ResNet50 224 px, B = 80", "train_step.py",
              "--backbones resnet50@224 --rounds 2", "--backbones small_cnn@28 --batch-size 10 --dim 8 --steps 1 "
-             "--warmup 1 --rounds 1 --ref-workers 0 --compile", (240, 120)),  # toy: no compiled row (compiling: 10 s)
+             "--warmup 1 --rounds 1 --ref-workers 0", (240, 120)),  # toy: the compiled row too (compiling: ~13 s)
         step("eval", "retrieval evaluation at SOP size (60,502 × 512)" + (no_nmi and ", no NMI"), "eval.py",
              "--n 60502" + no_nmi, toy_eval + no_nmi, (120, 60), ("faiss",)),
         step("eval_nmi", "evaluation with NMI at 10,000 × 512 (2,000 clusters, 1 k-means run)", "eval.py",

@@ -1,11 +1,41 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the settings every test process runs with.
 
-import pytest
+The suite runs in parallel (pytest-xdist, ``-n`` in pyproject.toml) on as few as 2 cores. Each test
+process, and every process it starts (study drivers, Ray workers), computes with one intra-op
+thread: torch's default of one thread per core, times several test processes, oversubscribes the
+cores, and OpenMP's spinning threads then slow a 2-second in-process training run to minutes."""
 
-from trial_helpers import tiny_config as _tiny_config
+import os
+
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import pytest  # noqa: E402
+
+from trial_helpers import tiny_config as _tiny_config  # noqa: E402
 
 
 @pytest.fixture
 def tiny_config():
     """``tiny_config(**changes)``: the shared tiny trainable config (tests/trial_helpers.py), changed."""
     return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def shared_ray():
+    """A Ray cluster started once per test process (tests/shared_ray.py), for study drivers whose test
+    is not about starting Ray: pass ``env=shared_ray.env()`` to the driver's subprocess."""
+    from shared_ray import SharedRay
+
+    cluster = SharedRay()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (in their usual order), then the rest: with several test processes the
+    long real-process tests start at once, and the many short ones fill the processes' last minutes
+    instead of one long test running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

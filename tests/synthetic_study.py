@@ -110,15 +110,16 @@ def simulated_table(rng: np.random.Generator, config_means, reference_mean: floa
     return pd.DataFrame(rows)
 
 
-def run_study_text(tmp_path: Path, text: str, name: str, timeout: int = 600):
-    """Write ``text`` as ``s.yaml`` in ``tmp_path`` and ``dmltune run`` it there (it must exit 0);
-    return (the completed process, the study folder, its results table)."""
+def run_study_text(tmp_path: Path, text: str, name: str, timeout: int = 600, env: dict | None = None):
+    """Write ``text`` as ``s.yaml`` in ``tmp_path`` and ``dmltune run`` it there (it must exit 0), with
+    ``env`` (e.g. a shared Ray cluster's: tests/shared_ray.py); return (the completed process, the study
+    folder, its results table)."""
     import subprocess
     import sys
 
     (tmp_path / "s.yaml").write_text(text)
     run = subprocess.run([sys.executable, "-m", "dmltune", "run", "s.yaml"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=timeout)
+                         text=True, timeout=timeout, env=env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     folder = tmp_path / "results" / name
     return run, folder, pd.read_parquet(folder / "trials.parquet")

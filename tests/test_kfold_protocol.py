@@ -180,8 +180,8 @@ arms:
 
 
 @pytest.mark.slow
-def test_a_kfold_study_on_digits_runs_end_to_end_and_reports_both_test_figures(tmp_path):
-    run, folder, table = run_study_text(tmp_path, KFOLD_STUDY, "kfold_digits")
+def test_a_kfold_study_on_digits_runs_end_to_end_and_reports_both_test_figures(tmp_path, shared_ray):
+    run, folder, table = run_study_text(tmp_path, KFOLD_STUDY, "kfold_digits", env=shared_ray.env())
     final = table.groupby("trial_id").tail(1)
     assert len(final) == (2 * 2 + 2) * 2  # (grid configurations + 1) × seeds × folds
     assert sorted(final.fold.unique()) == [0, 1] and final.test_embeddings.notna().all()

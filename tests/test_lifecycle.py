@@ -37,9 +37,10 @@ def write(tmp_path, **changes) -> str:
     return str(path)
 
 
-def dmltune(tmp_path, *args, timeout=300):
+def dmltune(tmp_path, *args, timeout=300, env=None):
+    """``dmltune ARGS`` in ``tmp_path``; ``env``: e.g. a shared Ray cluster's (tests/shared_ray.py)."""
     return subprocess.run([sys.executable, "-m", "dmltune", *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def final_rows(folder):
@@ -60,7 +61,7 @@ def running_trial_workers(driver_pid: int) -> list:
 
 
 @pytest.mark.slow
-def test_one_owner_a_lost_worker_is_an_error_exit_1_and_retry_errored_runs_it_again(tmp_path):
+def test_one_owner_a_lost_worker_is_an_error_exit_1_and_retry_errored_runs_it_again(tmp_path, shared_ray):
     """A second driver is refused; a killed worker (retries: 0) leaves an error with its reason and exit 1;
     a trial that errors on resume stays errored until `resume --retry-errored` runs it from scratch."""
     epochs = 30
@@ -99,29 +100,31 @@ def test_one_owner_a_lost_worker_is_an_error_exit_1_and_retry_errored_runs_it_ag
     assert states
     for state in states:  # and its checkpoint is damaged: resuming it fails, as a trial error
         state.write_bytes(b"not a checkpoint")
-    plain = dmltune(tmp_path, "resume", str(folder))
+    env = shared_ray.env()  # (the resumes need no Ray of their own: the lost worker was the first driver's)
+    plain = dmltune(tmp_path, "resume", str(folder), env=env)
     assert plain.returncode == 1 and "cannot be read" in plain.stderr and "--retry-errored" in plain.stderr
-    assert dmltune(tmp_path, "resume", str(folder)).returncode == 1  # a plain resume leaves it errored
-    retried = dmltune(tmp_path, "resume", str(folder), "--retry-errored")  # from scratch
+    assert dmltune(tmp_path, "resume", str(folder), env=env).returncode == 1  # a plain resume leaves it errored
+    retried = dmltune(tmp_path, "resume", str(folder), "--retry-errored", env=env)  # from scratch
     assert retried.returncode == 0, retried.stdout[-2000:] + retried.stderr[-2000:]
     rows = final_rows(folder)
     assert list(rows.status) == ["ok"] and (rows.epoch == epochs).all()
 
 
 @pytest.mark.slow
-def test_reruns_never_mix_two_plans(tmp_path):
+def test_reruns_never_mix_two_plans(tmp_path, shared_ray):
+    env = shared_ray.env()
     path = write(tmp_path)
     folder = tmp_path / "results" / "life"
-    first = dmltune(tmp_path, "run", path)
+    first = dmltune(tmp_path, "run", path, env=env)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    again = dmltune(tmp_path, "run", path)  # unchanged: nothing runs, and it says so
+    again = dmltune(tmp_path, "run", path, env=env)  # unchanged: nothing runs, and it says so
     assert again.returncode == 0 and "every trial of study 'life' is already done (2 trials)" in again.stdout
     assert "[1/2]" not in again.stdout
-    changed = dmltune(tmp_path, "run", path, "--set", "seeds=[0, 1]")
+    changed = dmltune(tmp_path, "run", path, "--set", "seeds=[0, 1]", env=env)
     assert changed.returncode == 2 and changed.stderr.count("\n") == 1
     assert "seeds: [0] → [0, 1]" in changed.stderr and "--fresh" in changed.stderr and "resume" in changed.stderr
     assert yaml.safe_load((folder / "study.yaml").read_text())["seeds"] == [0]  # the record is untouched
-    fresh = dmltune(tmp_path, "run", path, "--set", "seeds=[0, 1]", "--fresh")
+    fresh = dmltune(tmp_path, "run", path, "--set", "seeds=[0, 1]", "--fresh", env=env)
     assert fresh.returncode == 0, fresh.stdout[-2000:] + fresh.stderr[-2000:]
     aside = [p for p in folder.parent.iterdir() if p.name.startswith("life.old-")]
     assert len(aside) == 1 and (aside[0] / "trials.parquet").is_file()  # moved aside, not deleted
@@ -295,7 +298,7 @@ def fill(disk) -> Path:
 
 
 @pytest.mark.slow
-def test_a_disk_that_fills_up_stops_the_study_in_one_line_and_resume_finishes_it(tmp_path, small_disk):
+def test_a_disk_that_fills_up_stops_the_study_in_one_line_and_resume_finishes_it(tmp_path, small_disk, shared_ray):
     path = write(tmp_path, storage=str(small_disk),
                  train={**STUDY["train"], "epochs": 20, "batches_per_epoch": 10, "checkpoint_every": 1})
     driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", path], cwd=tmp_path, stdout=subprocess.PIPE,
@@ -314,7 +317,7 @@ def test_a_disk_that_fills_up_stops_the_study_in_one_line_and_resume_finishes_it
     assert driver.returncode == 1, out[-2000:] + err[-2000:]
     assert err.count(f"no space left on {small_disk}") == 1 and "Traceback" not in err, err[-3000:]
     filler.unlink()  # space freed
-    resumed = dmltune(tmp_path, "resume", str(small_disk / "life"), "--retry-errored")
+    resumed = dmltune(tmp_path, "resume", str(small_disk / "life"), "--retry-errored", env=shared_ray.env())
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     rows = final_rows(small_disk / "life")
     assert list(rows.status) == ["ok", "ok"] and (rows.epoch == 20).all()
@@ -329,14 +332,15 @@ def _cut_record(folder):
 
 @pytest.mark.slow
 def test_a_damaged_tune_record_is_replaced_by_its_last_good_copy_and_without_one_the_experiment_starts_over(
-        tmp_path):
+        tmp_path, shared_ray):
+    env = shared_ray.env()
     path = write(tmp_path)
     folder = tmp_path / "results" / "life"
-    first = dmltune(tmp_path, "run", path)
+    first = dmltune(tmp_path, "run", path, env=env)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert (folder / "grid" / ".dmltune_state").is_dir()
     _cut_record(folder / "grid")
-    again = dmltune(tmp_path, "resume", str(folder))
+    again = dmltune(tmp_path, "resume", str(folder), env=env)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "restored from its last good copy" in again.stdout and "experiment_state" in again.stdout
     assert "every trial of study 'life' is already done (2 trials)" in again.stdout and "[1/2]" not in again.stdout
@@ -346,7 +350,7 @@ def test_a_damaged_tune_record_is_replaced_by_its_last_good_copy_and_without_one
 
     _cut_record(folder / "grid")
     shutil.rmtree(folder / "grid" / ".dmltune_state")
-    over = dmltune(tmp_path, "resume", str(folder))
+    over = dmltune(tmp_path, "resume", str(folder), env=env)
     assert over.returncode == 0, over.stdout[-2000:] + over.stderr[-2000:]
     assert "has no good copy: the experiment starts over" in over.stdout and "[2/2]" in over.stdout
     aside = [p for p in folder.iterdir() if p.name.startswith("grid.damaged-")]

@@ -157,8 +157,8 @@ arms:
 
 
 @pytest.mark.slow
-def test_a_pbt_arm_runs_beside_the_quickstart_arms_and_the_report_lists_its_cost(tmp_path):
-    run, folder, table = run_study_text(tmp_path, PBT_STUDY, "pbt_quick")
+def test_a_pbt_arm_runs_beside_the_quickstart_arms_and_the_report_lists_its_cost(tmp_path, shared_ray):
+    run, folder, table = run_study_text(tmp_path, PBT_STUDY, "pbt_quick", env=shared_ray.env())
     pbt = table[table.arm == "softcon_asms_pbt"]
     assert pbt.trial_id.nunique() == 2
     # every member has one row per epoch, with the thresholds it trained with

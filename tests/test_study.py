@@ -107,7 +107,7 @@ def test_shipped_quickstart_is_valid():
 
 
 @pytest.mark.slow
-def test_run_consolidate_and_resume(tmp_path):
+def test_run_consolidate_and_resume(tmp_path, shared_ray):
     raw = study()
     raw["arms"].append({"name": "tpe", "miner": {"name": "asms", "gamma_pos": {"uniform": [0.01, 0.3]}},
                         "loss": {"name": "soft_contrastive"}, "search": {"mode": "optuna", "num_samples": 2}})
@@ -115,7 +115,7 @@ def test_run_consolidate_and_resume(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(raw))
     cmd = [sys.executable, "-m", "dmltune", "run", str(path)]
-    first = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300, env=shared_ray.env())
     assert first.returncode == 0, first.stderr[-2000:]
     assert "[5/5]" in first.stdout
     table = pd.read_parquet(tmp_path / "results" / "tiny" / "trials.parquet")
@@ -124,7 +124,7 @@ def test_run_consolidate_and_resume(tmp_path):
     assert (table.status == "ok").all() and table["config/miner.gamma_pos"].notna().sum() >= 8
     ids = set(table.trial_id)
     again = subprocess.run([sys.executable, "-m", "dmltune", "resume", str(tmp_path / "results" / "tiny")],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300, env=shared_ray.env())
     assert again.returncode == 0, again.stderr[-2000:]
     after = pd.read_parquet(tmp_path / "results" / "tiny" / "trials.parquet")
     assert set(after.trial_id) == ids and len(after) == len(table)  # nothing ran again
@@ -138,7 +138,7 @@ def test_run_consolidate_and_resume(tmp_path):
     for name in ("best_so_far", "heatmaps", "test_metric", "similarity_histograms", "mined_pairs"):
         assert (folder / "figures" / f"{name}.png").is_file(), name
     report = subprocess.run([sys.executable, "-m", "dmltune", "report", str(folder), "--reference", "fixed"],
-                            capture_output=True, text=True, cwd=tmp_path)
+                            capture_output=True, text=True, cwd=tmp_path, env=shared_ray.env())
     assert report.returncode == 0, report.stderr[-2000:]
     assert "to match fixed" in report.stdout and "tpe" in report.stdout
 

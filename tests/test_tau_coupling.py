@@ -91,11 +91,11 @@ def test_a_decoupled_study_arm_is_noted_by_validate(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_study_grid_trains_every_trial_with_the_miners_tau(tmp_path):
+def test_a_study_grid_trains_every_trial_with_the_miners_tau(tmp_path, shared_ray):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(STUDY))
     run = subprocess.run([sys.executable, "-m", "dmltune", "run", str(path)],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300, env=shared_ray.env())
     assert run.returncode == 0, run.stderr[-2000:]
     table = pd.read_parquet(tmp_path / "results" / "tau" / "trials.parquet")
     assert table.trial_id.nunique() == 2

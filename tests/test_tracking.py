@@ -273,7 +273,7 @@ def test_trials_are_logged_to_a_mlflow_server(tmp_path, monkeypatch, tiny_config
 
 
 @pytest.mark.slow
-def test_a_tracking_server_that_goes_away_mid_study_never_stops_training(tmp_path):
+def test_a_tracking_server_that_goes_away_mid_study_never_stops_training(tmp_path, shared_ray):
     """The MLflow server dies while the first trial trains: every trial still finishes, the failure
     is one line (no traceback) with the server's address, and the exit code is 1."""
     pytest.importorskip("mlflow")
@@ -282,7 +282,7 @@ def test_a_tracking_server_that_goes_away_mid_study_never_stops_training(tmp_pat
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     log = tmp_path / "mlflow-server.log"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**shared_ray.env(), "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "wb") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
