@@ -35,7 +35,8 @@ def shared_ray():
 
 
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first (in their usual order), then the rest: with several test processes the
-    long real-process tests start at once, and the many short ones fill the processes' last minutes
-    instead of one long test running alone at the end."""
+    """The slow tests first (in their usual order), then the rest: xdist's ``load`` schedule deals the
+    first tests out one by one, so the long real-process tests start at once in every process, and
+    the many short ones fill the processes' last minutes instead of one long test running alone at
+    the end. (``worksteal`` would hand the whole first third, every slow test, to one process.)"""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

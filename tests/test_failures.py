@@ -328,12 +328,17 @@ def test_ctrl_c_stops_the_whole_study_with_one_line_and_exit_130(tmp_path):
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(raw))
     driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", str(path)], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in driver.stdout:  # one trial of the first arm has finished
-        if line.startswith("[1/6]"):
-            break
-    driver.send_signal(signal.SIGINT)
-    out, err = driver.communicate(timeout=120)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for line in driver.stdout:  # one trial of the first arm has finished
+            if line.startswith("[1/6]"):
+                break
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=180)
+    finally:  # a failed check never leaves the driver and its Ray running behind the suite
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
     assert driver.returncode == 130, err[-2000:]
     lines = [line for line in err.splitlines() if line.startswith("dmltune:")]
     assert lines == [f"dmltune: interrupted during arm 'first'; every finished trial is kept: continue with "
