@@ -35,8 +35,10 @@ def shared_ray():
 
 
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first (in their usual order), then the rest: xdist's ``load`` schedule deals the
-    first tests out one by one, so the long real-process tests start at once in every process, and
-    the many short ones fill the processes' last minutes instead of one long test running alone at
-    the end. (``worksteal`` would hand the whole first third, every slow test, to one process.)"""
+    """The slow tests first (in their usual order), then the rest. xdist's ``load`` schedule with
+    ``--maxschedchunk 1`` (pyproject.toml) hands out tests one by one as processes free up, so the
+    long real-process tests start at once in every process, and the many short ones fill the last
+    minutes instead of one long test running alone at the end. (``worksteal``, or ``load`` with its
+    default chunks, would give the first quarter or third of the list, every slow test, to one
+    process.)"""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
