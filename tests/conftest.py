@@ -6,6 +6,12 @@ thread: torch's default of one thread per core, times several test processes, ov
 cores, and OpenMP's spinning threads then slow a 2-second in-process training run to minutes."""
 
 import os
+import signal
+
+# a suite started in the background by a non-interactive shell inherits an ignored SIGINT, and so
+# would every study driver it starts: the Ctrl-C test needs Python's own handler, as in a terminal
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_name, "1")

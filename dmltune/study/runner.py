@@ -279,7 +279,11 @@ def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcom
                                           retry_errored)
                 if arm.search["mode"] == "pbt":  # PBT draws exploit partners and explorations from `random`
                     random.seed(experiment.searcher_seed)
-                _fit(tuner, study, arm)
+                try:
+                    _fit(tuner, study, arm)
+                except Exception:  # Tune may fail on the missing folder before the stopper ends it
+                    if lock.folder_present():
+                        raise
                 if not lock.folder_present():
                     raise StudyFailed(f"the study folder {study.directory} was deleted while the study ran; stopped "
                                       "(nothing more is written there): run the study again to start over")
