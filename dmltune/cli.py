@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .interruption import StudyFailed, StudyInterrupted
+from .interruption import StudyFailed, StudyInterrupted, report_interruption
 from .listing import _list_groups, format_params, format_registry  # noqa: F401 (also importable from here)
 from .registry import ConfigError, Registry
 
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dmltune: error: {err}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, StudyInterrupted) as err:
-        print(f"dmltune: {err or 'interrupted'}", file=sys.stderr)
+        report_interruption(str(err) or "interrupted")
         return 130
     except StudyFailed as err:
         print(f"dmltune: error: {err}", file=sys.stderr)

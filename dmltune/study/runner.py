@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..interruption import StudyFailed, StudyInterrupted
+from ..interruption import StudyFailed, StudyInterrupted, exit_if_stuck
 from ..registry import ConfigError
 from ..training import tune_trainable
 from .checkpoint_repair import repair_missing_checkpoints
@@ -207,12 +207,14 @@ def _fit(tuner, study: Study, arm: Arm) -> None:
     try:
         tuner.fit()
     except KeyboardInterrupt:
+        message = (f"interrupted during arm '{arm.name}'; every finished trial is kept: "
+                   f"continue with `dmltune resume {study.directory}`")
+        exit_if_stuck(message)
         try:  # the table so far, so that `dmltune report` can show it (marked unfinished)
             consolidate(study, interrupted=True)
         except (Exception, KeyboardInterrupt):
             pass
-        raise StudyInterrupted(f"interrupted during arm '{arm.name}'; every finished trial is kept: "
-                               f"continue with `dmltune resume {study.directory}`") from None
+        raise StudyInterrupted(message) from None
     except Exception as err:  # Tune may fail on a full disk with an unrelated error (an empty pickle)
         disk = disk_error(err)
         if disk is not None:
