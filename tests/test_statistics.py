@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from dmltune.analysis import analyse, arm_verdict, configurations, cross_fitted, seeds_needed, select, study_table
+from dmltune.analysis.selection import seed_matrix
 from dmltune.analysis.formatting import cost
 from synthetic_study import grid_arm, simulated_table, single_arm, trial_rows, write_study_dir
 
@@ -56,15 +57,15 @@ def test_an_arm_identical_to_the_reference_is_rarely_called_not_matched():
 
 @pytest.mark.slow
 def test_shared_seed_effects_are_paired_away_without_false_matches():
-    # a seed effect twice the noise, shared by both arms: pairing is chosen, keeps the false-match
-    # rate down and finds a true match that Welch's interval would drown in the seed effect
+    # a seed effect twice the noise, shared by both arms: the blocked model removes it, keeps the
+    # false-match rate down and finds a true match that Welch's interval would drown in the seed effect
     below = verdict_rates([0.5 - 2 * DELTA] * 12, seeds=3, seed_sd=2 * DELTA, studies=100, seed=3)
     assert below["matched"] <= 0.10
     rng = np.random.default_rng(4)
     a = analyse(study_table(simulated_table(rng, [0.5 + 2 * DELTA] * 4, 0.5, DELTA / 4, 4, seed_sd=4 * DELTA), SOURCE))
-    assert a.verdicts["grid"].method == "paired" and a.verdicts["grid"].verdict == "matched"
-    b = analyse(study_table(simulated_table(rng, [0.5 + 2 * DELTA] * 4, 0.5, DELTA, 4), SOURCE))
-    assert b.verdicts["grid"].method == "welch"
+    assert a.verdicts["grid"].method == "blocked" and a.verdicts["grid"].verdict == "matched"
+    welch = arm_verdict("grid", seed_matrix(a.table, "grid"), a.selections["ref"].values, DELTA, 0.95, pairing=False)
+    assert welch.method == "welch" and welch.verdict != "matched"   # the seed effect drowns Welch's interval
 
 
 def test_verdicts_at_the_boundary_keep_their_error_rates():
@@ -180,19 +181,26 @@ def test_tuning_cost_table_has_one_row_per_arm_and_numbers_only_for_matches(tmp_
     assert list(csv.arm) == ["grid"]
     eb = pd.read_csv(folder / "tables" / "expected_best.csv")
     assert list(eb.columns[:6]) == ["arm", "trials", "cost_h", "expected_best", "low", "high"]
-    assert eb.groupby("arm").trials.max().to_dict() == {"grid": 16, "ref": 4}
-    assert (eb.groupby("arm").expected_best.diff().dropna() >= -1e-12).all()     # more trials never hurt
+    assert eb.groupby("arm").trials.max().to_dict() == {"grid": 4, "ref": 4}   # configurations; ref: flat
+    grid = eb[eb.arm == "grid"].expected_best
+    assert grid.iloc[-1] == pytest.approx(0.5 + 5 * DELTA, abs=DELTA)          # rises to the better one's mean
+    assert (grid.diff().dropna() > 0).all()
+    old = pd.read_csv(folder / "tables" / "best_single_trial.csv")             # secondary: single-seed trials
+    assert old.groupby("arm").trials.max().to_dict() == {"grid": 16, "ref": 4}
+    assert (old.groupby("arm").best_single_trial.diff().dropna() >= -1e-12).all()   # more trials never hurt
     assert "grid" in run.stdout and "matched" in run.stdout
 
 
 def test_expected_best_interval_includes_seed_noise():
+    # the headline (held-out) curve and the secondary best-single-seed-trial curve both carry seed noise
     rng = np.random.default_rng(9)
-    quiet = analyse(study_table(simulated_table(rng, [0.5] * 6, 0.5, 1e-6, 3), SOURCE)).expected_best
-    noisy = analyse(study_table(simulated_table(rng, [0.5] * 6, 0.5, 0.05, 3), SOURCE)).expected_best
+    quiet = analyse(study_table(simulated_table(rng, [0.5] * 6, 0.5, 1e-6, 3), SOURCE))
+    noisy = analyse(study_table(simulated_table(rng, [0.5] * 6, 0.5, 0.05, 3), SOURCE))
     width = lambda eb: float((eb.high - eb.low)[eb.arm == "grid"].mean())
-    assert width(noisy) > 100 * width(quiet)
-    grid = noisy[noisy.arm == "grid"]
-    assert ((grid.low <= grid.expected_best + 1e-12) & (grid.expected_best <= grid.high + 1e-12)).all()
+    for column in ("expected_best", "best_single_trial"):
+        assert width(getattr(noisy, column)) > 100 * width(getattr(quiet, column))
+        grid = getattr(noisy, column)[lambda eb: eb.arm == "grid"]
+        assert ((grid.low <= grid[column] + 1e-12) & (grid[column] <= grid.high + 1e-12)).all()
 
 
 def test_tunability_and_importance():
@@ -250,7 +258,8 @@ def test_a_hand_written_table_with_only_the_public_columns_is_analysed():
                      "config/loss.lam": 0.7})
     a = analyse(study_table(pd.DataFrame(rows)), {"reference": "ref"})
     assert a.table.cost_unit == "wall-hours" and set(a.verdicts) == {"grid"}
-    assert a.verdicts["grid"].method == "paired"              # identical seed offsets in both arms, 5 seeds
+    assert a.verdicts["grid"].method == "blocked"             # identical seed offsets in both arms, 5 seeds
+    assert a.verdicts["grid"].verdict == "matched"            # 0.47 beats 0.46 on every seed, no spread
 
 
 def test_a_reference_without_a_usable_trial_sets_no_target_and_claims_nothing():

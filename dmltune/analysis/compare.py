@@ -31,6 +31,9 @@ class Analysis:
     calibration: dict                               # the reference against its own target
     sensitivity: pd.DataFrame                       # one row per searched arm
     reverse_gap: dict = field(default_factory=dict)
+    design: object = None                           # the study's design (study.design_settings.Design)
+    stages: pd.DataFrame | None = None              # per stage (look) and arm: seeds, trials, cost
+    full_table: StudyTable | None = None            # every stage's rows (``table``: what selection reads)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -43,18 +46,24 @@ class Analysis:
 
     @property
     def expected_best(self) -> pd.DataFrame:
-        """E[max_n] against trials and cost for every arm, with seed-bootstrap intervals."""
+        """Headline curve for every arm: the expected seed-mean value of the configuration a search of n
+        trials selects, estimated on held-out seeds (cross-fitted), against trials and cost, with
+        seed-bootstrap intervals; NaN with a ``note`` where not estimable (:mod:`.expected_best_curve`)."""
         if "expected_best" not in self._cache:
-            from .expected_best_curve import expected_best
+            from .expected_best_curve import study_curves
 
-            s = self.settings
-            frames = [expected_best(self.table, arm, s["failure_value"], s["bootstrap"], s["confidence"], s["seed"])
-                      for arm in self.table.arms]
-            frames = [f for f in frames if not f.empty]
-            self._cache["expected_best"] = (pd.concat(frames, ignore_index=True) if frames else
-                                            pd.DataFrame(columns=["arm", "trials", "cost_h", "expected_best",
-                                                                  "low", "high", "seeds"]))
+            self._cache["expected_best"] = study_curves(self.table, self.settings)
         return self._cache["expected_best"]
+
+    @property
+    def best_single_trial(self) -> pd.DataFrame:
+        """Secondary table for every arm: E[max_n], the expected best *single-seed* trial of n (includes
+        seed luck; not a tuning measure), with seed-bootstrap intervals."""
+        if "best_single_trial" not in self._cache:
+            from .expected_best_curve import study_curves
+
+            self._cache["best_single_trial"] = study_curves(self.table, self.settings, secondary=True)
+        return self._cache["best_single_trial"]
 
     @property
     def importance(self) -> pd.DataFrame:
@@ -243,8 +252,13 @@ def calibration_row(st: StudyTable, ref: str, ref_values: pd.Series, settings: d
 
 
 def analyse(st: StudyTable, overrides: dict | None = None) -> Analysis:
+    from ..study.design_settings import design_of
+    from .design_table import design_verdicts, selection_table, stages_table
+
     settings = resolve_settings(st, overrides)
     conf, ref, fail = settings["confidence"], settings["reference"], settings["failure_value"]
+    design = design_of(st.source)
+    full, st = st, selection_table(st, design)   # two_stage: selection reads stage 1 of confirming arms
     selections = {arm: select(st, arm, conf, fail) for arm in st.arms}
     ref_sel = selections[ref]
     # a reference without a single usable trial sets no target (its failure values would set a false one)
@@ -257,20 +271,40 @@ def analyse(st: StudyTable, overrides: dict | None = None) -> Analysis:
     target = float(ref_values.mean()) - settings["delta"] if usable_ref and len(ref_values) else math.nan
     column = probability_column(settings)
     verdicts, match = {}, []
+    staged = design_verdicts(full, settings, design, ref, ref_values) if design.staged and len(ref_values) else {}
     for arm in st.arms:
         if arm == ref:
             continue
-        matrix = seed_matrix(st, arm, fail)
-        names = config_labels(st, arm)
-        labels = [names.get(k, str(k)) for k in matrix.index]
-        verdicts[arm] = arm_verdict(arm, matrix, ref_values, settings["delta"], conf, settings["power"], labels)
-        match.append(cost_row(st, arm, verdicts[arm], ref_values, settings, column))
+        if arm in staged:
+            verdicts[arm] = staged[arm]
+        else:
+            matrix = seed_matrix(st, arm, fail)
+            names = config_labels(st, arm)
+            labels = [names.get(k, str(k)) for k in matrix.index]
+            verdicts[arm] = arm_verdict(arm, matrix, ref_values, settings["delta"], conf, settings["power"], labels,
+                                        cost_per_trial=cost_per_trial(st, arm))
+            verdicts[arm].design = design.kind
+        row = cost_row(st, arm, verdicts[arm], ref_values, settings, column)
+        if full is not st:  # tuning cost counts every trial of the arm, in every stage
+            row["trials"] = int(full.arm_rows(arm).pipe(lambda r: r[full.scored(r, fail).notna()]).shape[0])
+            row["budget_h"] = float(full.arm_rows(arm).cost_h.sum())
+        match.append(row)
     calibration = calibration_row(st, ref, ref_values, settings, column) if len(ref_values) else {}
     searched = [a for a in st.arms if st.dims[a] and a != ref]
     sens = pd.DataFrame([sensitivity(st, a, verdicts.get(a), selections[a], settings) for a in searched])
-    return Analysis(st, settings, ref, target, selections, arm_summary(st, selections, verdicts, ref, settings), verdicts,
-                    pd.DataFrame(match, columns=None if match else ["arm", "verdict"]), calibration, sens,
-                    reverse_gap(st, selections, ref, searched, conf))
+    result = Analysis(st, settings, ref, target, selections, arm_summary(st, selections, verdicts, ref, settings),
+                      verdicts, pd.DataFrame(match, columns=None if match else ["arm", "verdict"]), calibration, sens,
+                      reverse_gap(st, selections, ref, searched, conf))
+    result.design = design
+    result.stages = stages_table(full, design)
+    result.full_table = full
+    return result
+
+
+def cost_per_trial(st: StudyTable, arm: str) -> float:
+    """Mean cost of one of the arm's trials (the table's cost unit), NaN without trials."""
+    rows = st.arm_rows(arm)
+    return float(rows.cost_h.mean()) if len(rows) else math.nan
 
 
 def reverse_gap(st: StudyTable, selections: dict[str, Selection], ref: str, searched: list[str],

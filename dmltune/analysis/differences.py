@@ -99,15 +99,15 @@ def welch_df(var_a: float, var_b: float, n: int) -> float:
     return (var_a + var_b) ** 2 * (n - 1) / (var_a ** 2 + var_b ** 2)
 
 
-def pairing_pays(rho: float, var_a: float, var_b: float, n: int, confidence: float) -> bool:
-    """Is the paired interval expected to be shorter than Welch's, with n shared seeds?
+def pairing_pays(rho: float, var_a: float, var_b: float, n: int, level: float) -> bool:
+    """Is the paired bound expected to be tighter than Welch's, with n shared seeds, for a bound at
+    the one-sided ``level`` (a two-sided interval at confidence c: level 0.5 + c/2)?
 
     Expected half-widths: paired t(n−1)·√((σ_a² + σ_b² − 2ρσ_aσ_b)/n), Welch t(df_W)·√((σ_a² + σ_b²)/n).
     Pairing wins when ρ exceeds the break-even correlation, which is large for few seeds (t with
     n − 1 degrees of freedom is much wider) and falls towards 0 as n grows."""
     if not (math.isfinite(rho) and math.isfinite(var_a) and math.isfinite(var_b) and n >= 2):
         return False
-    level = 0.5 + confidence / 2
     var_paired = max(var_a + var_b - 2 * rho * math.sqrt(var_a * var_b), 0.0)
     paired_half = stats.t.ppf(level, n - 1) * math.sqrt(var_paired)
     welch_half = stats.t.ppf(level, welch_df(var_a, var_b, n)) * math.sqrt(var_a + var_b)
@@ -139,19 +139,20 @@ def pooled_variance(A: np.ndarray) -> float:
     return float((var[keep] * (n[keep] - 1)).sum() / (n[keep] - 1).sum()) if keep.any() else math.nan
 
 
-def break_even_correlation(var_a: float, var_b: float, n: int, confidence: float) -> float:
+def break_even_correlation(var_a: float, var_b: float, n: int, level: float) -> float:
     """The seed correlation above which the paired interval is expected to be shorter than Welch's
-    with n shared seeds (:func:`pairing_pays`), found by bisection; 1 when pairing never pays."""
-    if not pairing_pays(1.0, var_a, var_b, n, confidence):
+    with n shared seeds for a bound at one-sided ``level`` (:func:`pairing_pays`), found by
+    bisection; 1 when pairing never pays."""
+    if not pairing_pays(1.0, var_a, var_b, n, level):
         return 1.0
     lo, hi = -1.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if pairing_pays(mid, var_a, var_b, n, confidence) else (mid, hi)
+        lo, hi = (lo, mid) if pairing_pays(mid, var_a, var_b, n, level) else (mid, hi)
     return hi
 
 
-def choose_pairing(A: np.ndarray, b: np.ndarray, confidence: float) -> tuple[bool, float]:
+def choose_pairing(A: np.ndarray, b: np.ndarray, confidence: float, level: float | None = None) -> tuple[bool, float]:
     """Pair when the data *show*, at the study's confidence, that the seed correlation is above the
     break-even correlation at which the paired interval is expected to be shorter than Welch's.
 
@@ -161,7 +162,9 @@ def choose_pairing(A: np.ndarray, b: np.ndarray, confidence: float) -> tuple[boo
     z(confidence)/√(n − 3)). Pairing needs ρ_low > the break-even ρ*; with 3 or fewer shared seeds it
     is never chosen. Choosing the shorter interval from the same data, without this margin, would make
     the paired standard error look smaller exactly when it is chosen (measured: 6.3% false matches
-    at a nominal 5%). One decision per arm, never per configuration. Returns (pair?, ρ̂)."""
+    at a nominal 5%). One decision per arm, never per configuration. ``level``: the one-sided level of
+    the bound the choice serves (default 0.5 + confidence/2, a two-sided interval's); the break-even
+    correlation depends on it. Returns (pair?, ρ̂)."""
     A = np.atleast_2d(np.asarray(A, dtype=float))
     b = np.asarray(b, dtype=float)
     rho = seed_correlation(A, b)
@@ -171,7 +174,8 @@ def choose_pairing(A: np.ndarray, b: np.ndarray, confidence: float) -> tuple[boo
     if n <= 3 or not (math.isfinite(rho) and math.isfinite(var_a) and math.isfinite(var_b)):
         return False, rho
     z = math.atanh(min(max(rho, -0.999999), 0.999999)) - stats.norm.ppf(confidence) / math.sqrt(n - 3)
-    return math.tanh(z) > break_even_correlation(var_a, var_b, n, confidence), rho
+    level = 0.5 + confidence / 2 if level is None else level
+    return math.tanh(z) > break_even_correlation(var_a, var_b, n, level), rho
 
 
 def compare(A: np.ndarray, b: np.ndarray, use_paired: bool) -> Differences:
