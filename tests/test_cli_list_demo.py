@@ -15,7 +15,7 @@ from dmltune.models.model_section import MODEL_PARAMS
 from dmltune.study.schema import STUDY
 
 ROOT = Path(__file__).resolve().parents[1]
-ROW = re.compile(r"^ +(\S+) +(int|float|bool|str|list|dict)  +default ")
+ROW = re.compile(r"^ +(\S+) +(int|float|bool|str|list|dict|object)  +default ")
 
 
 def _list(capsys, *args) -> list[str]:

@@ -157,6 +157,8 @@ def max_t_quantile(level: float, df: float, corr: np.ndarray) -> float:
     if k == 0 or not df > 0:
         return math.inf
     key = tuple(np.round(corr, 3).ravel().tolist())
+    if math.isfinite(df) and df > 30:  # floored onto a grid of ratio 1.25: q grows by < 0.5%, and is cached
+        df = round(30 * 1.25 ** math.floor(math.log(df / 30) / math.log(1.25)), 6)
     return _max_t_quantile_cached(round(float(level), 10), float(df), key, k)
 
 

@@ -197,7 +197,7 @@ def cost_row(st: StudyTable, arm: str, verdict: Verdict, ref_values: pd.Series, 
            "expected_trials_high": math.nan, "expected_cost_to_match": math.nan, "expected_cost_low": math.nan,
            "expected_cost_high": math.nan, probability_column: math.nan, "cost_needed": math.nan,
            "seeds_needed": verdict.seeds_needed, "budget_h": float(st.arm_rows(arm).cost_h.sum()),
-           "reason": verdict.reason}
+           "reason": verdict.reason, "design": verdict.design, **advice_columns(verdict)}
     if verdict.verdict != MATCHED or not len(seeds):
         return row
     if st.search_mode(arm) == "pbt":
@@ -214,6 +214,15 @@ def cost_row(st: StudyTable, arm: str, verdict: Verdict, ref_values: pd.Series, 
         (row["expected_trials_low"], row["expected_trials_high"]) = percentile_interval(boot_t, settings["confidence"])
         (row["expected_cost_low"], row["expected_cost_high"]) = percentile_interval(boot_c, settings["confidence"])
     return row
+
+
+def advice_columns(verdict: Verdict) -> dict:
+    """An inconclusive verdict's cheapest deciding design (:mod:`.advice`): design, seeds, trials, cost."""
+    adv = verdict.advice
+    if verdict.verdict != "inconclusive" or adv is None or not getattr(adv, "design", ""):
+        return {"decide_design": "", "decide_seeds": math.nan, "decide_trials": math.nan, "decide_cost": math.nan}
+    seeds = adv.confirm_seeds if adv.design == "two_stage" else adv.seeds
+    return {"decide_design": adv.design, "decide_seeds": seeds, "decide_trials": adv.trials, "decide_cost": adv.cost}
 
 
 def _population_cost(st: StudyTable, arm: str, row: dict, settings: dict, probability_column: str) -> dict:
@@ -292,7 +301,17 @@ def analyse(st: StudyTable, overrides: dict | None = None) -> Analysis:
     calibration = calibration_row(st, ref, ref_values, settings, column) if len(ref_values) else {}
     searched = [a for a in st.arms if st.dims[a] and a != ref]
     sens = pd.DataFrame([sensitivity(st, a, verdicts.get(a), selections[a], settings) for a in searched])
-    result = Analysis(st, settings, ref, target, selections, arm_summary(st, selections, verdicts, ref, settings),
+    summary = arm_summary(st, selections, verdicts, ref, settings)
+    if full is not st:  # every stage's trials and time count in the arm's totals
+        for i, arm in enumerate(summary.arm):
+            rows = full.arm_rows(arm)
+            status = rows.status.fillna("incomplete")
+            summary.loc[i, ["trials", "ok", "diverged", "errors"]] = [len(rows), int((status == "ok").sum()),
+                                                                     int((status == "diverged").sum()),
+                                                                     int((status == "error").sum())]
+            summary.loc[i, "gpu_h"] = rows.get("gpu_s", pd.Series(dtype=float)).fillna(0).sum() / 3600
+            summary.loc[i, "wall_h"] = rows.get("wall_s", pd.Series(dtype=float)).fillna(0).sum() / 3600
+    result = Analysis(st, settings, ref, target, selections, summary,
                       verdicts, pd.DataFrame(match, columns=None if match else ["arm", "verdict"]), calibration, sens,
                       reverse_gap(st, selections, ref, searched, conf))
     result.design = design

@@ -159,13 +159,16 @@ def plan_next(st: StudyTable, settings: dict, design: Design, reference: str, re
     keys] or None (the arm's own procedure), "seeds": [...]}}, "why": text}``; None when the design is
     done (every arm decided, or no stage or look left)."""
     if design.kind == "two_stage":
-        return _plan_confirmation(st, settings, design, reference, study_seeds) if stage_done == 1 else None
+        return _plan_confirmation(st, settings, design, reference, study_seeds, stage_done)
     if design.kind == "sequential":
         return _plan_look(st, settings, design, reference, ref_values, stage_done, study_seeds)
     return None
 
 
-def _plan_confirmation(st: StudyTable, settings: dict, design: Design, reference: str, study_seeds: list) -> dict | None:
+def _plan_confirmation(st: StudyTable, settings: dict, design: Design, reference: str, study_seeds: list,
+                       stage_done: int) -> dict | None:
+    """Stage 2 for every arm not yet confirmed (after ``dmltune extend`` added arms: a later stage for
+    the new ones; an arm already confirmed is never confirmed again, which would be a second look)."""
     from .advice import confirm_seeds, difference_variance, planned_effect
     from .verdict import NOT_MATCHED, bounds
 
@@ -173,10 +176,13 @@ def _plan_confirmation(st: StudyTable, settings: dict, design: Design, reference
     stage1 = list(design.first_seeds(study_seeds))
     fresh = [s for s in seed_sequence(study_seeds, len(stage1) + 2 * design.max_confirm_seeds + len(study_seeds))
              if s not in set(stage1)]
+    confirmed = set(st.final.arm[stage_column(st.final) >= 2])
     ref_values = _by_seed(st, st.arm_rows(reference), fail)
+    ref_values = ref_values.reindex([s for s in ref_values.index if s in set(stage1)])
     plan, why, n_ref = {}, [], 0
+    st = with_rows(st, st.final[stage_column(st.final) == 1]) if stage_done > 1 else st
     for arm in st.arms:
-        if arm == reference:
+        if arm == reference or arm in confirmed:
             continue
         values = seed_matrix(st, arm, fail)
         seeds = values.columns.union(ref_values.index)
@@ -206,8 +212,11 @@ def _plan_confirmation(st: StudyTable, settings: dict, design: Design, reference
         why.append(f"{arm}: {label} on {n2} fresh seed(s)")
     if not plan:
         return None
-    plan[reference] = {"keys": None, "seeds": fresh[:n_ref]}
-    return {"stage": 2, "arms": plan, "why": "; ".join(why)}
+    have = set(st.arm_rows(reference).seed)
+    missing = [s for s in fresh[:n_ref] if s not in have]
+    if missing:
+        plan[reference] = {"keys": None, "seeds": missing}
+    return {"stage": stage_done + 1, "arms": plan, "why": "; ".join(why)}
 
 
 def _plan_look(st: StudyTable, settings: dict, design: Design, reference: str, ref_values: pd.Series,

@@ -100,8 +100,9 @@ def two_stage_verdict(arm: str, A1: np.ndarray, b1: np.ndarray, a2: np.ndarray, 
     more = max(need - n2, 0) if math.isfinite(need) else math.nan
     why = f"stage 2: {label}'s gap {gap2:+.4f} on {n2} fresh seeds is within the seed noise"
     if math.isfinite(more):
-        why += (f"; about {need:.0f} confirm seeds in all would decide with {power:.0%} power "
-                f"({2 * more:.0f} more trials, `dmltune extend` with max_confirm_seeds ≥ {need:.0f})")
+        why += (f"; about {need:.0f} confirm seeds in all would have decided with {power:.0%} power ({2 * more:.0f} "
+                "more trials); confirming again on these data would be a second look, so run a new study (or "
+                "design sequential) rather than adding seeds here")
     elif goal == "short":
         why += "; its estimate is below the target, but the other configurations are not all shown short"
     return Verdict(verdict=INCONCLUSIVE, best_configuration=label, gap=gap2, gap_lower=low2,
@@ -165,6 +166,7 @@ def sequential_verdict(arm: str, A: np.ndarray, L: np.ndarray, b: np.ndarray, bL
         bk = np.where((bL >= 1) & (bL <= k), b, np.nan)
         bd = bounds(Ak, bk, a_k, a_k, total=C)
         active = ~short
+        short |= active & (bd.upper + delta < 0)       # shown short: dropped (its lower bound is below 0 too)
         if (np.where(active, bd.lower, -np.inf) + delta >= 0).any():
             verdict = arm_verdict(arm, pd.DataFrame(np.where(active[:, None], Ak, np.nan), columns=cols),
                                   pd.Series(bk, index=cols), delta, 1 - alpha, power, labels,
@@ -174,7 +176,6 @@ def sequential_verdict(arm: str, A: np.ndarray, L: np.ndarray, b: np.ndarray, bL
             verdict.reason = f"look {k}: " + verdict.reason
             history.append((k, int(active.sum()), MATCHED))
             return _finish(verdict, k, short, k, history, A, bk)
-        short |= active & (bd.upper + delta < 0)
         if short.all():
             verdict = arm_verdict(arm, pd.DataFrame(Ak, columns=cols), pd.Series(bk, index=cols), delta,
                                   1 - alpha, power, labels, alpha_match=a_k, alpha_short=a_k, total=C, advise=False)

@@ -54,7 +54,8 @@ def verdict_rows(a: Analysis) -> list[dict]:
         rows.append({"arm": r["arm"], "verdict": VERDICT_TEXT.get(r["verdict"], r["verdict"]),
                      "best configuration": r["best_configuration"],
                      "gap to the reference [bounds]": gap_text(r), "method": r["method"],
-                     "seeds per configuration": count(r["seeds"], 0), "seeds needed to decide": seeds_needed_text(r),
+                     "seeds per configuration": count(r["seeds"], 0),
+                     "what would decide": advice_text(r, a.table.cost_unit) if r["verdict"] == "inconclusive" else "–",
                      "why": r["reason"]})
     return rows
 
@@ -277,6 +278,7 @@ def render(a: Analysis, figures: dict[str, Path], folder: Path) -> str:
         "configurations tried; `not matched`: every configuration shown to fall short; `inconclusive`: the seeds "
         "cannot tell, and the last columns say how many would.\n\n",
         markdown_table(verdict_rows(a)) if not a.match.empty else "(no other arm)\n", "\n", calibration_text(a),
+        "\n## Design\n", design_section(a),
         "\n## Arms\n", arms_section(a),
         "\nDiverged and errored seeds count at the failure value in every validation mean; unfinished trials are "
         "left out; every trial's time counts in every cost. *Cross-fitted*: selected on all seeds but one and read "
@@ -325,6 +327,55 @@ def write_report(study_dir: str | Path, overrides: dict | None = None, metric: s
     return path, a
 
 
+def advice_text(r: dict, unit: str) -> str:
+    """What would decide an inconclusive arm: the cheapest design with its trials and cost (fixed
+    design), or the staged design's own next step (from its reason)."""
+    design = r.get("decide_design") or ""
+    if design == "two_stage":
+        return (f"cheapest to decide: design two_stage, the selected configuration and the reference on about "
+                f"{count(r['decide_seeds'], 0)} fresh seeds ({count(r['decide_trials'], 0)} more trials, "
+                f"{cost(r['decide_cost'])} {unit}); the fixed design needs about {seeds_needed_text(r)} seeds per "
+                f"configuration")
+    if design == "fixed":
+        return (f"cheapest to decide: about {seeds_needed_text(r)} seeds per configuration "
+                f"({count(r['decide_trials'], 0)} more trials, {cost(r['decide_cost'])} {unit})")
+    if r.get("design", "fixed") != "fixed":
+        reason = str(r.get("reason", ""))
+        return reason.split("; ", 1)[1] if "; " in reason else reason
+    return f"needs about {seeds_needed_text(r)} seeds per configuration to decide"
+
+
+def design_section(a: Analysis) -> str:
+    """The study's design, each stage's (look's) seeds, trials and cost, and why it stopped."""
+    design = a.design
+    if design is None:
+        return ""
+    from ..study.stages import stopped_reason
+
+    from ..study.stages import read_record
+
+    text = design.describe() + ".\n"
+    try:
+        recorded = read_record(a.table.folder).get("stages") or [] if a.table.folder is not None else []
+    except Exception:  # an unreadable record is resume's to report; the tables below still stand
+        recorded = []
+    word = "look" if design.kind == "sequential" else "stage"
+    text += "".join(f"\n- {word} {entry.get('stage')}: {entry.get('why', '')}" for entry in recorded)
+    text += "\n" if recorded else ""
+    stopped = stopped_reason(a.table.folder)
+    if stopped:
+        text += f"\n**Stopped early:** {stopped}.\n"
+    if a.stages is None or a.stages.empty or not design.staged:
+        return text
+    word = "look" if design.kind == "sequential" else "stage"
+    rows = [{word: int(r.stage), "arm": r.arm, "seeds": int(r.seeds), "trials": int(r.trials),
+             f"cost ({a.table.cost_unit})": cost(r.cost_h)} for r in a.stages.itertuples()]
+    total = a.stages.groupby("stage").agg(trials=("trials", "sum"), cost_h=("cost_h", "sum"))
+    rows += [{word: f"{int(k)} (all arms)", "arm": "", "seeds": "", "trials": int(v.trials),
+              f"cost ({a.table.cost_unit})": cost(v.cost_h)} for k, v in total.iterrows()]
+    return text + "\n" + markdown_table(rows) + "\n"
+
+
 def console_summary(a: Analysis) -> str:
     """The terminal's summary: each arm's selection and values, then every arm's verdict."""
     st = a.table
@@ -359,7 +410,7 @@ def console_summary(a: Analysis) -> str:
                      f"{bracket(r['expected_trials_low'], r['expected_trials_high'])}, "
                      f"{cost(r['expected_cost_to_match'])} {st.cost_unit} to match")
         elif r["verdict"] == "inconclusive":
-            line += f"; needs about {seeds_needed_text(r)} seeds per configuration to decide"
+            line += "; " + advice_text(r, st.cost_unit)
         lines.append(line)
     if a.calibration:
         lines.append("  " + calibration_text(a).strip().replace("**", ""))

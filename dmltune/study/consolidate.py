@@ -1,7 +1,8 @@
 """The study's results table: one row per trial × reported epoch, from every arm's Tune experiment.
 
 Columns: ``arm``, ``experiment``, ``trial_id``, ``seed``, ``fold`` (k-fold studies: the fold the
-trial validated on; ``test_embeddings`` then says where its final test embeddings are), ``trial_status`` (Tune's: TERMINATED,
+trial validated on; ``test_embeddings`` then says where its final test embeddings are), ``stage``
+(staged designs: the stage or look that ran the trial), ``trial_status`` (Tune's: TERMINATED,
 ERROR, ...), ``status`` (the trainable's: ok, diverged; ``error`` for a failed trial), ``error``
 (first line of the failure), every reported metric (epoch, loss, val/…, test/…, gpu_s, wall_s, …)
 and the trial's configuration flattened into ``config/…`` columns. Written as ``trials.parquet``
@@ -16,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..pairs.coupling import couple_dynamic_thresholds
-from .experiments import experiment_folders
+from .experiments import experiment_stages
 from .result_ledger import ledger_rows
 
 TABLE = "trials"
@@ -119,16 +120,22 @@ def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experimen
 def consolidate(study, interrupted: bool = False) -> pd.DataFrame:
     """Write ``trials.parquet`` and ``trials.csv`` from every experiment of the study."""
     frames = []
+    staged = getattr(study, "design", None) is not None and study.design.staged
     for arm in study.arms:
         grid = arm.search["mode"] == "grid"
-        for folder in experiment_folders(study, arm):
+        for experiment in experiment_stages(study, arm):
+            folder = experiment.folder
             if folder.is_dir():  # a grid grown by `extend` is still one search: one experiment name
-                frames.extend(experiment_rows(folder, arm.name, interrupted, experiment=arm.name if grid else None,
-                                              study_dir=study.directory))
+                rows = experiment_rows(folder, arm.name, interrupted, experiment=arm.name if grid else None,
+                                       study_dir=study.directory)
+                if staged:  # which stage (two_stage) or look (sequential) ran the trial
+                    for frame in rows:
+                        frame["stage"] = experiment.stage
+                frames.extend(rows)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if "fold" in table and table["fold"].isna().all():  # one validation split: no fold column
         table = table.drop(columns=["fold", "test_embeddings"], errors="ignore")
-    first = ["arm", "experiment", "trial_id", "seed", "fold", "trial_status", "status", "error", "epoch"]
+    first = ["arm", "experiment", "trial_id", "seed", "fold", "stage", "trial_status", "status", "error", "epoch"]
     table = table[[c for c in first if c in table] + [c for c in table.columns if c not in first]]
     if "epoch" in table:
         table = table.sort_values(["arm", "experiment", "trial_id", "epoch"], kind="stable").reset_index(drop=True)

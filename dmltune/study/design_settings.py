@@ -22,7 +22,7 @@ DESIGNS = ("fixed", "two_stage", "sequential")
 TWO_STAGE = Component("design", "two_stage", dict, (
     Param("select_seeds", int, None, low=1, high=1000, nullable=True,
           help="seeds of stage 1, where every arm's grid or search runs (default: all of the study's seeds)"),
-    Param("confirm_seeds", str, "auto", help="fresh seeds of stage 2: auto (sized for the power) or a number"),
+    Param("confirm_seeds", object, "auto", help="fresh seeds of stage 2: auto (sized for the power) or a number"),
     Param("max_confirm_seeds", int, 30, low=2, high=1000, help="at most this many seeds in stage 2 (auto)"),
 ))
 SEQUENTIAL = Component("design", "sequential", dict, (

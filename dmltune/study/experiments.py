@@ -32,6 +32,8 @@ class Experiment:
     seed_space: object               # Tune's grid over seeds, or one seed
     searcher_seed: int
     values: dict | None = None
+    stage: int = 1                   # the stage (two_stage) or look (sequential) that runs it
+    fixed: bool = False              # runs fixed configurations as a grid, whatever the arm's search
 
 
 def read_grid_blocks(directory: Path) -> dict:
@@ -47,25 +49,66 @@ def full_grid(study, arm) -> dict:
     return {**{".".join(p): list(d.values) for p, d in arm.domains}, "seed": list(study.seeds)}
 
 
-def experiments(study, arm, blocks: dict | None = None) -> Iterator[Experiment]:
-    """Every Tune experiment of ``arm``, in the order they run."""
+def experiments(study, arm, blocks: dict | None = None, stages: list | None = None) -> Iterator[Experiment]:
+    """Every Tune experiment of ``arm``, in the order they run: its first stage, then the later
+    stages and looks recorded in ``stages.yaml`` (or ``stages``, a list of recorded entries)."""
     from ray import tune
 
+    yield from (_first_stage(study, arm, blocks, tune.grid_search))
+    for entry in (stage_entries(study) if stages is None else stages):
+        yield from _stage_experiments(study, arm, entry, tune.grid_search)
+
+
+def _first_stage(study, arm, blocks, grid) -> Iterator[Experiment]:
     if arm.search["mode"] != "grid":
         for seed in study.seeds:
             yield Experiment(study.directory / arm.name / f"seed_{seed}", seed, seed)
         return
     for block in _grid_blocks(study, arm, blocks):
         values = block["values"]
-        yield Experiment(study.directory / block["folder"], tune.grid_search(list(values["seed"])), study.seeds[0],
-                         values)
+        yield Experiment(study.directory / block["folder"], grid(list(values["seed"])), study.seeds[0], values)
+
+
+def stage_entries(study) -> list[dict]:
+    from .stages import recorded_stages
+
+    return recorded_stages(study.directory) if getattr(study, "design", None) is not None and study.design.staged \
+        else []
+
+
+def _stage_experiments(study, arm, entry: dict, grid) -> Iterator[Experiment]:
+    """The experiments of ``arm`` in one recorded stage: each fixed configuration (``cells``) as its own
+    one-cell grid over the stage's seeds, or the arm's own procedure on them."""
+    what = (entry.get("arms") or {}).get(arm.name)
+    if not what:
+        return
+    stage, seeds = int(entry["stage"]), list(what["seeds"])
+    cells = what.get("cells")
+    if cells:
+        for i, cell in enumerate(cells):
+            name = f"{arm.name}+s{stage}" + (f"c{i}" if len(cells) > 1 else "")
+            values = {**{k: [v] for k, v in cell.items()}, "seed": seeds}
+            yield Experiment(study.directory / name, grid(seeds), seeds[0], values, stage, fixed=True)
+    elif arm.search["mode"] != "grid":
+        for seed in seeds:
+            yield Experiment(study.directory / arm.name / f"seed_{seed}", seed, seed, None, stage)
+    else:
+        values = {**full_grid(study, arm), "seed": seeds}
+        yield Experiment(study.directory / f"{arm.name}+s{stage}", grid(seeds), seeds[0], values, stage)
 
 
 def experiment_folders(study, arm) -> list[Path]:
     """The folders of ``arm``'s experiments (see :func:`experiments`), without importing Ray."""
-    if arm.search["mode"] != "grid":
-        return [study.directory / arm.name / f"seed_{seed}" for seed in study.seeds]
-    return [study.directory / block["folder"] for block in _grid_blocks(study, arm)]
+    return [e.folder for e in experiment_stages(study, arm)]
+
+
+def experiment_stages(study, arm) -> list[Experiment]:
+    """``arm``'s experiments (see :func:`experiments`) without importing Ray (``seed_space`` is the
+    list of seeds)."""
+    out = list(_first_stage(study, arm, None, list))
+    for entry in stage_entries(study):
+        out.extend(_stage_experiments(study, arm, entry, list))
+    return out
 
 
 def _grid_blocks(study, arm, blocks: dict | None = None) -> list[dict]:

@@ -32,7 +32,8 @@ from .experiments import GRID_BLOCKS, covered_cells, full_grid, grid_cells, read
 from .atomic import write_atomic
 from .lifecycle import STUDY_RECORD, normalised, plan_differences
 
-MAY_CHANGE = ("seeds", "arms", "description", "analysis", "dataset", "model", "generation", "train", "eval")
+MAY_CHANGE = ("seeds", "arms", "description", "analysis", "dataset", "model", "generation", "train", "eval", "design",
+              "budget")
 """Top-level keys not compared as they are: seeds and arms may grow, the shared sections are compared
 inside each arm (where a shared grid may grow too), description and analysis may change."""
 
@@ -135,6 +136,10 @@ def plan_growth(old, new) -> Growth:
     differences = plan_differences(top_old, top_new)
     if differences:
         raise _refuse("; ".join(differences))
+    if old.design.kind != new.design.kind:
+        raise _refuse(f"the design changes ({old.design.kind} → {new.design.kind})")
+    if old.design.kind == "sequential" and tuple(new.design.looks[:len(old.design.looks)]) != tuple(old.design.looks):
+        raise _refuse("design.sequential.looks changes the looks already planned; only add later looks")
     dropped_seeds = [s for s in old.seeds if s not in new.seeds]
     if dropped_seeds:
         raise _refuse(f"it drops seed(s) {dropped_seeds}")

@@ -34,7 +34,18 @@ def plan_lines(study: Study) -> list[str]:
             searched = "population, mutating " + searched
         share = f"   ({arm.gpu(gpu):g} GPU per trial)" if gpu == "auto" else ""
         lines.append(f"  {arm.name:<24} {mode:<15} {n:>4} trials   {searched}{share}")
-    lines.append(f"  {'total':<24} {'':<15} {total:>4} trials")
+    from .experiments import stage_entries
+    from .stages import stage_trials
+
+    for entry in stage_entries(study):
+        n = stage_trials(study, entry)[0]
+        total += n
+        word = "look" if study.design.kind == "sequential" else "stage"
+        lines.append(f"  {word + ' ' + str(entry['stage']) + ' (recorded)':<24} {'':<15} {n:>4} trials   {entry.get('why', '')}")
+    lines.append(f"  {'total':<24} {'':<15} {total:>4} trials" + (" so far (later stages are planned as they end)"
+                                                                  if study.design.staged else ""))
+    if study.design.staged or study.design.budget_trials or study.design.budget_hours is not None:
+        lines.append(study.design.describe())
     if tracking_line(study.tracking):
         lines.append(tracking_line(study.tracking))
     return lines

@@ -35,6 +35,7 @@ from .resources import check_resources
 from .schema import Arm, Study
 from .result_ledger import ledger_callback
 from .state_copy import recover_record, state_copy_callback
+from .stages import stage_trials
 from .tracking import tracking_callbacks
 
 
@@ -53,17 +54,17 @@ def _param_space(arm: Arm, experiment: Experiment):
     return space
 
 
-def _tune_config(study: Study, arm: Arm, metric: str, searcher_seed: int):
+def _tune_config(study: Study, arm: Arm, metric: str, searcher_seed: int, fixed: bool = False):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    mode, scheduler = arm.search["mode"], None
+    mode, scheduler = ("grid" if fixed else arm.search["mode"]), None
     if mode == "pbt":
         return _pbt_config(arm, metric, searcher_seed, study.reuse_actors)
-    if arm.search["scheduler"]:
+    if arm.search["scheduler"] and not fixed:
         asha = arm.search["scheduler"]["asha"]
         # epochs, not Tune's iteration count: a resumed trial reports its past epochs again
         scheduler = ASHAScheduler(time_attr="epoch", max_t=asha["max_t"],
@@ -139,7 +140,8 @@ def _experiment_tuner(study: Study, arm: Arm, experiment: Experiment, metric: st
         checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept(arm)),
         failure_config=tune.FailureConfig(max_failures=study.retries))
     return tune.Tuner(trainable, param_space=_param_space(arm, experiment),
-                      tune_config=_tune_config(study, arm, metric, experiment.searcher_seed), run_config=run_config)
+                      tune_config=_tune_config(study, arm, metric, experiment.searcher_seed, experiment.fixed),
+                      run_config=run_config)
 
 
 def _checkpoints_kept(arm: Arm) -> int:
@@ -260,39 +262,193 @@ def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcom
     metric = f"val/{study.arms[0].resolved['eval']['metric']}"
     _prepare_restores(study)
     done_trials, done_epochs = _done_before(study, retry_errored)
-    total = sum(a.trials_per_seed * len(study.seeds) for a in study.arms)
-    total_epochs = sum(a.trials_per_seed * len(study.seeds) * arm_epochs(a) for a in study.arms)
+    total, total_epochs = planned_trials(study)
     progress = Progress(total, total_epochs, metric, done_trials, min(done_epochs, total_epochs))
-    if done_trials >= total:
+    if done_trials >= total and not study.design.staged:
         print(f"every trial of study '{study.name}' is already done ({total} trials); nothing to run", flush=True)
     stopper = FolderGone(lock.path)
     # the tracking server is asked once whether it answers, before any trial
     health: dict = {}  # shared by the arms' tracking callbacks: the first failure ends tracking
     tracking = {arm.name: tracking_callbacks(study.tracking, arm.name, study.name, check=i == 0, health=health)
                 for i, arm in enumerate(study.arms)}
+    run = _ExperimentRunner(study, lock, metric, progress, tracking, stopper, retry_errored)
     try:
         for arm in study.arms:
             for experiment in experiments(study, arm):
-                tuner = _experiment_tuner(study, arm, experiment, metric,
-                                          [progress.callback(arm, arm_epochs(arm)), *tracking[arm.name],
-                                           state_copy_callback(experiment.folder),
-                                           *([ledger_callback(experiment.folder)] if arm.search["mode"] == "pbt"
-                                             else [])], stopper,
-                                          retry_errored)
-                if arm.search["mode"] == "pbt":  # PBT draws exploit partners and explorations from `random`
-                    random.seed(experiment.searcher_seed)
-                try:
-                    _fit(tuner, study, arm)
-                except Exception:  # Tune may fail on the missing folder before the stopper ends it
-                    if lock.folder_present():
-                        raise
-                if not lock.folder_present():
-                    raise StudyFailed(f"the study folder {study.directory} was deleted while the study ran; stopped "
-                                      "(nothing more is written there): run the study again to start over")
+                run(arm, experiment)
         table = consolidate(study)  # reading the experiments back needs Ray running
+        if study.design.staged:
+            table = _run_later_stages(study, table, run, progress)
     finally:
         progress.close()
     return StudyOutcome(study.directory, errored_trials(table), progress.done > done_trials, health.get("failure"))
+
+
+@dataclass
+class _ExperimentRunner:
+    """Runs one experiment of an arm with the study's callbacks; a deleted folder stops the study."""
+
+    study: Study
+    lock: StudyLock
+    metric: str
+    progress: Progress
+    tracking: dict
+    stopper: object
+    retry_errored: bool
+
+    def __call__(self, arm: Arm, experiment: Experiment) -> None:
+        study = self.study
+        if _over_hours_budget(study):
+            return
+        tuner = _experiment_tuner(study, arm, experiment, self.metric,
+                                  [self.progress.callback(arm, arm_epochs(arm)), *self.tracking[arm.name],
+                                   state_copy_callback(experiment.folder),
+                                   *([ledger_callback(experiment.folder)] if arm.search["mode"] == "pbt" and
+                                     not experiment.fixed else [])], self.stopper,
+                                  self.retry_errored)
+        if arm.search["mode"] == "pbt":  # PBT draws exploit partners and explorations from `random`
+            random.seed(experiment.searcher_seed)
+        try:
+            _fit(tuner, study, arm)
+        except Exception:  # Tune may fail on the missing folder before the stopper ends it
+            if self.lock.folder_present():
+                raise
+        if not self.lock.folder_present():
+            raise StudyFailed(f"the study folder {study.directory} was deleted while the study ran; stopped "
+                              "(nothing more is written there): run the study again to start over")
+
+
+def _over_hours_budget(study: Study) -> bool:
+    """A ``budget: {gpu_hours: H}`` already spent: no further experiment starts (recorded once)."""
+    hours = study.design.budget_hours
+    if hours is None:
+        return False
+    spent = _spent_hours(study)
+    if spent < hours:
+        return False
+    from .stages import record_stop, stopped_reason
+
+    reason = f"budget reached: {spent:.3g} of {hours:g} hours spent; no further experiment started"
+    if stopped_reason(study.directory) != reason:
+        print(f"study '{study.name}': {reason}", flush=True)
+        record_stop(study.directory, study.design.kind, reason)
+    return True
+
+
+def _spent_hours(study: Study) -> float:
+    import pandas as pd
+
+    try:
+        table = consolidate(study)
+    except (ValueError, KeyError):
+        return 0.0
+    if table.empty:
+        return 0.0
+    last = table.groupby(["arm", "experiment", "trial_id"], sort=False).tail(1)
+    gpu = pd.to_numeric(last.get("gpu_s"), errors="coerce").fillna(0).sum() if "gpu_s" in last else 0.0
+    column = "gpu_s" if gpu > 0 else "wall_s"
+    return float(pd.to_numeric(last.get(column), errors="coerce").fillna(0).sum() / 3600) if column in last else 0.0
+
+
+def planned_trials(study: Study) -> tuple[int, int]:
+    """Trials and epochs of the first stage and every recorded later stage."""
+    from .experiments import stage_entries
+
+    total = sum(a.trials_per_seed * len(study.seeds) for a in study.arms)
+    epochs = sum(a.trials_per_seed * len(study.seeds) * arm_epochs(a) for a in study.arms)
+    for entry in stage_entries(study):
+        n, e = stage_trials(study, entry)
+        total, epochs = total + n, epochs + e
+    return total, epochs
+
+
+def _run_later_stages(study: Study, table, run: _ExperimentRunner, progress: Progress):
+    """Ask the design for the next stage or look, record it, run it; until the design is done."""
+    from ..analysis.design_table import next_stage
+    from ..analysis.trials import study_table
+    from .experiments import _stage_experiments
+    from .stages import last_stage, record_stage, record_stop
+
+    stage_done = last_stage(study.directory)
+    while True:
+        try:
+            st = study_table(table, study.source)
+            plan = next_stage(st, stage_done)
+        except ConfigError as err:
+            reason = f"no stage after stage {stage_done}: {err}"
+            print(f"study '{study.name}': {reason}", flush=True)
+            record_stop(study.directory, study.design.kind, reason)
+            return table
+        if plan is None:
+            return table
+        entry = stage_entry(study, st, plan)
+        entry, reason = fit_budget(study, st, entry)
+        if entry is None:
+            print(f"study '{study.name}': {reason}", flush=True)
+            record_stop(study.directory, study.design.kind, reason)
+            return table
+        record_stage(study.directory, study.design.kind, entry)
+        trials, epochs = stage_trials(study, entry)
+        progress.total += trials
+        progress.total_epochs += epochs
+        word = "look" if study.design.kind == "sequential" else "stage"
+        print(f"{word} {entry['stage']} planned and recorded ({trials} trials): {entry['why']}", flush=True)
+        from ray import tune
+
+        for arm in study.arms:
+            for experiment in _stage_experiments(study, arm, entry, tune.grid_search):
+                run(arm, experiment)
+        table = consolidate(study)
+        stage_done = entry["stage"]
+
+
+def stage_entry(study: Study, st, plan: dict) -> dict:
+    """The record of a planned stage: each arm's configuration keys turned into their values."""
+    from ..analysis.selection import config_keys
+
+    arms = {}
+    for name, what in plan["arms"].items():
+        arm = next(a for a in study.arms if a.name == name)
+        cells = None
+        if what.get("keys") is not None:
+            rows = st.arm_rows(name)
+            keys = config_keys(rows, st.dims[name]).to_numpy()
+            cells = []
+            for key in what["keys"]:
+                row = rows[keys == key].iloc[0]
+                cells.append({".".join(path): _plain(row.get(f"config/{'.'.join(path)}")) for path, _ in arm.domains})
+        arms[name] = {"cells": cells, "seeds": [int(s) for s in what["seeds"]]}
+    return {"stage": int(plan["stage"]), "why": plan["why"], "arms": arms}
+
+
+def _plain(value):
+    """A table value as YAML writes it (numpy scalars to Python)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def fit_budget(study: Study, st, entry: dict) -> tuple[dict | None, str | None]:
+    """The stage as it fits the study's budget: fewer seeds when the trials budget would be passed;
+    None (and why) when not even two seeds fit, or the hours are spent."""
+    design = study.design
+    so_far = len(st.final)
+    if design.budget_hours is not None:
+        spent = float(st.final.cost_h.sum())
+        if spent >= design.budget_hours:
+            return None, (f"budget reached: {spent:.3g} of {design.budget_hours:g} hours spent; stage "
+                          f"{entry['stage']} not started")
+    if design.budget_trials is None:
+        return entry, None
+    trials, _ = stage_trials(study, entry)
+    if so_far + trials <= design.budget_trials:
+        return entry, None
+    per_seed = stage_trials(study, {"arms": {name: {**w, "seeds": [0]} for name, w in entry["arms"].items()}})[0]
+    fits = int((design.budget_trials - so_far) // max(per_seed, 1))
+    if fits < 2:
+        return None, (f"budget reached: {so_far} of {design.budget_trials} trials run; stage {entry['stage']} "
+                      f"would need {trials}")
+    trimmed = {name: {**w, "seeds": w["seeds"][:fits]} for name, w in entry["arms"].items()}
+    why = entry["why"] + f" (cut to {fits} seeds by the budget of {design.budget_trials} trials)"
+    return {**entry, "arms": trimmed, "why": why}, None
 
 
 def errored_trials(table) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..config import section_mapping
 from ..config_files import apply_overrides, read_yaml
 from ..pairs.coupling import decoupled_notes
+from .design_settings import Design, parse_design
 from ..registry import Component, ConfigError, Param, short_repr
 from .arm_config import SHARED_WHERE, merge_settings, resolve_domains, resolve_paths, shared_mistake
 from .data_checks import check_arm_data
@@ -46,6 +47,10 @@ STUDY = Component("section", "study", dict, (
           help="{validation: split | kfold, folds: 4, fold_seed: 0}: how each configuration is validated"),
     Param("analysis", dict, None, nullable=True, help="{reference, delta, confidence, ...} of the report"),
     Param("tracking", dict, None, nullable=True, help="{mlflow: {tracking_uri, experiment, tags}}: log every trial to MLflow"),
+    Param("design", object, None, nullable=True,
+          help="fixed (default), {two_stage: {select_seeds, confirm_seeds, max_confirm_seeds}} or "
+               "{sequential: {looks, max_seeds}}: how seeds are spent (docs/studies.md, Designs)"),
+    Param("budget", dict, None, nullable=True, help="{trials: N} or {gpu_hours: H}: no stage or look starts beyond it"),
 ))
 TOP_KEYS = tuple(STUDY.param_names)
 
@@ -111,6 +116,7 @@ class Study:
     tracking: dict | None = None     # {"mlflow": {tracking_uri, experiment, tags}} or None (tracking.py)
     reuse_actors: bool = False       # `reuse_actors` resolved (auto → see reuse_actors())
     protocol: dict = field(default_factory=lambda: {"validation": "split"})  # {validation, folds, fold_seed}
+    design: Design = field(default_factory=Design)  # how seeds are spent: fixed, two_stage, sequential
 
 
 def _arm_search(arm: dict, where: str, epochs: int) -> dict:
@@ -231,11 +237,33 @@ def parse_study(raw: dict, check_data: bool = True, scan_data: bool = True) -> S
             check_arm_data(arm, where if own else SHARED_WHERE, data_cache, scan=scan_data)
         arms.append(arm)
     check_analysis(raw.get("analysis"), [a.name for a in arms])
+    design = parse_design(raw.get("design"), raw.get("budget"), top["seeds"])
+    check_design(design, arms, raw)
     storage = Path(top["storage"]).expanduser().resolve()  # relative to the working directory
-    return Study(name=top["name"], directory=storage / top["name"], seeds=top["seeds"],
+    return Study(name=top["name"], directory=storage / top["name"], seeds=design.first_seeds(top["seeds"]),
                  resources=check_resources_section(raw), concurrency=top["concurrency"], arms=arms,
                  retries=top["retries"], source=raw, notes=notes, tracking=tracking,
-                 reuse_actors=reuse_actors(top["reuse_actors"], arms), protocol=protocol)
+                 reuse_actors=reuse_actors(top["reuse_actors"], arms), protocol=protocol, design=design)
+
+
+def check_design(design: Design, arms: list[Arm], raw: dict) -> None:
+    """A staged design needs a single-configuration reference, and a budget must fit the first stage."""
+    first = sum(a.trials_per_seed for a in arms) * len(design.first_seeds(raw.get("seeds") or [0]))
+    if design.budget_trials is not None and design.budget_trials < first:
+        what = "the fixed design plans" if not design.staged else "its first stage needs"
+        raise ConfigError(f"budget.trials is {design.budget_trials} but {what} {first} trials; raise the budget"
+                          + (" or use a staged design (design: {two_stage: ...})" if not design.staged else
+                             " or lower the first stage's seeds"))
+    if not design.staged:
+        return
+    analysis = raw.get("analysis") if isinstance(raw.get("analysis"), dict) else {}
+    name = analysis.get("reference") or next((a.name for a in reversed(arms) if not a.domains), None)
+    ref = next((a for a in arms if a.name == name), None)
+    if ref is None or ref.domains or ref.search["mode"] != "grid" or ref.folds > 1:
+        raise ConfigError(f"design {design.kind} needs a reference arm that runs one configuration (no search, no "
+                          "k-fold): set analysis.reference to such an arm, or use design: fixed")
+    if any(a.folds > 1 for a in arms):
+        raise ConfigError(f"design {design.kind} does not run k-fold studies yet; use design: fixed with protocol kfold")
 
 
 def reuse_actors(setting: str, arms: list[Arm]) -> bool:

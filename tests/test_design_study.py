@@ -1,0 +1,91 @@
+"""A real two_stage study on digits (issue #23): both stages from one `dmltune run`, a Ctrl-C once
+stage 2 is recorded, `resume` finishing it, and a report of both stages; a budget that cuts stage 2."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+TEXT = """
+name: staged
+seeds: [0, 1]
+resources: {cpu: 1}
+dataset: {name: digits, val_fraction: 0.4}
+model: {backbone: small_cnn, dim: 8, freeze_bn: false}
+train: {epochs: 2, batch_size: 24, k: 8, lr: 0.001, batches_per_epoch: 3}
+eval: {metric: map@r, nmi: false}
+design: {two_stage: {select_seeds: 2, confirm_seeds: 3}}
+arms:
+  - {name: fixed, miner: {name: asms, gamma_pos: {grid: [0.05, 0.2]}}, loss: {name: soft_contrastive}}
+  - {name: adaptive, miner: {name: at_asms}, loss: {name: soft_contrastive}}
+"""
+
+
+@pytest.mark.slow
+def test_two_stage_runs_both_stages_survives_an_interrupt_between_them_and_reports_both(tmp_path):
+    (tmp_path / "s.yaml").write_text(TEXT)
+    folder = tmp_path / "results" / "staged"
+    driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", "s.yaml"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    try:
+        for line in driver.stdout:  # stage 1 ended and stage 2 is recorded: interrupt it
+            seen.append(line)
+            if line.startswith("stage 2 planned and recorded"):
+                break
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert any(line.startswith("stage 2 planned and recorded (6 trials)") for line in seen), "".join(seen)[-2000:]
+    assert driver.returncode == 130 and "Traceback" not in err, err[-2000:]
+    record = yaml.safe_load((folder / "stages.yaml").read_text())
+    stage2 = record["stages"][0]
+    assert record["design"] == "two_stage" and stage2["stage"] == 2
+    assert stage2["arms"]["fixed"]["seeds"] == [2, 3, 4] and len(stage2["arms"]["fixed"]["cells"]) == 1
+    assert stage2["arms"]["adaptive"] == {"cells": None, "seeds": [2, 3, 4]}
+
+    resumed = subprocess.run([sys.executable, "-m", "dmltune", "resume", str(folder)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "stage 2 (recorded)" in resumed.stdout                   # the plan shows the recorded stage
+    table = pd.read_parquet(folder / "trials.parquet")
+    last = table.groupby("trial_id").tail(1)
+    counts = last.groupby(["stage", "arm"]).size().to_dict()
+    assert counts == {(1, "fixed"): 4, (1, "adaptive"): 2, (2, "fixed"): 3, (2, "adaptive"): 3}, counts
+    assert (last.status == "ok").all()
+    confirmed = last[(last.stage == 2) & (last.arm == "fixed")]["config/miner.gamma_pos"].unique()
+    assert list(confirmed) == [stage2["arms"]["fixed"]["cells"][0]["miner.gamma_pos"]]
+    assert sorted(last[last.stage == 2].seed.unique()) == [2, 3, 4]  # fresh seeds, disjoint from stage 1
+
+    report = (folder / "report.md").read_text()
+    assert "## Design" in report and "design two_stage" in report
+    assert "| 1 | fixed | 2 | 4 |" in report and "| 2 | fixed | 3 | 3 |" in report
+    assert "fixed" in resumed.stdout and "to match adaptive" in resumed.stdout
+
+    again = subprocess.run([sys.executable, "-m", "dmltune", "resume", str(folder)], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "planned and recorded" not in again.stdout, again.stderr[-2000:]
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "trials.parquet"), table)
+
+
+@pytest.mark.slow
+def test_a_trials_budget_cuts_stage_two_and_the_report_says_so(tmp_path, shared_ray):
+    text = TEXT.replace("confirm_seeds: 3}}", "confirm_seeds: 6}}\nbudget: {trials: 12}")
+    (tmp_path / "s.yaml").write_text(text)
+    run = subprocess.run([sys.executable, "-m", "dmltune", "run", "s.yaml"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env=shared_ray.env())
+    assert run.returncode == 0, run.stderr[-2000:]
+    folder = tmp_path / "results" / "staged"
+    last = pd.read_parquet(folder / "trials.parquet").groupby("trial_id").tail(1)
+    assert len(last) == 12 and sorted(last[last.stage == 2].seed.unique()) == [2, 3, 4]
+    assert "cut to 3 seeds by the budget of 12 trials" in run.stdout
+    assert "cut to 3 seeds by the budget of 12 trials" in (folder / "report.md").read_text()
