@@ -89,3 +89,27 @@ def test_a_trials_budget_cuts_stage_two_and_the_report_says_so(tmp_path, shared_
     assert len(last) == 12 and sorted(last[last.stage == 2].seed.unique()) == [2, 3, 4]
     assert "cut to 3 seeds by the budget of 12 trials" in run.stdout
     assert "cut to 3 seeds by the budget of 12 trials" in (folder / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_sequential_study_gives_later_looks_only_to_what_is_undecided(tmp_path, shared_ray):
+    text = TEXT.replace("design: {two_stage: {select_seeds: 2, confirm_seeds: 3}}", "design: {sequential: {looks: [2, 3]}}")
+    (tmp_path / "s.yaml").write_text(text)
+    run = subprocess.run([sys.executable, "-m", "dmltune", "run", "s.yaml"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env=shared_ray.env())
+    assert run.returncode == 0, run.stderr[-2000:]
+    folder = tmp_path / "results" / "staged"
+    last = pd.read_parquet(folder / "trials.parquet").groupby("trial_id").tail(1)
+    assert set(last[last.stage == 1].seed) == {0, 1}
+    record = yaml.safe_load((folder / "stages.yaml").read_text())
+    planned = {arm for entry in record["stages"] for arm in entry["arms"]}
+    assert [e["stage"] for e in record["stages"]] == [2] and "adaptive" in planned
+    for arm, what in record["stages"][0]["arms"].items():   # each arm in play runs seed 2, and nothing else
+        assert what["seeds"] == [2]
+        rows = last[(last.stage == 2) & (last.arm == arm)]
+        assert set(rows.seed) == {2} and len(rows) == len(what["cells"] or [None])
+    from dmltune.analysis import analyse, read_study_table
+
+    a = analyse(read_study_table(folder))
+    assert a.design.kind == "sequential" and set(a.stages.stage) <= {1, 2}
+    assert "## Design" in (folder / "report.md").read_text()

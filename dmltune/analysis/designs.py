@@ -180,8 +180,9 @@ def sequential_verdict(arm: str, A: np.ndarray, L: np.ndarray, b: np.ndarray, bL
             verdict = arm_verdict(arm, pd.DataFrame(Ak, columns=cols), pd.Series(bk, index=cols), delta,
                                   1 - alpha, power, labels, alpha_match=a_k, alpha_short=a_k, total=C, advise=False)
             verdict.verdict = NOT_MATCHED
-            verdict.reason = (f"look {k}: every one of the {C} configuration(s) was shown short of the reference − δ "
-                              f"at {1 - a_k:.2%} confidence (α/{looks} per look)")
+            which = "its configuration was" if C == 1 else f"each of its {C} configurations was"
+            verdict.reason = (f"look {k}: {which} shown short of the reference − δ at {1 - a_k:.2%} confidence "
+                              f"(α/{looks} per look)")
             history.append((k, int(active.sum()), NOT_MATCHED))
             return _finish(verdict, k, short, k, history, A, bk)
         history.append((k, int((~short).sum()), INCONCLUSIVE))

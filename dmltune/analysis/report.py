@@ -327,22 +327,25 @@ def write_report(study_dir: str | Path, overrides: dict | None = None, metric: s
     return path, a
 
 
-def advice_text(r: dict, unit: str) -> str:
-    """What would decide an inconclusive arm: the cheapest design with its trials and cost (fixed
-    design), or the staged design's own next step (from its reason)."""
+def advice_text(r: dict, unit: str = "") -> str:
+    """What would decide an inconclusive arm: the cheapest design with its trials and cost (from
+    :mod:`.advice`), after a staged design's own account of where it stopped."""
     design = r.get("decide_design") or ""
     if design == "two_stage":
-        return (f"cheapest to decide: design two_stage, the selected configuration and the reference on about "
-                f"{count(r['decide_seeds'], 0)} fresh seeds ({count(r['decide_trials'], 0)} more trials, "
-                f"{cost(r['decide_cost'])} {unit}); the fixed design needs about {seeds_needed_text(r)} seeds per "
-                f"configuration")
-    if design == "fixed":
-        return (f"cheapest to decide: about {seeds_needed_text(r)} seeds per configuration "
-                f"({count(r['decide_trials'], 0)} more trials, {cost(r['decide_cost'])} {unit})")
+        cheapest = (f"cheapest to decide: design two_stage, the selected configuration and the reference on about "
+                    f"{count(r['decide_seeds'], 0)} fresh seeds ({count(r['decide_trials'], 0)} more trials, "
+                    f"{cost(r['decide_cost'])}); the fixed design needs about {seeds_needed_text(r)} seeds per "
+                    f"configuration")
+    elif design == "fixed":
+        cheapest = (f"cheapest to decide: about {seeds_needed_text(r)} seeds per configuration "
+                    f"({count(r['decide_trials'], 0)} more trials, {cost(r['decide_cost'])})")
+    else:
+        cheapest = ""
     if r.get("design", "fixed") != "fixed":
         reason = str(r.get("reason", ""))
-        return reason.split("; ", 1)[1] if "; " in reason else reason
-    return f"needs about {seeds_needed_text(r)} seeds per configuration to decide"
+        own = reason.split("; ", 1)[1] if reason.startswith("stage 2") and "; " in reason else reason
+        return own + (f"; in a new study, {cheapest}" if cheapest else "")
+    return cheapest or f"needs about {seeds_needed_text(r)} seeds per configuration to decide"
 
 
 def design_section(a: Analysis) -> str:
@@ -368,11 +371,12 @@ def design_section(a: Analysis) -> str:
     if a.stages is None or a.stages.empty or not design.staged:
         return text
     word = "look" if design.kind == "sequential" else "stage"
+    what = "GPU time" if a.table.cost_unit == "GPU-hours" else "wall time"
     rows = [{word: int(r.stage), "arm": r.arm, "seeds": int(r.seeds), "trials": int(r.trials),
-             f"cost ({a.table.cost_unit})": cost(r.cost_h)} for r in a.stages.itertuples()]
+             what: cost(r.cost_h)} for r in a.stages.itertuples()]
     total = a.stages.groupby("stage").agg(trials=("trials", "sum"), cost_h=("cost_h", "sum"))
     rows += [{word: f"{int(k)} (all arms)", "arm": "", "seeds": "", "trials": int(v.trials),
-              f"cost ({a.table.cost_unit})": cost(v.cost_h)} for k, v in total.iterrows()]
+              what: cost(v.cost_h)} for k, v in total.iterrows()]
     return text + "\n" + markdown_table(rows) + "\n"
 
 
