@@ -11,6 +11,7 @@ import sys
 import pandas as pd
 import pytest
 import yaml
+from synthetic_study import run_study_text
 
 TEXT = """
 name: staged
@@ -80,12 +81,8 @@ def test_two_stage_runs_both_stages_survives_an_interrupt_between_them_and_repor
 @pytest.mark.slow
 def test_a_trials_budget_cuts_stage_two_and_the_report_says_so(tmp_path, shared_ray):
     text = TEXT.replace("confirm_seeds: 3}}", "confirm_seeds: 6}}\nbudget: {trials: 12}")
-    (tmp_path / "s.yaml").write_text(text)
-    run = subprocess.run([sys.executable, "-m", "dmltune", "run", "s.yaml"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300, env=shared_ray.env())
-    assert run.returncode == 0, run.stderr[-2000:]
-    folder = tmp_path / "results" / "staged"
-    last = pd.read_parquet(folder / "trials.parquet").groupby("trial_id").tail(1)
+    run, folder, table = run_study_text(tmp_path, text, "staged", env=shared_ray.env())
+    last = table.groupby("trial_id").tail(1)
     assert len(last) == 12 and sorted(last[last.stage == 2].seed.unique()) == [2, 3, 4]
     assert "cut to 3 seeds by the budget of 12 trials" in run.stdout
     assert "cut to 3 seeds by the budget of 12 trials" in (folder / "report.md").read_text()
@@ -94,12 +91,8 @@ def test_a_trials_budget_cuts_stage_two_and_the_report_says_so(tmp_path, shared_
 @pytest.mark.slow
 def test_a_sequential_study_gives_later_looks_only_to_what_is_undecided(tmp_path, shared_ray):
     text = TEXT.replace("design: {two_stage: {select_seeds: 2, confirm_seeds: 3}}", "design: {sequential: {looks: [2, 3]}}")
-    (tmp_path / "s.yaml").write_text(text)
-    run = subprocess.run([sys.executable, "-m", "dmltune", "run", "s.yaml"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300, env=shared_ray.env())
-    assert run.returncode == 0, run.stderr[-2000:]
-    folder = tmp_path / "results" / "staged"
-    last = pd.read_parquet(folder / "trials.parquet").groupby("trial_id").tail(1)
+    run, folder, table = run_study_text(tmp_path, text, "staged", env=shared_ray.env())
+    last = table.groupby("trial_id").tail(1)
     assert set(last[last.stage == 1].seed) == {0, 1}
     record = yaml.safe_load((folder / "stages.yaml").read_text())
     planned = {arm for entry in record["stages"] for arm in entry["arms"]}

@@ -252,3 +252,22 @@ def test_advised_seeds_decide_with_the_stated_power():
     decided = [simulate(rng, "fixed", [0.5] * 12, D, 0.0, D, seeds=int(n)).verdict != "inconclusive"
                for n in advised[:25]]
     assert np.mean(decided) >= 0.8 - 0.10, np.mean(decided)
+
+
+def test_an_arm_added_by_extend_is_confirmed_in_a_later_stage_without_rerunning_the_reference():
+    from design_simulation import World, source
+    from dmltune.analysis import study_table
+    from dmltune.analysis.design_table import next_stage
+
+    rng = np.random.default_rng(5)
+    world = World(rng, [0.5, 0.5], D, 0.0)
+    rows = world.rows("grid", [0, 1], [0, 1, 2], 1) + world.rows("ref", [0], [0, 1, 2], 1)
+    rows += world.rows("grid", [0], [3, 4, 5], 2) + world.rows("ref", [0], [3, 4, 5], 2)
+    late = [{**r, "arm": "late", "experiment": "late", "trial_id": "late_" + r["trial_id"]}
+            for r in world.rows("grid", [0, 1], [0, 1, 2], 1)]
+    src = source({"two_stage": {"select_seeds": 3, "confirm_seeds": 3}}, [0, 1, 2], D)
+    src["arms"].insert(1, {"name": "late"})
+    plan = next_stage(study_table(pd.DataFrame(rows + late), src), 2)
+    assert plan["stage"] == 3 and set(plan["arms"]) == {"late"}          # grid is confirmed already
+    assert plan["arms"]["late"]["seeds"] == [3, 4, 5]                    # the reference has them
+    assert next_stage(study_table(pd.DataFrame(rows), src), 2) is None

@@ -84,28 +84,8 @@ def fixed_seeds(effect: float, var_d: float, alpha: float, power: float, C: int,
     else:
         quantile = lambda n: stats.t.ppf(1 - alpha, C * (n - 1.0))  # noqa: E731
     # the df of the noncentral t is that of the pooled variance, C(n − 1), not n − 1
-    return _seeds_with_df(effect, var_d, power, quantile, lambda n: C * (n - 1.0)) if C > 1 else \
-        seeds_needed(effect, var_d, alpha, power, paired=True)
-
-
-def _seeds_with_df(effect, var_d, power, quantile, df_of, limit: int = 10_000) -> float:
-    if not (math.isfinite(effect) and math.isfinite(var_d)):
-        return math.nan
-    if effect == 0:
-        return math.inf
-    if var_d <= 0:
-        return 2.0
-
-    def achieved(n: int) -> float:
-        return float(stats.nct.sf(quantile(n), df_of(n), abs(effect) / math.sqrt(var_d / n)))
-
-    if achieved(limit) < power:
-        return math.inf
-    lo, hi = 2, limit
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if achieved(mid) >= power else (mid + 1, hi)
-    return float(lo)
+    return seeds_needed(effect, var_d, alpha, power, paired=True, quantile=quantile, df_of=lambda n: C * (n - 1.0)) \
+        if C > 1 else seeds_needed(effect, var_d, alpha, power, paired=True)
 
 
 def difference_variance(A: np.ndarray, b: np.ndarray, bd, row: int) -> float:

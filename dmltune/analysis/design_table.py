@@ -177,6 +177,7 @@ def _plan_confirmation(st: StudyTable, settings: dict, design: Design, reference
     fresh = [s for s in seed_sequence(study_seeds, len(stage1) + 2 * design.max_confirm_seeds + len(study_seeds))
              if s not in set(stage1)]
     confirmed = set(st.final.arm[stage_column(st.final) >= 2])
+    have = set(st.arm_rows(reference).seed)            # the reference's seeds in every stage so far
     ref_values = _by_seed(st, st.arm_rows(reference), fail)
     ref_values = ref_values.reindex([s for s in ref_values.index if s in set(stage1)])
     plan, why, n_ref = {}, [], 0
@@ -212,7 +213,6 @@ def _plan_confirmation(st: StudyTable, settings: dict, design: Design, reference
         why.append(f"{arm}: {label} on {n2} fresh seed(s)")
     if not plan:
         return None
-    have = set(st.arm_rows(reference).seed)
     missing = [s for s in fresh[:n_ref] if s not in have]
     if missing:
         plan[reference] = {"keys": None, "seeds": missing}

@@ -59,11 +59,12 @@ class Verdict:
 
 
 def seeds_needed(effect: float, var_diff_per_seed: float, alpha: float, power: float, *, paired: bool,
-                 var_a: float = math.nan, var_b: float = math.nan, quantile=None) -> float:
+                 var_a: float = math.nan, var_b: float = math.nan, quantile=None, df_of=None) -> float:
     """Smallest n ≥ 2 seeds (per configuration, and for the reference) at which a one-sided t-test
     at level ``alpha`` detects a true difference of ``effect`` with probability ``power``
-    (noncentral t). ``quantile(n)``: the critical value at n seeds when it is not t's (e.g. the
-    blocked model's max-t). ``inf`` when no n ≤ MAX_SEEDS does; NaN when the spread is unknown."""
+    (noncentral t). ``quantile(n)`` and ``df_of(n)``: the critical value and degrees of freedom at n
+    seeds when they are not the t-test's (e.g. the blocked model's max-t with C(n − 1) degrees of
+    freedom). ``inf`` when no n ≤ MAX_SEEDS does; NaN when the spread is unknown."""
     if not (math.isfinite(effect) and math.isfinite(var_diff_per_seed)):
         return math.nan
     if effect == 0:
@@ -72,7 +73,7 @@ def seeds_needed(effect: float, var_diff_per_seed: float, alpha: float, power: f
         return 2.0
 
     def achieved(n: int) -> float:
-        df = n - 1.0 if paired else welch_df(var_a, var_b, n)
+        df = df_of(n) if df_of is not None else (n - 1.0 if paired else welch_df(var_a, var_b, n))
         nc = abs(effect) / math.sqrt(var_diff_per_seed / n)
         crit = quantile(n) if quantile is not None else stats.t.ppf(1 - alpha, df)
         return float(stats.nct.sf(crit, df, nc))
