@@ -1,5 +1,7 @@
-"""A real two_stage study on digits (issue #23): both stages from one `dmltune run`, a Ctrl-C once
-stage 2 is recorded, `resume` finishing it, and a report of both stages; a budget that cuts stage 2."""
+"""Real staged studies on digits (issue #23): a two_stage study's both stages from one `dmltune run`, a
+Ctrl-C once stage 2 is recorded, `resume` finishing it, and a report of both stages; a budget that
+cuts stage 2; a sequential study. On the shared Ray cluster (tests/shared_ray.py): the Ctrl-C here
+only interrupts between stages; the driver's own Ctrl-C handling is test_failures.py's."""
 
 from __future__ import annotations
 
@@ -29,11 +31,11 @@ arms:
 
 
 @pytest.mark.slow
-def test_two_stage_runs_both_stages_survives_an_interrupt_between_them_and_reports_both(tmp_path):
+def test_two_stage_runs_both_stages_survives_an_interrupt_between_them_and_reports_both(tmp_path, shared_ray):
     (tmp_path / "s.yaml").write_text(TEXT)
     folder = tmp_path / "results" / "staged"
     driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", "s.yaml"], cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+                              stderr=subprocess.PIPE, text=True, start_new_session=True, env=shared_ray.env())
     seen = []
     try:
         for line in driver.stdout:  # stage 1 ended and stage 2 is recorded: interrupt it
@@ -55,7 +57,7 @@ def test_two_stage_runs_both_stages_survives_an_interrupt_between_them_and_repor
     assert stage2["arms"]["adaptive"] == {"cells": None, "seeds": [2, 3, 4]}
 
     resumed = subprocess.run([sys.executable, "-m", "dmltune", "resume", str(folder)], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, env=shared_ray.env())
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "stage 2 (recorded)" in resumed.stdout                   # the plan shows the recorded stage
     table = pd.read_parquet(folder / "trials.parquet")
@@ -73,7 +75,7 @@ def test_two_stage_runs_both_stages_survives_an_interrupt_between_them_and_repor
     assert "fixed" in resumed.stdout and "to match adaptive" in resumed.stdout
 
     again = subprocess.run([sys.executable, "-m", "dmltune", "resume", str(folder)], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, env=shared_ray.env())
     assert again.returncode == 0 and "planned and recorded" not in again.stdout, again.stderr[-2000:]
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "trials.parquet"), table)
 

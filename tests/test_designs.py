@@ -271,3 +271,27 @@ def test_an_arm_added_by_extend_is_confirmed_in_a_later_stage_without_rerunning_
     assert plan["stage"] == 3 and set(plan["arms"]) == {"late"}          # grid is confirmed already
     assert plan["arms"]["late"]["seeds"] == [3, 4, 5]                    # the reference has them
     assert next_stage(study_table(pd.DataFrame(rows), src), 2) is None
+
+
+def test_a_budget_cuts_a_stage_to_the_seeds_that_fit_or_stops_it():
+    from types import SimpleNamespace
+
+    from design_simulation import World, source
+    from dmltune.analysis import study_table
+    from dmltune.study.runner import fit_budget
+
+    arm = lambda name, per_seed: SimpleNamespace(name=name, trials_per_seed=per_seed, folds=1,  # noqa: E731
+                                                 resolved={"train": {"epochs": 2}})
+    rows = World(np.random.default_rng(6), [0.5, 0.5], D, 0.0).rows("grid", [0, 1], [0, 1, 2], 1)
+    st = study_table(pd.DataFrame(rows), source("fixed", [0, 1, 2], D))          # 6 trials, 600 s each
+    entry = {"stage": 2, "why": "w", "arms": {"grid": {"cells": [{"miner.gamma_pos": 0.01}], "seeds": [3, 4, 5, 6]},
+                                             "ref": {"cells": None, "seeds": [3, 4, 5, 6]}}}
+    study = lambda **budget: SimpleNamespace(arms=[arm("grid", 2), arm("ref", 1)], design=parse_design(  # noqa: E731
+        "fixed", budget, [0]))
+    assert fit_budget(study(), st, entry) == (entry, None)
+    cut, why = fit_budget(study(trials=12), st, entry)          # 6 run, 2 per seed: 3 seeds fit
+    assert why is None and all(w["seeds"] == [3, 4, 5] for w in cut["arms"].values()) and "cut to 3 seeds" in cut["why"]
+    none, why = fit_budget(study(trials=9), st, entry)
+    assert none is None and "would need 8" in why
+    none, why = fit_budget(study(gpu_hours=0.9), st, entry)   # 6 × 600 s = 1 h spent
+    assert none is None and "1 of 0.9 hours spent" in why
