@@ -131,7 +131,7 @@ def read_study_table(study_dir: str | Path, metric: str | None = None) -> StudyT
     try:
         table = pd.read_parquet(path)
     except Exception as err:
-        raise ConfigError(f"{path} cannot be read ({type(err).__name__}); rerun `dmltune resume` on the study file to rebuild it") from None
+        raise ConfigError(f"{path} cannot be read ({type(err).__name__}); rebuild it with `dmltune resume {folder}`") from None
     record = folder / "study.yaml"
     source = yaml.safe_load(record.read_text()) if record.is_file() else {}
     st = study_table(table, source or {}, metric, name=(source or {}).get("name", folder.name))

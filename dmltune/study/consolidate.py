@@ -142,6 +142,30 @@ def consolidate(study, interrupted: bool = False) -> pd.DataFrame:
     for column in table.columns:  # mixed-type columns (e.g. an empty error next to text) as strings
         if table[column].dtype == object:
             table[column] = table[column].map(lambda v: v if v is None or isinstance(v, str) else str(v))
-    table.to_parquet(study.directory / f"{TABLE}.parquet", index=False)
-    table.to_csv(study.directory / f"{TABLE}.csv", index=False)
+    write_table(study, table)
     return table
+
+
+def write_table(study, table: pd.DataFrame) -> None:
+    """``trials.parquet`` and ``trials.csv``, each replaced in one step (written beside, then renamed),
+    so a full disk or a kill leaves the previous table whole; a full or read-only disk is the
+    study's one-line stop."""
+    import io
+
+    from .atomic import write_atomic
+    from .disk import describe, stop_for_disk
+
+    parquet = io.BytesIO()
+    table.to_parquet(parquet, index=False)
+    for name, data in ((f"{TABLE}.parquet", parquet.getvalue()), (f"{TABLE}.csv", table.to_csv(index=False))):
+        try:
+            write_atomic(study.directory / name, data)
+        except OSError as err:
+            what = describe(err)
+            if what is None:
+                raise
+            try:
+                (study.directory / f".{name}.partial").unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise stop_for_disk(study, what, study.directory / name) from None

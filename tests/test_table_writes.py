@@ -1,0 +1,58 @@
+"""The results table is replaced in one step, and a full disk while it is written is the one-line stop
+that keeps the previous table whole (issue #27, defect 1)."""
+
+from __future__ import annotations
+
+import errno
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from dmltune.interruption import StudyFailed
+from dmltune.study import atomic, consolidate
+
+
+def test_a_full_disk_while_the_table_is_written_keeps_the_old_table_and_says_one_line(tmp_path, monkeypatch):
+    study = SimpleNamespace(directory=tmp_path)
+    old = pd.DataFrame({"arm": ["a"], "trial_id": ["t1"], "epoch": [1]})
+    consolidate.write_table(study, old)
+    assert pd.read_parquet(tmp_path / "trials.parquet").equals(old)
+    real = atomic.write_atomic
+
+    def full_disk(path, data):
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_bytes(b"half")                   # what a full disk leaves behind
+        raise OSError(errno.ENOSPC, "No space left on device", str(partial))
+
+    monkeypatch.setattr(atomic, "write_atomic", full_disk)
+    new = pd.DataFrame({"arm": ["a", "b"], "trial_id": ["t1", "t2"], "epoch": [1, 1]})
+    with pytest.raises(StudyFailed) as err:
+        consolidate.write_table(study, new)
+    message = str(err.value)
+    assert message.startswith("no space left on ") and "trials.parquet" in message and "\n" not in message
+    assert "dmltune resume" in message
+    assert pd.read_parquet(tmp_path / "trials.parquet").equals(old)          # the good table is whole
+    assert pd.read_csv(tmp_path / "trials.csv").equals(old)
+    assert not list(tmp_path.glob(".*.partial"))
+    monkeypatch.setattr(atomic, "write_atomic", real)
+    consolidate.write_table(study, new)
+    assert len(pd.read_parquet(tmp_path / "trials.parquet")) == 2
+
+
+def test_another_write_error_is_not_called_a_full_disk(tmp_path, monkeypatch):
+    def denied(path, data):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(atomic, "write_atomic", denied)
+    with pytest.raises(PermissionError):
+        consolidate.write_table(SimpleNamespace(directory=tmp_path), pd.DataFrame({"a": [1]}))
+
+
+def test_an_unreadable_table_names_the_resume_of_its_folder(tmp_path):
+    from dmltune.analysis import read_study_table
+    from dmltune.registry import ConfigError
+
+    (tmp_path / "trials.parquet").write_bytes(b"PAR1 cut")
+    with pytest.raises(ConfigError, match=rf"`dmltune resume {tmp_path}`"):
+        read_study_table(tmp_path)
