@@ -275,6 +275,10 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint(tmp_path):
     assert sorted(table.epoch) == list(range(1, 13))  # every epoch once, none lost, none twice
     restored = table[(table.iterations_since_restore < table.training_iteration) & ~table.replayed]
     assert len(restored) > 0 and restored.epoch.min() >= 3  # continued from a checkpoint, not from scratch
+    # the retry is counted and said; the lost attempt's reason is kept apart from `error` (#27)
+    assert (table.retries == 1).all() and (table.error.fillna("") == "").all()
+    assert (table.lost_attempt.str.len() > 0).all()
+    assert "(12 epochs, after 1 retry)" in output
 
 
 def test_checkpoint_repair_skips_an_unreadable_experiment_state(tmp_path):
@@ -345,3 +349,9 @@ def test_ctrl_c_stops_the_whole_study_with_one_line_and_exit_130(tmp_path):
                      f"`dmltune resume {tmp_path / 'results' / 'f'}`"], err[-2000:]
     assert "Traceback" not in err
     assert not (tmp_path / "results" / "f" / "second").exists()  # the next arm never started
+    # the interim table agrees with the console: a trial that reported its last epoch is ok (#27);
+    # Tune may not have written the finished trial's reports yet (then it has no rows to check)
+    interim = pd.read_parquet(tmp_path / "results" / "f" / "trials.parquet")
+    if "epoch" in interim:
+        last = interim.groupby("trial_id").tail(1)
+        assert ((last.epoch == 6) == (last.status == "ok")).all(), last[["trial_id", "epoch", "status"]]

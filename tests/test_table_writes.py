@@ -56,3 +56,30 @@ def test_an_unreadable_table_names_the_resume_of_its_folder(tmp_path):
     (tmp_path / "trials.parquet").write_bytes(b"PAR1 cut")
     with pytest.raises(ConfigError, match=rf"`dmltune resume {tmp_path}`"):
         read_study_table(tmp_path)
+
+
+def test_a_trial_that_reported_its_last_epoch_before_ctrl_c_is_not_called_unfinished():
+    from dmltune.study.consolidate import finished_before_interrupt
+
+    config = {"train": {"epochs": 3}}
+    done = pd.DataFrame({"epoch": [1, 2, 3], "status": ["ok", "ok", "ok"]})
+    assert finished_before_interrupt(done, config)
+    assert not finished_before_interrupt(done.iloc[:2], config)                       # epoch 2 of 3
+    assert not finished_before_interrupt(done.assign(status=["ok", "ok", "diverged"]), config)
+    assert not finished_before_interrupt(done, {})
+
+
+def test_a_retried_trial_says_so_on_its_line():
+    import io
+
+    from dmltune.study.progress import Progress
+
+    out = io.StringIO()
+    progress = Progress(2, 6, "val/map@r", stream=out)
+    trial = SimpleNamespace(last_result={"epoch": 3, "status": "ok", "val/map@r": 0.5}, num_failures=1)
+    progress.finished("grid seed 0", trial, "ok", 3)
+    progress.finished("grid seed 1", SimpleNamespace(last_result=trial.last_result, num_failures=0), "ok", 3)
+    progress.close()
+    first, second = out.getvalue().splitlines()
+    assert first.startswith("[1/2] grid seed 0 ok: val/map@r 0.5000 (3 epochs, after 1 retry)")
+    assert "retr" not in second

@@ -2,7 +2,9 @@
 
 Columns: ``arm``, ``experiment``, ``trial_id``, ``seed``, ``fold`` (k-fold studies: the fold the
 trial validated on; ``test_embeddings`` then says where its final test embeddings are), ``stage``
-(staged designs: the stage or look that ran the trial), ``trial_status`` (Tune's: TERMINATED,
+(staged designs: the stage or look that ran the trial), ``retries`` (times Tune restarted the trial
+after a failure) and ``lost_attempt`` (the reason of the last failed attempt of a trial that then
+finished; ``error`` is for trials that ended in error), ``trial_status`` (Tune's: TERMINATED,
 ERROR, ...), ``status`` (the trainable's: ok, diverged; ``error`` for a failed trial), ``error``
 (first line of the failure), every reported metric (epoch, loss, val/…, test/…, gpu_s, wall_s, …)
 and the trial's configuration flattened into ``config/…`` columns. Written as ``trials.parquet``
@@ -38,6 +40,17 @@ def flatten(tree: dict, prefix: str = "config/") -> dict:
 UNFINISHED = ("PENDING", "RUNNING", "PAUSED")
 """Tune statuses of a trial that never finished although its experiment did: its node died (or its
 actor was lost) and no retry was left. Such a trial counts as an error, with that reason."""
+
+
+def finished_before_interrupt(df: pd.DataFrame, config: dict) -> bool:
+    """A trial Tune still lists as unfinished (its run was interrupted) whose reports already reach
+    its last epoch with an ``ok`` status: it finished, as its console line said; only Tune's record of
+    it was not written. Its rows keep the status the trainable reported."""
+    epochs = ((config or {}).get("train") or {}).get("epochs")
+    if not epochs or "epoch" not in df or "status" not in df or df.empty:
+        return False
+    last = df.sort_values("epoch", kind="stable").iloc[-1]
+    return bool(last["epoch"] == epochs and last["status"] == "ok")
 
 
 def _error_summary(trial) -> str:
@@ -96,12 +109,17 @@ def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experimen
             df = df.drop_duplicates(subset="training_iteration", keep="last")
         lost = trial.status in UNFINISHED and not interrupted
         error = _error_summary(trial) if lost or trial.status not in UNFINISHED else ""
+        retries = int(getattr(trial, "num_failures", 0) or 0)
+        lost_attempt = ""
+        if trial.status == "TERMINATED" and error:  # retried, then finished: the lost attempt's reason apart
+            lost_attempt, error = error, ""
         block = folder.name[len(arm) + 1:] if folder.name.startswith(f"{arm}+") else ""
         protocol = trial.config.get("protocol") or {}
         meta = {"arm": arm, "experiment": experiment or folder.name,
                 "trial_id": f"{block}:{trial.trial_id}" if block else trial.trial_id,
                 "seed": trial.config.get("seed"), "fold": protocol.get("fold"), "trial_status": trial.status,
-                "error": error, "test_embeddings": _test_embeddings(trial, study_dir),
+                "error": error, "retries": retries, "lost_attempt": lost_attempt,
+                "test_embeddings": _test_embeddings(trial, study_dir),
                 **flatten({k: v for k, v in couple_dynamic_thresholds(trial.config).items()
                            if k not in ("seed", "protocol")})}
         for key, value in meta.items():
@@ -111,7 +129,7 @@ def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experimen
         df["status"] = df["status"].fillna("error" if trial.status == "ERROR" else "incomplete")
         if trial.status == "ERROR" or lost:
             df["status"] = "error"
-        elif trial.status in UNFINISHED:
+        elif trial.status in UNFINISHED and not finished_before_interrupt(df, trial.config):
             df["status"] = "incomplete"
         out.append(df)
     return out
@@ -135,7 +153,8 @@ def consolidate(study, interrupted: bool = False) -> pd.DataFrame:
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if "fold" in table and table["fold"].isna().all():  # one validation split: no fold column
         table = table.drop(columns=["fold", "test_embeddings"], errors="ignore")
-    first = ["arm", "experiment", "trial_id", "seed", "fold", "stage", "trial_status", "status", "error", "epoch"]
+    first = ["arm", "experiment", "trial_id", "seed", "fold", "stage", "trial_status", "status", "error", "retries",
+             "lost_attempt", "epoch"]
     table = table[[c for c in first if c in table] + [c for c in table.columns if c not in first]]
     if "epoch" in table:
         table = table.sort_values(["arm", "experiment", "trial_id", "epoch"], kind="stable").reset_index(drop=True)

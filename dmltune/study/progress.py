@@ -105,5 +105,7 @@ class Progress:
         value = last.get(self.metric)
         shown = f"{self.metric} {value:.4f}" if isinstance(value, float) else "no result"
         elapsed = time.perf_counter() - self.started
-        self._print(f"[{self.done}/{self.total}] {label} {status}: {shown} ({last.get('epoch', 0)} epochs) · "
+        retries = int(getattr(trial, "num_failures", 0) or 0)
+        retried = f", after {retries} retr{'y' if retries == 1 else 'ies'}" if retries else ""
+        self._print(f"[{self.done}/{self.total}] {label} {status}: {shown} ({last.get('epoch', 0)} epochs{retried}) · "
                     f"{elapsed:.0f} s")
