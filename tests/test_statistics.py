@@ -34,12 +34,9 @@ def verdict_rates(config_means, seeds, *, seed_sd=0.0, studies=STUDIES, seed=0) 
         ["matched", "not_matched", "inconclusive"], fill_value=0.0)
 
 
-@pytest.mark.slow
-def test_no_configuration_truly_matching_is_rarely_called_matched():
-    # every configuration 2δ below the reference, seed sd = δ, 12 configurations × 3 seeds: the old
-    # analysis said "matched" in about 93% of such studies
-    rates = verdict_rates([0.5 - 2 * DELTA] * 12, seeds=3)
-    assert rates["matched"] <= 0.10
+# "No configuration truly matching is rarely called matched" and "an arm identical to the reference is
+# rarely called not_matched" are tests/test_designs.py's boundary and equal-best tests, for every design
+# (the boundary truth, θ = 0, is stricter than the 2δ-below one these files used to simulate).
 
 
 @pytest.mark.slow
@@ -47,12 +44,6 @@ def test_one_configuration_truly_above_is_found():
     # one configuration 4δ above the reference, the other eleven far below; 5 seeds, seed sd = δ
     rates = verdict_rates([0.5 + 4 * DELTA] + [0.5 - 10 * DELTA] * 11, seeds=5, seed=1)
     assert rates["matched"] >= 0.80
-
-
-@pytest.mark.slow
-def test_an_arm_identical_to_the_reference_is_rarely_called_not_matched():
-    rates = verdict_rates([0.5] * 12, seeds=3, seed=2)
-    assert rates["not_matched"] <= 0.10
 
 
 @pytest.mark.slow
