@@ -33,12 +33,7 @@ def confirming_arms(st: StudyTable, design: Design) -> list[str]:
     """two_stage arms whose stage 2 confirms one selected configuration."""
     if design.kind != "two_stage":
         return []
-    return [a for a in st.arms if confirms_selection(st.search_mode(a), bool(st.dims[a]))
-            or (STAGE in st.final and _has_stage2(st, a) and bool(searched_in_stage1(st, a)))]
-
-
-def _has_stage2(st: StudyTable, arm: str) -> bool:
-    return bool((stage_column(st.arm_rows(arm)) >= 2).any())
+    return [a for a in st.arms if confirms_selection(st.search_mode(a), bool(st.dims[a]))]
 
 
 def searched_in_stage1(st: StudyTable, arm: str) -> list[str]:

@@ -264,8 +264,9 @@ def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcom
     done_trials, done_epochs = _done_before(study, retry_errored)
     total, total_epochs = planned_trials(study)
     progress = Progress(total, total_epochs, metric, done_trials, min(done_epochs, total_epochs))
-    if done_trials >= total and not study.design.staged:
-        print(f"every trial of study '{study.name}' is already done ({total} trials); nothing to run", flush=True)
+    if done_trials >= total:
+        later = "; the design is asked whether a next stage is due" if study.design.staged else "; nothing to run"
+        print(f"every trial of study '{study.name}' is already done ({total} trials){later}", flush=True)
     stopper = FolderGone(lock.path)
     # the tracking server is asked once whether it answers, before any trial
     health: dict = {}  # shared by the arms' tracking callbacks: the first failure ends tracking
