@@ -53,14 +53,28 @@ def finished_before_interrupt(df: pd.DataFrame, config: dict) -> bool:
     return bool(last["epoch"] == epochs and last["status"] == "ok")
 
 
+WORKER_LOST = ("worker process has died", "The actor is dead", "ActorDiedError", "NodeDiedError")
+"""Ray's words for a trial whose worker process or node was lost: Tune reports such a trial either as
+unfinished or as an error whose file holds one of these; both read the same in the table."""
+
+
+def _worker_lost(trial, detail: str) -> str:
+    if trial.status == "TERMINATED":  # a retry finished it: this is the lost attempt's reason
+        return f"an attempt did not finish: its node died or its worker was lost ({detail})"
+    return (f"the trial did not finish: its node died or its worker was lost, and no retry was left "
+            f"(study 'retries') ({detail})")
+
+
 def _error_summary(trial) -> str:
     path = getattr(trial, "error_file", None) or ""
     if path and Path(path).is_file():
         lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
-        return lines[-1][:500] if lines else "error"
+        text = lines[-1][:500] if lines else "error"
+        if any(mark in text for mark in WORKER_LOST):  # Ray's wording differs by when the loss is seen
+            return _worker_lost(trial, text)
+        return text
     if trial.status in UNFINISHED:
-        return (f"the trial did not finish (Tune status {trial.status}): its node died or its worker was lost, "
-                "and no retry was left (study 'retries')")
+        return _worker_lost(trial, f"Tune status {trial.status}")
     return "error" if trial.status == "ERROR" else ""
 
 
