@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     aside = check_recorded_plan(study, fresh=args.fresh)
     if aside is not None:
         print(f"--fresh: the earlier study folder was moved to {aside}", flush=True)
-    return _finish(study, run_study(study, address=args.address))
+    return _finish(study, run_study(study, address=args.address, one_at_a_time=args.one_at_a_time))
 
 
 def cmd_extend(args: argparse.Namespace) -> int:
@@ -94,7 +94,8 @@ def cmd_extend(args: argparse.Namespace) -> int:
     print("\n".join(plan_lines(study) + study.notes + growth.lines()), flush=True)
     if args.dry_run:
         return 0
-    return _finish(study, run_study(study, address=args.address, extend=True))
+    return _finish(study, run_study(study, address=args.address, extend=True,
+                                     one_at_a_time=args.one_at_a_time))
 
 
 def _finish(study, outcome) -> int:
@@ -149,7 +150,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if study.directory != Path(args.study_dir).resolve():
         study.directory = Path(args.study_dir).resolve()
     print("\n".join(plan_lines(study)), flush=True)
-    outcome = run_study(study, address=args.address, retry_errored=args.retry_errored)
+    outcome = run_study(study, address=args.address, retry_errored=args.retry_errored,
+                        one_at_a_time=args.one_at_a_time)
     _summarise(study, outcome.directory)
     return _exit_code(outcome)
 
@@ -189,6 +191,12 @@ def _file_command(sub, name: str, func, help: str, file: str, file_help: str) ->
     return p
 
 
+def _add_schedule_flag(p) -> None:
+    p.add_argument("--one-at-a-time", action="store_true",
+                   help="run the study's Tune experiments one after another, arm by arm (default: every arm's "
+                        "trials in one queue, side by side; docs/studies.md, Scheduling)")
+
+
 def _add_study_commands(sub) -> None:
     """run, resume, validate, report."""
     p = _file_command(sub, "run", cmd_run, "validate a study file, then run every arm with Ray Tune",
@@ -196,6 +204,7 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--address", help="Ray cluster to join (auto or HOST:PORT); default: start Ray in-process")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan only")
     _add_data_scan_flag(p)
+    _add_schedule_flag(p)
     p.add_argument("--fresh", action="store_true", help="the study folder holds a different study: move it aside "
                    "(to NAME.old-TIME; nothing is deleted) and start anew")
 
@@ -204,11 +213,13 @@ def _add_study_commands(sub) -> None:
     p.add_argument("--address", help="Ray cluster to join (auto or HOST:PORT); default: start Ray in-process")
     p.add_argument("--dry-run", action="store_true", help="check the growth and print the plan only")
     _add_data_scan_flag(p)
+    _add_schedule_flag(p)
 
     p = sub.add_parser("resume", help="finish an interrupted study without re-running completed trials")
     p.add_argument("study_dir", help="the study's folder (storage/name)")
     p.add_argument("--address", help="Ray cluster to join; default: start Ray in-process")
     _add_data_scan_flag(p)
+    _add_schedule_flag(p)
     p.add_argument("--retry-errored", action="store_true",
                    help="also run the trials that ended in error again, from scratch (after fixing the cause)")
     p.set_defaults(func=cmd_resume)

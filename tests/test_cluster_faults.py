@@ -20,7 +20,9 @@ import yaml
 
 from test_lifecycle import STUDY as LIFE
 
-STUDY = {**LIFE, "name": "faults", "concurrency": 2}  # two grid trials at once, retries: 0
+STUDY = {**LIFE, "name": "faults", "concurrency": 2}  # two trials at once, retries: 0
+TWO_ARMS = [{"name": "fixed", "miner": {"name": "asms", "gamma_pos": 0.1}, "loss": {"name": "soft_contrastive"}},
+            {"name": "adaptive", "miner": {"name": "at_asms"}, "loss": {"name": "soft_contrastive"}}]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -90,12 +92,13 @@ def kill_sessions(*leaders) -> None:
 
 
 @pytest.mark.slow
-def test_a_trial_on_a_node_that_dies_under_retries_0_is_an_error_with_that_reason(tmp_path):
-    """Two nodes of one CPU each run the two trials; the worker node is killed while both train: its
-    trial ends in error, with the reason, the other finishes ok, and the driver exits 1."""
+def test_two_arms_train_side_by_side_on_two_nodes_and_a_trial_on_a_node_that_dies_is_an_error(tmp_path):
+    """Two nodes of one CPU each: the study's one queue runs the two arms' trials at the same time, one
+    on each node; the worker node is killed while both train: its trial ends in error, with the
+    reason, the other finishes ok, and the driver exits 1."""
     epochs = 30
     path = write(tmp_path, train={**STUDY["train"], "epochs": epochs, "batches_per_epoch": 20},
-                 eval={**STUDY["eval"], "every": 10})
+                 eval={**STUDY["eval"], "every": 10}, arms=TWO_ARMS)
     temp = tempfile.mkdtemp(prefix="dmlt-", dir="/tmp")  # short: Ray's socket paths live under it
     port, env = free_port(), environment(RAY_AUTH_MODE="disabled")
     head = start_node(tmp_path / "head.log", env, "--head", f"--port={port}", f"--temp-dir={temp}",
@@ -129,6 +132,7 @@ def test_a_trial_on_a_node_that_dies_under_retries_0_is_an_error_with_that_reaso
     assert sorted(rows.status) == ["error", "ok"], rows[["trial_id", "trial_status", "status", "error", "epoch"]]
     lost, done = rows[rows.status == "error"].iloc[0], rows[rows.status == "ok"].iloc[0]
     assert lost.node_id != done.node_id and lost.epoch < epochs  # it ran on the node that died
+    assert {lost.arm, done.arm} == {"fixed", "adaptive"}  # two arms at once, one on each node
     # Tune's saved state keeps the lost trial as it was last cached (RUNNING, read back as PENDING, with
     # no error file recorded, though it wrote one): the table makes it an error with the reason
     assert lost.trial_status == "PENDING", lost.trial_status

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import time
 import sys
 
 import pandas as pd
@@ -337,6 +338,13 @@ def test_ctrl_c_stops_the_whole_study_with_one_line_and_exit_130(tmp_path):
         for line in driver.stdout:  # one trial of the first arm has finished
             if line.startswith("[1/6]"):
                 break
+        folder = tmp_path / "results" / "f"
+        deadline = time.time() + 60  # the live table comes as trials finish: report works while it runs
+        while not (folder / "trials.parquet").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        live = subprocess.run([sys.executable, "-m", "dmltune", "report", str(folder), "--no-figures"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert driver.poll() is None, "the study ended before the live report was read"
         driver.send_signal(signal.SIGINT)
         out, err = driver.communicate(timeout=180)
     finally:  # a failed check never leaves the driver and its Ray running behind the suite
@@ -345,8 +353,11 @@ def test_ctrl_c_stops_the_whole_study_with_one_line_and_exit_130(tmp_path):
             driver.wait()
     assert driver.returncode == 130, err[-2000:]
     lines = [line for line in err.splitlines() if line.startswith("dmltune:")]
-    assert lines == [f"dmltune: interrupted during arm 'first'; every finished trial is kept: continue with "
+    assert lines == [f"dmltune: interrupted while arm(s) first ran; every finished trial is kept: continue with "
                      f"`dmltune resume {tmp_path / 'results' / 'f'}`"], err[-2000:]
+    assert live.returncode == 0, live.stdout[-2000:] + live.stderr[-2000:]
+    assert "planned trials have a result" in (folder / "report.md").read_text() or \
+        "planned trials have a result" in live.stdout
     assert "Traceback" not in err
     assert not (tmp_path / "results" / "f" / "second").exists()  # the next arm never started
     # the interim table agrees with the console: a trial that reported its last epoch is ok (#27);

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
+
+_WRITING = threading.Lock()  # a study's experiments run in threads of one driver: one writer at a time
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write ``data`` to a hidden file beside ``path``, then rename it over ``path``."""
     partial = Path(path).with_name(f".{Path(path).name}.partial")
-    if isinstance(data, bytes):
-        partial.write_bytes(data)
-    else:
-        partial.write_text(data)
-    os.replace(partial, path)
+    with _WRITING:
+        if isinstance(data, bytes):
+            partial.write_bytes(data)
+        else:
+            partial.write_text(data)
+        os.replace(partial, path)

@@ -126,3 +126,35 @@ def restart_interrupted_population(folder) -> str | None:
     folder.rename(aside)
     return (f"{folder}: the PBT population was interrupted and starts again from the first epoch (a "
             f"population continues only as a whole); its partial run is kept in {aside.name}")
+
+
+class _ThreadRandom:
+    """Stands in for the ``random`` module inside Tune's PBT scheduler: each thread (each PBT
+    experiment's Tune loop, several of which run at once in one study) draws from its own seeded
+    generator, so that one experiment's exploit partners and explorations do not depend on another's."""
+
+    def __init__(self):
+        import threading
+
+        self.local = threading.local()
+
+    def seed(self, value) -> None:
+        import random
+
+        self.local.rng = random.Random(value)
+
+    def __getattr__(self, name):
+        import random
+
+        return getattr(getattr(self.local, "rng", None) or random._inst, name)
+
+
+_PBT_RANDOM = _ThreadRandom()
+
+
+def seed_pbt_random(seed: int) -> None:
+    """Seed the generator Tune's PBT scheduler draws from in this thread (see :class:`_ThreadRandom`)."""
+    import ray.tune.schedulers.pbt as tune_pbt
+
+    tune_pbt.random = _PBT_RANDOM
+    _PBT_RANDOM.seed(seed)

@@ -13,6 +13,7 @@ its old ones), so a callback holds only a key into this module's table of live p
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 _LIVE: dict[int, "Progress"] = {}
@@ -49,6 +50,7 @@ class Progress:
         self.started = time.perf_counter()
         self.last_line: dict[str, float] = {}
         self.key = id(self)
+        self.lock = threading.Lock()  # the experiments of one study report from several threads
         _LIVE[self.key] = self
 
     def close(self) -> None:
@@ -62,18 +64,27 @@ class Progress:
 
         key, arm_name, paths = self.key, arm.name, [p for p, _ in arm.domains]
 
-        class _Lines(Callback):
+        class _Lines(Callback):  # looks its Progress up by import: cloudpickle copies a closure's globals
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                if key in _LIVE and not result.get("replayed"):
-                    _LIVE[key].epoch(_trial_label(arm_name, paths, trial), trial.trial_id, result, epochs)
+                from dmltune.study import progress
+
+                live = progress._LIVE.get(key)
+                if live is not None and not result.get("replayed"):
+                    live.epoch(progress._trial_label(arm_name, paths, trial), trial.trial_id, result, epochs)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
-                if key in _LIVE:
-                    _LIVE[key].finished(_trial_label(arm_name, paths, trial), trial, "ok", epochs)
+                from dmltune.study import progress
+
+                live = progress._LIVE.get(key)
+                if live is not None:
+                    live.finished(progress._trial_label(arm_name, paths, trial), trial, "ok", epochs)
 
             def on_trial_error(self, iteration, trials, trial, **info):
-                if key in _LIVE:
-                    _LIVE[key].finished(_trial_label(arm_name, paths, trial), trial, "error", epochs)
+                from dmltune.study import progress
+
+                live = progress._LIVE.get(key)
+                if live is not None:
+                    live.finished(progress._trial_label(arm_name, paths, trial), trial, "error", epochs)
 
         return _Lines()
 
@@ -85,6 +96,14 @@ class Progress:
         return f", ETA {duration(elapsed / ran * (self.total_epochs - self.done_epochs))}"
 
     def epoch(self, label: str, trial_id: str, result: dict, epochs: int) -> None:
+        with self.lock:
+            self._epoch(label, trial_id, result, epochs)
+
+    def finished(self, label: str, trial, outcome: str, epochs: int) -> None:
+        with self.lock:
+            self._finished(label, trial, outcome, epochs)
+
+    def _epoch(self, label: str, trial_id: str, result: dict, epochs: int) -> None:
         self.done_epochs += 1
         now, epoch = time.perf_counter(), result.get("epoch", 0)
         if now - self.last_line.get(trial_id, -1e9) < self.interval and epoch != epochs:
@@ -97,7 +116,7 @@ class Progress:
         self._print(f"  {label}: epoch {epoch}/{epochs}, {shown}{speed_text} · study "
                     f"{min(self.done_epochs, self.total_epochs)}/{self.total_epochs} epochs{self.eta()}")
 
-    def finished(self, label: str, trial, outcome: str, epochs: int) -> None:
+    def _finished(self, label: str, trial, outcome: str, epochs: int) -> None:
         self.done += 1
         last = trial.last_result or {}
         self.done_epochs += max(0, epochs - int(last.get("epoch", 0) or 0))  # stopped early: none to come

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from .experiments import Experiment, experiment_folders, experiments
 from .extension import grow_record
 from .finished_trials import settle_finished_trials
 from .lifecycle import StudyLock, write_record
-from .pbt import restart_interrupted_population
+from .pbt import restart_interrupted_population, seed_pbt_random
 from .progress import Progress
 from .protocol import write_folds_record
 from .ray_connection import prepare_environment, start_ray
@@ -69,10 +68,9 @@ def _tune_config(study: Study, arm: Arm, metric: str, searcher_seed: int, fixed:
         # epochs, not Tune's iteration count: a resumed trial reports its past epochs again
         scheduler = ASHAScheduler(time_attr="epoch", max_t=asha["max_t"],
                                   grace_period=asha["grace_period"], reduction_factor=asha["reduction_factor"])
-    if mode == "optuna":
+    if mode == "optuna":  # the limiter's bound is the queue's share of the slots (see queue.Job.limit)
         search = OptunaSearch(metric=metric, mode="max", sampler=optuna.samplers.TPESampler(seed=searcher_seed))
-        if study.concurrency:
-            search = ConcurrencyLimiter(search, max_concurrent=study.concurrency)
+        search = ConcurrencyLimiter(search, max_concurrent=study.concurrency or arm.trials_per_seed)
     else:
         search = BasicVariantGenerator(max_concurrent=study.concurrency or 0, random_state=searcher_seed)
     samples = arm.search["num_samples"] if mode != "grid" else 1
@@ -144,6 +142,23 @@ def _experiment_tuner(study: Study, arm: Arm, experiment: Experiment, metric: st
                       run_config=run_config)
 
 
+def _concurrency_limiter(tuner):
+    """The object whose ``max_concurrent`` bounds the experiment's running trials (the grid or random
+    generator, or the limiter around an Optuna searcher); None for PBT (its population runs at once)."""
+    search = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    search = getattr(search, "search_alg", None)
+    if isinstance(getattr(search, "max_concurrent", None), int) and not _is_pbt(tuner):
+        return search
+    return None
+
+
+def _is_pbt(tuner) -> bool:
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    return isinstance(getattr(config, "scheduler", None), PopulationBasedTraining)
+
+
 def _checkpoints_kept(arm: Arm) -> int:
     """Checkpoints Tune keeps per trial: the last one, except in a PBT arm, where a donor's checkpoint
     must outlive the epochs its donor trains (at most one perturbation interval, synchronous PBT)
@@ -178,11 +193,11 @@ def _prepare_restores(study: Study) -> None:
                     settle_finished_trials(folder)
 
 
-def _done_before(study: Study, retry_errored: bool) -> tuple[int, int]:
-    """Trials already finished in the study's experiments, and epochs already reported."""
+def _done_before(study: Study, retry_errored: bool) -> dict:
+    """``{experiment folder: (trials finished, epochs reported)}`` of the study's existing experiments."""
     from ray.tune import ExperimentAnalysis
 
-    trials = epochs = 0
+    done = {}
     for arm in study.arms:
         for folder in experiment_folders(study, arm):
             if not (folder / "tuner.pkl").is_file():
@@ -191,11 +206,13 @@ def _done_before(study: Study, retry_errored: bool) -> tuple[int, int]:
                 found = ExperimentAnalysis(str(folder)).trials
             except Exception:  # an unreadable state: Tune will say so when it restores the experiment
                 continue
+            trials = epochs = 0
             for trial in found:
                 finished = trial.status == "TERMINATED" or (trial.status == "ERROR" and not retry_errored)
                 trials += finished
                 epochs += arm_epochs(arm) if finished else int((trial.last_result or {}).get("epoch", 0))
-    return trials, epochs
+            done[folder] = (trials, epochs)
+    return done
 
 
 def arm_epochs(arm: Arm) -> int:
@@ -208,15 +225,6 @@ def _fit(tuner, study: Study, arm: Arm) -> None:
         raise stop_for_disk(study, problem, study.directory)
     try:
         tuner.fit()
-    except KeyboardInterrupt:
-        message = (f"interrupted during arm '{arm.name}'; every finished trial is kept: "
-                   f"continue with `dmltune resume {study.directory}`")
-        exit_if_stuck(message)
-        try:  # the table so far, so that `dmltune report` can show it (marked unfinished)
-            consolidate(study, interrupted=True)
-        except (Exception, KeyboardInterrupt):
-            pass
-        raise StudyInterrupted(message) from None
     except Exception as err:  # Tune may fail on a full disk with an unrelated error (an empty pickle)
         disk = disk_error(err)
         if disk is not None:
@@ -225,16 +233,17 @@ def _fit(tuner, study: Study, arm: Arm) -> None:
         if problem:
             raise stop_for_disk(study, problem, study.directory) from None
         raise
-    problem = disk_problem(study.directory)  # trials failed on it: stop before the next arm
+    problem = disk_problem(study.directory)  # trials failed on it: stop before the next experiment
     if problem:
         raise stop_for_disk(study, problem, study.directory)
 
 
-def run_study(study: Study, address: str | None = None, retry_errored: bool = False, extend: bool = False
-              ) -> StudyOutcome:
+def run_study(study: Study, address: str | None = None, retry_errored: bool = False, extend: bool = False,
+              one_at_a_time: bool = False) -> StudyOutcome:
     """Run (or finish) every arm, then write the consolidated tables. The folder is locked for the
     run; errored trials are restarted from scratch only with ``retry_errored``; with ``extend`` the
-    recorded study is grown into ``study`` first (:mod:`dmltune.study.extension`)."""
+    recorded study is grown into ``study`` first (:mod:`dmltune.study.extension`). Every arm's
+    experiments share one queue (:mod:`.queue`); ``one_at_a_time`` runs them one after another."""
     check_storage(study.directory)
     with StudyLock(study.directory) as lock:
         prepare_environment(address)
@@ -243,12 +252,13 @@ def run_study(study: Study, address: str | None = None, retry_errored: bool = Fa
             import ray
 
             joined = address or os.environ.get("RAY_ADDRESS")
-            check_resources(study, ray.cluster_resources(), f"the Ray cluster at {joined}" if joined else "this machine")
+            resources = ray.cluster_resources()
+            check_resources(study, resources, f"the Ray cluster at {joined}" if joined else "this machine")
             if extend:  # checked again under the lock, and recorded once the study is known to run
                 grow_record(study)
             write_record(study)  # the plan is recorded once it is known to run
             write_folds_record(study)
-            return _run_arms(study, lock, retry_errored)
+            return _run_arms(study, lock, retry_errored, slots(study, resources), one_at_a_time)
         finally:
             if started_here:
                 import ray
@@ -256,12 +266,46 @@ def run_study(study: Study, address: str | None = None, retry_errored: bool = Fa
                 ray.shutdown()
 
 
-def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcome:
+def slots(study: Study, resources: dict) -> int:
+    """Trials the cluster runs at once: its CPUs over a trial's, and its GPUs over the smallest GPU
+    share of an arm that uses one; at most the study's ``concurrency``."""
+    cpu = float(study.resources.get("cpu") or 1)
+    count = int(float(resources.get("CPU", 1)) // cpu) if cpu > 0 else 10**6
+    shares = [arm.gpu(study.resources.get("gpu", 0)) for arm in study.arms]
+    shares = [s for s in shares if s > 0]
+    if shares:
+        count = min(count, int(float(resources.get("GPU", 0)) / min(shares) + 1e-9))
+    if study.concurrency:
+        count = min(count, study.concurrency)
+    return max(count, 1)
+
+
+def queue_order(study: Study) -> list[Arm]:
+    """The arms in the order their experiments enter the queue: the reference arm first (an
+    interrupted study can then already be compared), then the study's order."""
+    reference = reference_name(study)
+    return [a for a in study.arms if a.name == reference] + [a for a in study.arms if a.name != reference]
+
+
+def reference_name(study: Study) -> str | None:
+    """The report's reference arm: ``analysis.reference``, else the last arm that runs one configuration
+    (the rule of :func:`dmltune.analysis.compare.default_reference`)."""
+    source = study.source if isinstance(getattr(study, "source", None), dict) else {}
+    analysis = source.get("analysis") if isinstance(source.get("analysis"), dict) else {}
+    single = [a.name for a in study.arms if not a.domains and a.search["mode"] == "grid"]
+    return analysis.get("reference") or (single or [None])[-1]
+
+
+def _run_arms(study: Study, lock: StudyLock, retry_errored: bool, slot_count: int = 1,
+              one_at_a_time: bool = False) -> StudyOutcome:
     from .folder_watch import FolderGone
+    from .queue import Job, StudyQueue
 
     metric = f"val/{study.arms[0].resolved['eval']['metric']}"
     _prepare_restores(study)
-    done_trials, done_epochs = _done_before(study, retry_errored)
+    done_before = _done_before(study, retry_errored)
+    done_trials = sum(t for t, _ in done_before.values())
+    done_epochs = sum(e for _, e in done_before.values())
     total, total_epochs = planned_trials(study)
     progress = Progress(total, total_epochs, metric, done_trials, min(done_epochs, total_epochs))
     if done_trials >= total:
@@ -269,20 +313,94 @@ def _run_arms(study: Study, lock: StudyLock, retry_errored: bool) -> StudyOutcom
         print(f"every trial of study '{study.name}' is already done ({total} trials){later}", flush=True)
     stopper = FolderGone(lock.path)
     # the tracking server is asked once whether it answers, before any trial
-    health: dict = {}  # shared by the arms' tracking callbacks: the first failure ends tracking
-    tracking = {arm.name: tracking_callbacks(study.tracking, arm.name, study.name, check=i == 0, health=health)
-                for i, arm in enumerate(study.arms)}
-    run = _ExperimentRunner(study, lock, metric, progress, tracking, stopper, retry_errored)
+    health: dict = {}  # shared by the experiments' tracking callbacks: the first failure ends tracking
+    tracking_callbacks(study.tracking, study.arms[0].name, study.name, check=True, health=health)
+    run = _ExperimentRunner(study, lock, metric, progress, stopper, retry_errored, health)
+    live = LiveTable(study)
+
+    reference = reference_name(study)
+
+    def job(arm: Arm, experiment: Experiment) -> Job:
+        trials, _ = done_before.get(experiment.folder, (0, 0))
+        shape = (study.resources.get("cpu"), arm.gpu(study.resources.get("gpu", 0)))
+        together = arm.search["population"] if arm.search["mode"] == "pbt" and not experiment.fixed else 0
+        return Job(arm, experiment, experiment_trials(study, arm, experiment), trials, shape, together=together,
+                   cap=arm.search.get("concurrency"), first=arm.name == reference)
+
+    def start(j: Job) -> None:
+        j.start()  # released once its Tune loop is set up (see queue._STARTING)
+        run(j.arm, j.experiment, work.callback(j), j)
+
+    later = None
+
+    def done(finished: Job) -> None:
+        live.refresh()
+        if later is not None:
+            later.job_done(finished)
+
+    work = StudyQueue(start, slot_count, one_at_a_time, on_done=done, on_trials=live.trials)
+    run.queue = work
+    for arm in queue_order(study):  # the first stage, then the stages and looks recorded so far
+        for experiment in experiments(study, arm):
+            work.submit(job(arm, experiment))
+    later = _LaterStages(study, work, progress, job, reference) if study.design.staged else None
+    work.on_idle = later
+    table = None
     try:
-        for arm in study.arms:
-            for experiment in experiments(study, arm):
-                run(arm, experiment)
-        table = consolidate(study)  # reading the experiments back needs Ray running
-        if study.design.staged:
-            table = _run_later_stages(study, table, run, progress)
+        try:
+            work.run()
+        except KeyboardInterrupt:
+            message = (f"interrupted while arm(s) {', '.join(work.running_arms()) or '-'} ran; every finished "
+                       f"trial is kept: continue with `dmltune resume {study.directory}`")
+            exit_if_stuck(message)
+            try:  # the table so far, so that `dmltune report` can show it (marked unfinished)
+                consolidate(study, interrupted=True)
+            except (Exception, KeyboardInterrupt):
+                pass
+            raise StudyInterrupted(message) from None
+        table = consolidate(study)
     finally:
         progress.close()
     return StudyOutcome(study.directory, errored_trials(table), progress.done > done_trials, health.get("failure"))
+
+
+def experiment_trials(study: Study, arm: Arm, experiment: Experiment) -> int:
+    """Trials one experiment runs: its grid's cells (× folds), or the arm's samples (× folds)."""
+    if experiment.values is not None:
+        n = 1
+        for values in experiment.values.values():
+            n *= len(values)
+        return n * arm.folds
+    return arm.trials_per_seed
+
+
+class LiveTable:
+    """The results table brought up to date while the study runs, as trials finish (at most every
+    ``every_s``), so that ``dmltune report`` works before it ends: unfinished trials are marked so,
+    and the report says how many planned trials have a result. A read that meets a record Tune is
+    writing is skipped (the next refresh has it)."""
+
+    def __init__(self, study: Study, every_s: float = 15.0):
+        self.study, self.every_s, self.last, self.seen = study, every_s, 0.0, 0
+
+    def trials(self, finished: int) -> None:
+        """``finished`` trials have ended so far: refresh when that grew."""
+        if finished > self.seen:
+            self.refresh(finished)
+
+    def refresh(self, finished: int | None = None) -> None:
+        import time
+
+        if time.monotonic() - self.last < self.every_s:
+            return
+        self.last = time.monotonic()
+        self.seen = self.seen if finished is None else finished
+        try:
+            consolidate(self.study, interrupted=True)
+        except StudyFailed:
+            raise
+        except Exception:  # a record mid-write: the next refresh, or the final table, has it
+            pass
 
 
 @dataclass
@@ -293,22 +411,27 @@ class _ExperimentRunner:
     lock: StudyLock
     metric: str
     progress: Progress
-    tracking: dict
     stopper: object
     retry_errored: bool
+    health: dict
+    queue: object = None
 
-    def __call__(self, arm: Arm, experiment: Experiment) -> None:
+    def __call__(self, arm: Arm, experiment: Experiment, link=None, job=None) -> None:
         study = self.study
         if _over_hours_budget(study):
             return
+        tracking = tracking_callbacks(study.tracking, arm.name, study.name, check=False, health=self.health)
+        pbt = arm.search["mode"] == "pbt" and not experiment.fixed
         tuner = _experiment_tuner(study, arm, experiment, self.metric,
-                                  [self.progress.callback(arm, arm_epochs(arm)), *self.tracking[arm.name],
+                                  [*([link] if link is not None else []),
+                                   self.progress.callback(arm, arm_epochs(arm)), *tracking,
                                    state_copy_callback(experiment.folder),
-                                   *([ledger_callback(experiment.folder)] if arm.search["mode"] == "pbt" and
-                                     not experiment.fixed else [])], self.stopper,
+                                   *([ledger_callback(experiment.folder)] if pbt else [])], self.stopper,
                                   self.retry_errored)
+        if job is not None:  # the queue sets how many of its trials run at once
+            job.limiter = _concurrency_limiter(tuner)
         if arm.search["mode"] == "pbt":  # PBT draws exploit partners and explorations from `random`
-            random.seed(experiment.searcher_seed)
+            seed_pbt_random(experiment.searcher_seed)
         try:
             _fit(tuner, study, arm)
         except Exception:  # Tune may fail on the missing folder before the stopper ends it
@@ -340,7 +463,7 @@ def _spent_hours(study: Study) -> float:
     import pandas as pd
 
     try:
-        table = consolidate(study)
+        table = consolidate(study, interrupted=True)  # other experiments may be running
     except (ValueError, KeyError):
         return 0.0
     if table.empty:
@@ -363,44 +486,137 @@ def planned_trials(study: Study) -> tuple[int, int]:
     return total, epochs
 
 
-def _run_later_stages(study: Study, table, run: _ExperimentRunner, progress: Progress):
-    """Ask the design for the next stage or look, record it, run it; until the design is done."""
-    from ..analysis.design_table import next_stage
-    from ..analysis.trials import study_table
-    from .experiments import _stage_experiments
-    from .stages import last_stage, record_stage, record_stop
+class _LaterStages:
+    """Plans the later stages and looks, records each before its trials start, and puts its
+    experiments in the study's queue (``table``: the last table it read).
 
-    stage_done = last_stage(study.directory)
-    while True:
+    Sequential looks are planned arm by arm: once an arm and the reference have finished look k, the
+    arm's look k + 1 is planned from their rows through look k (an arm's look depends on itself and
+    the reference only, so this is what a look over the whole study would decide for it) and queued
+    while other arms still run look k; the reference's seeds of a look are recorded with the first arm
+    that needs them. A two-stage confirmation, whose reference seeds serve every arm, is planned when
+    the queue runs dry."""
+
+    def __init__(self, study: Study, work, progress: Progress, job, reference: str | None):
+        self.study, self.work, self.progress, self.job, self.reference = study, work, progress, job, reference
+        self.entries = list(stage_entries_of(study))
+        self.settled: set[str] = set()  # arms whose design is done (decided, or no look left)
+        self.table = None
+        self.stopped = False
+
+    # -- the queue's hooks
+    def job_done(self, _job) -> None:
+        if self.study.design.kind == "sequential":
+            self._plan_ready()
+
+    def __call__(self) -> None:
+        """The queue ran dry."""
+        if self.study.design.kind == "sequential":
+            self._plan_ready()
+        else:
+            self._plan_whole()
+
+    # -- sequential: per arm
+    def _look_of(self, arm: str) -> int:
+        return max([1] + [int(e["stage"]) for e in self.entries if arm in (e.get("arms") or {})])
+
+    def _unfinished(self, arm: str, stage: int) -> bool:
+        return any(j.arm.name == arm and j.experiment.stage <= stage for j in self.work.pending + self.work.active)
+
+    def _plan_ready(self) -> None:
+        from ..analysis.design_table import next_stage, stage_column, with_rows
+        from ..analysis.trials import study_table
+
+        if self.stopped or self.reference is None:
+            return
+        ready = [a.name for a in self.study.arms if a.name != self.reference and a.name not in self.settled
+                 and not self._unfinished(a.name, self._look_of(a.name))
+                 and not self._unfinished(self.reference, self._look_of(a.name))]
+        if not ready:
+            return
+        try:
+            table = self.table = consolidate(self.study, interrupted=True)  # other arms may still run
+        except StudyFailed:
+            raise
+        except Exception:
+            if self.work.active:  # a record Tune is writing: the next experiment's end reads it again
+                return
+            raise
+        try:
+            st = study_table(table, self.study.source)
+        except ConfigError as err:
+            return self._stop(f"no look after this one: {err}")
+        for arm in ready:
+            k = self._look_of(arm)
+            rows = st.final[st.final.arm.isin([self.reference, arm]) & (stage_column(st.final) <= k)]
+            try:
+                plan = next_stage(with_rows(st, rows), k)
+            except ConfigError as err:
+                return self._stop(f"no look after look {k}: {err}")
+            if plan is None or arm not in plan["arms"]:
+                self.settled.add(arm)
+                continue
+            arms = {arm: plan["arms"][arm]}
+            if not any(self.reference in (e.get("arms") or {}) and int(e["stage"]) == k + 1 for e in self.entries):
+                arms[self.reference] = plan["arms"][self.reference]
+            if not self._submit(st, {**plan, "arms": arms}):
+                return
+
+    # -- two_stage: the whole study at once
+    def _plan_whole(self) -> None:
+        from ..analysis.design_table import next_stage
+        from ..analysis.trials import study_table
+
+        if self.stopped:
+            return
+        study = self.study
+        stage_done = max([1] + [int(e["stage"]) for e in self.entries])
+        table = self.table = consolidate(study)
         try:
             st = study_table(table, study.source)
             plan = next_stage(st, stage_done)
         except ConfigError as err:
-            reason = f"no stage after stage {stage_done}: {err}"
-            print(f"study '{study.name}': {reason}", flush=True)
-            record_stop(study.directory, study.design.kind, reason)
-            return table
-        if plan is None:
-            return table
-        entry = stage_entry(study, st, plan)
-        entry, reason = fit_budget(study, st, entry)
-        if entry is None:
-            print(f"study '{study.name}': {reason}", flush=True)
-            record_stop(study.directory, study.design.kind, reason)
-            return table
-        record_stage(study.directory, study.design.kind, entry)
-        trials, epochs = stage_trials(study, entry)
-        progress.total += trials
-        progress.total_epochs += epochs
-        word = "look" if study.design.kind == "sequential" else "stage"
-        print(f"{word} {entry['stage']} planned and recorded ({trials} trials): {entry['why']}", flush=True)
+            return self._stop(f"no stage after stage {stage_done}: {err}")
+        if plan is not None:
+            self._submit(st, plan)
+
+    def _submit(self, st, plan: dict) -> bool:
+        """Record ``plan`` (cut to the budget) and queue its experiments; False when the budget stopped it."""
         from ray import tune
 
-        for arm in study.arms:
+        from .experiments import _stage_experiments
+        from .stages import record_stage
+
+        study = self.study
+        entry, reason = fit_budget(study, st, stage_entry(study, st, plan))
+        if entry is None:
+            self._stop(reason)
+            return False
+        record_stage(study.directory, study.design.kind, entry)
+        self.entries.append(entry)
+        trials, epochs = stage_trials(study, entry)
+        self.progress.total += trials
+        self.progress.total_epochs += epochs
+        word = "look" if study.design.kind == "sequential" else "stage"
+        print(f"{word} {entry['stage']} planned and recorded ({trials} trials): {entry['why']}", flush=True)
+        self.table = None
+        for arm in queue_order(study):
             for experiment in _stage_experiments(study, arm, entry, tune.grid_search):
-                run(arm, experiment)
-        table = consolidate(study)
-        stage_done = entry["stage"]
+                self.work.submit(self.job(arm, experiment))
+        return True
+
+    def _stop(self, reason: str) -> None:
+        from .stages import record_stop
+
+        self.stopped = True
+        print(f"study '{self.study.name}': {reason}", flush=True)
+        record_stop(self.study.directory, self.study.design.kind, reason)
+
+
+def stage_entries_of(study: Study) -> list[dict]:
+    from .experiments import stage_entries
+
+    return stage_entries(study)
 
 
 def stage_entry(study: Study, st, plan: dict) -> dict:

@@ -59,6 +59,8 @@ SEARCH = Component("section", "search", dict, (
           help="how the arm's domains are explored (pbt: Population Based Training over search.mutations)"),
     Param("num_samples", int, 1, low=1, high=100000, help="trials per seed (random, optuna)"),
     Param("scheduler", dict, None, nullable=True, help="{asha: {max_t, grace_period, reduction_factor}}"),
+    Param("concurrency", int, None, low=1, nullable=True,
+          help="at most this many of the arm's trials at once, all its seeds together (default: its share of the slots)"),
     *PBT_PARAMS,
 ))
 ASHA = Component("section", "asha", dict, (

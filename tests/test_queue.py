@@ -1,0 +1,173 @@
+"""The study queue (dmltune/study/queue.py) without Ray: admission order and demand, the old one-at-a-time
+order, resource shapes, a failing experiment, Ctrl-C, and stages submitted while the queue runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from dmltune.study.queue import Job, QueueStopped, StudyQueue
+
+
+def job(name: str, planned: int = 2, done: int = 0, shape=(1, 0.0), **kw) -> Job:
+    return Job(SimpleNamespace(name=name.split("/")[0]), SimpleNamespace(folder=Path(name)), planned, done, shape, **kw)
+
+
+class Recorder:
+    """A stand-in for running an experiment: each job takes ``seconds``, finishing its trials one by one
+    (as the Tune callback reports them), and checks the queue's stop flag as a Tune loop would."""
+
+    def __init__(self, seconds: float = 0.05, fail: str | None = None):
+        self.seconds, self.fail = seconds, fail
+        self.started: list[str] = []
+        self.running: set[str] = set()
+        self.most_at_once = 0
+        self.lock = threading.Lock()
+        self.queue: StudyQueue | None = None
+
+    def __call__(self, j: Job) -> None:
+        name = str(j.experiment.folder)
+        with self.lock:
+            self.started.append(name)
+            self.running.add(name)
+            self.most_at_once = max(self.most_at_once, len(self.running))
+        try:
+            for _ in range(j.remaining):
+                deadline = time.monotonic() + self.seconds
+                while time.monotonic() < deadline:
+                    if self.queue.stop.is_set():
+                        raise QueueStopped()
+                    time.sleep(0.005)
+                if name == self.fail:
+                    raise OSError(28, "No space left on device")
+                self.queue.finished_trial(j.key)
+        finally:
+            with self.lock:
+                self.running.discard(name)
+
+
+def run_queue(jobs, slots=2, one_at_a_time=False, **kw):
+    rec = kw.pop("recorder", None) or Recorder()
+    q = StudyQueue(rec, slots, one_at_a_time, **kw)
+    rec.queue = q
+    for j in jobs:
+        q.submit(j)
+    q.run()
+    return rec, q
+
+
+def test_jobs_start_in_queue_order_and_side_by_side_while_slots_are_free():
+    rec, q = run_queue([job("ref", 1), job("a", 1), job("b", 1), job("c", 4)], slots=4)
+    assert rec.started[0] == "ref" and rec.started == ["ref", "a", "b", "c"]
+    assert rec.most_at_once >= 3  # the small experiments did not wait for each other
+    assert not q.active and not q.pending
+
+
+def test_a_job_waits_while_the_started_ones_hold_every_slot():
+    rec, _ = run_queue([job("a", 4), job("b", 4), job("c", 1)], slots=2)
+    assert rec.most_at_once == 2 and rec.started == ["a", "b", "c"]
+
+
+def test_a_job_finished_in_an_earlier_run_holds_no_slot():
+    q = StudyQueue(lambda j: None, 2)
+    q.active = [job("resumed", 8, done=8), job("a", 2)]
+    assert q._committed() == 1 and q._admissible(job("b", 2))
+
+
+def shares_of(jobs, slots, active=None):
+    q = StudyQueue(lambda j: None, slots)
+    q.active = list(jobs)
+    for j in jobs:
+        j.limiter = SimpleNamespace(max_concurrent=0)
+    q._share()
+    return [j.limiter.max_concurrent for j in jobs]
+
+
+def test_free_slots_are_shared_by_the_trials_left_and_the_reference_takes_what_it_needs_first():
+    ref, small, big = job("ref", 3, first=True), job("small", 4), job("big", 36)
+    shares = shares_of([ref, small, big], 16)
+    assert shares[0] == 3 and sum(shares) == 16 and shares[2] > shares[1] >= 1
+    assert shares_of([job("a", 1), job("b", 1)], 16) == [1, 1]  # never more than the trials left
+
+
+def test_an_arms_concurrency_holds_for_its_experiments_together_and_a_population_runs_whole():
+    a1, a2 = job("a/seed_0", 12, cap=3), job("a/seed_1", 12, cap=3)
+    pop = job("p/seed_0", 8, together=8)
+    shares = shares_of([a1, a2, pop, job("other", 30)], 16)
+    assert shares[0] + shares[1] == 3 and pop.limiter.max_concurrent == 0  # the population is not bounded
+    assert sum(shares) - shares[2] == 16 - 8
+
+
+def test_a_population_waits_for_its_slots_at_once():
+    rec, _ = run_queue([job("a", 6), job("pop", 2, together=4)], slots=4)
+    assert rec.most_at_once == 1 and rec.started == ["a", "pop"]
+
+
+def test_an_arm_with_a_cap_starts_no_more_experiments_than_its_cap():
+    rec, _ = run_queue([job("a/seed_0", 2, cap=1), job("a/seed_1", 2, cap=1), job("b", 2)], slots=8)
+    assert rec.started[:2] == ["a/seed_0", "b"] and rec.most_at_once == 2
+
+
+def test_one_at_a_time_is_the_old_order():
+    rec, _ = run_queue([job("a", 1), job("b", 1), job("c", 1)], slots=8, one_at_a_time=True)
+    assert rec.most_at_once == 1 and rec.started == ["a", "b", "c"]
+
+
+def test_experiments_of_another_resource_shape_never_run_at_once():
+    rec, _ = run_queue([job("cpu", 1, shape=(1, 0.0)), job("gpu", 1, shape=(1, 0.5)), job("cpu2", 1)], slots=8)
+    assert rec.started == ["cpu", "cpu2", "gpu"]  # the CPU-only ones side by side, the other after them
+
+
+def test_a_failing_experiment_stops_the_others_and_its_error_is_raised():
+    rec = Recorder(seconds=0.05, fail="bad")
+    with pytest.raises(OSError, match="No space"):
+        run_queue([job("long", 40), job("bad", 1)], slots=8, recorder=rec)
+    assert not rec.running  # the long one was stopped, not left running
+
+
+def test_ctrl_c_stops_every_running_experiment(monkeypatch):
+    rec = Recorder(seconds=0.05)
+    q = StudyQueue(rec, 8)
+    rec.queue = q
+    for name in ("a", "b"):
+        q.submit(job(name, 100))
+    calls = {"n": 0}
+    real_get = q.ended.get
+
+    def interrupted_get(timeout=None):  # the user presses Ctrl-C while the main thread waits
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_get(timeout=0.05)
+
+    monkeypatch.setattr(q.ended, "get", interrupted_get)
+    with pytest.raises(KeyboardInterrupt):
+        q.run()
+    assert q.stop.is_set() and not rec.running
+
+
+def test_a_later_stage_is_submitted_when_the_queue_runs_dry_and_runs_in_the_same_queue():
+    stages = [[job("ref/s2", 1), job("a/s2", 1)]]
+
+    def on_idle():
+        if stages:
+            for j in stages.pop(0):
+                q_holder["q"].submit(j)
+
+    rec = Recorder()
+    q = StudyQueue(rec, 4, on_idle=on_idle)
+    q_holder = {"q": q}
+    rec.queue = q
+    q.submit(job("ref", 1))
+    q.run()
+    assert rec.started == ["ref", "ref/s2", "a/s2"]
+
+
+def test_a_finished_job_is_reported_to_on_done():
+    seen = []
+    run_queue([job("a", 1), job("b", 1)], slots=4, on_done=lambda j: seen.append(str(j.experiment.folder)))
+    assert sorted(seen) == ["a", "b"]
