@@ -171,3 +171,61 @@ def test_a_finished_job_is_reported_to_on_done():
     seen = []
     run_queue([job("a", 1), job("b", 1)], slots=4, on_done=lambda j: seen.append(str(j.experiment.folder)))
     assert sorted(seen) == ["a", "b"]
+
+
+def test_a_sequential_arm_gets_its_next_look_while_another_arm_still_runs_the_first(monkeypatch, tmp_path):
+    """The per-arm planner: arm 'a' and the reference have finished look 1 while 'b' still runs it:
+    a's look 2 is planned from the reference's and a's rows through look 1 only, recorded with the
+    reference's new seeds, and queued; b's look 2 later brings no second set of reference seeds."""
+    import pandas as pd
+
+    from dmltune.analysis import design_table
+    from dmltune.analysis import trials as trials_module
+    from dmltune.study import runner
+
+    arms = [SimpleNamespace(name=n) for n in ("ref", "a", "b")]
+    study = SimpleNamespace(arms=arms, design=SimpleNamespace(kind="sequential", staged=True), source={},
+                            directory=tmp_path, name="s")
+    final = pd.DataFrame({"arm": ["ref", "a", "b", "ref"], "stage": [1, 1, 1, 2], "seed": [0, 0, 0, 3]})
+    asked = []
+
+    def next_stage(st, done):
+        asked.append((sorted(set(st.final.arm)), int(st.final.stage.max()), done))
+        arm = next(a for a in sorted(set(st.final.arm)) if a != "ref")
+        return {"stage": done + 1, "why": f"{arm} in play", "arms": {arm: {"keys": None, "seeds": [3, 4]},
+                                                                   "ref": {"keys": None, "seeds": [3, 4]}}}
+
+    recorded = []
+    monkeypatch.setattr(runner, "consolidate", lambda study, interrupted=False: final)
+    monkeypatch.setattr(trials_module, "study_table", lambda table, source: SimpleNamespace(final=final))
+    monkeypatch.setattr(design_table, "next_stage", next_stage)
+    monkeypatch.setattr(design_table, "with_rows", lambda st, rows: SimpleNamespace(final=rows))
+    monkeypatch.setattr(runner, "stage_entries_of", lambda study: [])
+    monkeypatch.setattr(runner, "stage_entry", lambda study, st, plan: {"stage": plan["stage"], "why": plan["why"],
+                                                                        "arms": plan["arms"]})
+    monkeypatch.setattr(runner, "fit_budget", lambda study, st, entry: (entry, None))
+    monkeypatch.setattr(runner, "stage_trials", lambda study, entry: (len(entry["arms"]), 0))
+    monkeypatch.setattr(runner, "queue_order", lambda study: arms)
+    import dmltune.study.experiments as experiments_module
+    import dmltune.study.stages as stages_module
+
+    monkeypatch.setattr(stages_module, "record_stage", lambda directory, kind, entry: recorded.append(entry))
+    monkeypatch.setattr(experiments_module, "_stage_experiments",
+                        lambda study, arm, entry, grid: [SimpleNamespace(stage=entry["stage"], folder=Path(f"{arm.name}+s2"))]
+                        if arm.name in entry["arms"] else [])
+    work = StudyQueue(lambda j: None, 2)
+    still_running = job("b", 3)
+    still_running.experiment.stage = 1
+    work.active = [still_running]
+    progress = SimpleNamespace(total=0, total_epochs=0)
+    later = runner._LaterStages(study, work, progress, lambda arm, e: Job(arm, e, 1), "ref")
+
+    later.job_done(None)  # ref and a are done with look 1; b is not
+    assert asked == [(["a", "ref"], 1, 1)]  # a's look from ref and a through look 1 (ref's look-2 row left out)
+    assert [sorted(e["arms"]) for e in recorded] == [["a", "ref"]]
+    assert sorted(j.arm.name for j in work.pending) == ["a", "ref"]
+
+    work.active, work.pending = [], []  # b's look 1 and everything queued are done
+    later.job_done(None)
+    # a's look 3 brings the reference's look-3 seeds; b's look 2 none: the reference's look 2 is recorded
+    assert [(e["stage"], sorted(e["arms"])) for e in recorded] == [(2, ["a", "ref"]), (3, ["a", "ref"]), (2, ["b"])]
