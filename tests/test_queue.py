@@ -3,6 +3,7 @@ order, resource shapes, a failing experiment, Ctrl-C, and stages submitted while
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,12 @@ from types import SimpleNamespace
 import pytest
 
 from dmltune.study.queue import Job, QueueStopped, StudyQueue
+
+
+@dataclasses.dataclass
+class _Table:  # the fields of a StudyTable the per-arm planner reads
+    final: object
+    arms: list
 
 
 def job(name: str, planned: int = 2, done: int = 0, shape=(1, 0.0), **kw) -> Job:
@@ -190,6 +197,7 @@ def test_a_sequential_arm_gets_its_next_look_while_another_arm_still_runs_the_fi
     asked = []
 
     def next_stage(st, done):
+        assert sorted(st.arms) == sorted(set(st.final.arm))  # only the pair's arms: no arm without rows
         asked.append((sorted(set(st.final.arm)), int(st.final.stage.max()), done))
         arm = next(a for a in sorted(set(st.final.arm)) if a != "ref")
         return {"stage": done + 1, "why": f"{arm} in play", "arms": {arm: {"keys": None, "seeds": [3, 4]},
@@ -197,9 +205,10 @@ def test_a_sequential_arm_gets_its_next_look_while_another_arm_still_runs_the_fi
 
     recorded = []
     monkeypatch.setattr(runner, "consolidate", lambda study, interrupted=False: final)
-    monkeypatch.setattr(trials_module, "study_table", lambda table, source: SimpleNamespace(final=final))
+    monkeypatch.setattr(trials_module, "study_table",
+                        lambda table, source: _Table(final=final, arms=["ref", "a", "b"]))
     monkeypatch.setattr(design_table, "next_stage", next_stage)
-    monkeypatch.setattr(design_table, "with_rows", lambda st, rows: SimpleNamespace(final=rows))
+    monkeypatch.setattr(design_table, "with_rows", lambda st, rows: dataclasses.replace(st, final=rows))
     monkeypatch.setattr(runner, "stage_entries_of", lambda study: [])
     monkeypatch.setattr(runner, "stage_entry", lambda study, st, plan: {"stage": plan["stage"], "why": plan["why"],
                                                                         "arms": plan["arms"]})

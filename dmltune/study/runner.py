@@ -11,6 +11,7 @@ and ``trials.csv`` in the study folder.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -549,8 +550,9 @@ class _LaterStages:
         for arm in ready:
             k = self._look_of(arm)
             rows = st.final[st.final.arm.isin([self.reference, arm]) & (stage_column(st.final) <= k)]
+            pair = dataclasses.replace(with_rows(st, rows), arms=[a for a in st.arms if a in (self.reference, arm)])
             try:
-                plan = next_stage(with_rows(st, rows), k)
+                plan = next_stage(pair, k)
             except ConfigError as err:
                 return self._stop(f"no look after look {k}: {err}")
             if plan is None or arm not in plan["arms"]:
