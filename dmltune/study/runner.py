@@ -429,8 +429,10 @@ class _ExperimentRunner:
                                    state_copy_callback(experiment.folder),
                                    *([ledger_callback(experiment.folder)] if pbt else [])], self.stopper,
                                   self.retry_errored)
-        if job is not None:  # the queue sets how many of its trials run at once
+        if job is not None:  # the queue sets how many of its trials run at once, from the first one on
             job.limiter = _concurrency_limiter(tuner)
+            if job.limiter is not None and self.queue is not None and not self.queue.one_at_a_time:
+                job.limiter.max_concurrent = job.share
         if arm.search["mode"] == "pbt":  # PBT draws exploit partners and explorations from `random`
             seed_pbt_random(experiment.searcher_seed)
         try:
