@@ -156,9 +156,9 @@ class StudyQueue:
             self.pending.remove(job)
             job.thread = threading.Thread(target=self._work, args=(job,), name=f"dmltune-{job.experiment.folder.name}",
                                           daemon=True)
+            job.thread.start()  # then listed: a Ctrl-C between the two leaves no unstarted thread to wait for
             self.active.append(job)
             _debug(f"admit {job.experiment.folder} demand {self.demand()}")
-            job.thread.start()
         self._share()
 
     def _share(self) -> None:
@@ -257,7 +257,7 @@ class StudyQueue:
         self.stop.set()
         deadline = time.monotonic() + wait_s
         for job in list(self.active):
-            if job.thread is not None:
+            if job.thread is not None and job.thread.ident is not None:
                 job.thread.join(timeout=max(deadline - time.monotonic(), 0.1))
 
     def callback(self, job: Job):
