@@ -112,10 +112,6 @@ class StudyQueue:
     def submit(self, job: Job) -> None:
         self.pending.append(job)
 
-    def demand(self) -> int:
-        """Trials the started experiments still have to run."""
-        return sum(job.remaining for job in self.active)
-
     def running_arms(self) -> list[str]:
         return list(dict.fromkeys(job.arm.name for job in self.active))
 
@@ -158,7 +154,7 @@ class StudyQueue:
                                           daemon=True)
             job.thread.start()  # then listed: a Ctrl-C between the two leaves no unstarted thread to wait for
             self.active.append(job)
-            _debug(f"admit {job.experiment.folder} demand {self.demand()}")
+            _debug(f"admit {job.experiment.folder} ({job.remaining} trials left)")
         self._share()
 
     def _share(self) -> None:

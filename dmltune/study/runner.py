@@ -491,7 +491,7 @@ def planned_trials(study: Study) -> tuple[int, int]:
 
 class _LaterStages:
     """Plans the later stages and looks, records each before its trials start, and puts its
-    experiments in the study's queue (``table``: the last table it read).
+    experiments in the study's queue.
 
     Sequential looks are planned arm by arm: once an arm and the reference have finished look k, the
     arm's look k + 1 is planned from their rows through look k (an arm's look depends on itself and
@@ -504,7 +504,6 @@ class _LaterStages:
         self.study, self.work, self.progress, self.job, self.reference = study, work, progress, job, reference
         self.entries = list(stage_entries_of(study))
         self.settled: set[str] = set()  # arms whose design is done (decided, or no look left)
-        self.table = None
         self.stopped = False
 
     # -- the queue's hooks
@@ -538,7 +537,7 @@ class _LaterStages:
         if not ready:
             return
         try:
-            table = self.table = consolidate(self.study, interrupted=True)  # other arms may still run
+            table = consolidate(self.study, interrupted=True)  # other arms may still run
         except StudyFailed:
             raise
         except Exception:
@@ -575,7 +574,7 @@ class _LaterStages:
             return
         study = self.study
         stage_done = max([1] + [int(e["stage"]) for e in self.entries])
-        table = self.table = consolidate(study)
+        table = consolidate(study)
         try:
             st = study_table(table, study.source)
             plan = next_stage(st, stage_done)
@@ -603,7 +602,6 @@ class _LaterStages:
         self.progress.total_epochs += epochs
         word = "look" if study.design.kind == "sequential" else "stage"
         print(f"{word} {entry['stage']} planned and recorded ({trials} trials): {entry['why']}", flush=True)
-        self.table = None
         for arm in queue_order(study):
             for experiment in _stage_experiments(study, arm, entry, tune.grid_search):
                 self.work.submit(self.job(arm, experiment))
