@@ -133,9 +133,10 @@ def test_two_arms_train_side_by_side_on_two_nodes_and_a_trial_on_a_node_that_die
     lost, done = rows[rows.status == "error"].iloc[0], rows[rows.status == "ok"].iloc[0]
     assert lost.node_id != done.node_id and lost.epoch < epochs  # it ran on the node that died
     assert {lost.arm, done.arm} == {"fixed", "adaptive"}  # two arms at once, one on each node
-    # Tune's saved state keeps the lost trial as it was last cached (RUNNING, read back as PENDING, with
-    # no error file recorded, though it wrote one): the table makes it an error with the reason
-    assert lost.trial_status == "PENDING", lost.trial_status
+    # Tune's saved state keeps the lost trial either as it was last cached (RUNNING, read back as
+    # PENDING, no error file recorded) or as ERROR with Ray's words in its error file, depending on
+    # when its experiment saw the loss: the table gives both the same reason
+    assert lost.trial_status in ("PENDING", "ERROR"), lost.trial_status
     assert "did not finish" in lost.error and "its node died" in lost.error and "retries" in lost.error, lost.error
     assert done.trial_status == "TERMINATED" and done.epoch == epochs and done.error == ""
     assert "1 trial(s) ended in error" in err and "Traceback" not in err, err[-3000:]

@@ -83,3 +83,38 @@ def test_a_retried_trial_says_so_on_its_line():
     first, second = out.getvalue().splitlines()
     assert first.startswith("[1/2] grid seed 0 ok: val/map@r 0.5000 (3 epochs, after 1 retry)")
     assert "retr" not in second
+
+
+ACTOR_DIED = """Failure # 1 (occurred at 2026-12-06_10-00-00)
+ray::ImplicitFunc.train() (pid=123, ip=127.0.0.1, actor_id=abc)
+ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.
+\tclass_name: ImplicitFunc
+\tactor_id: abc
+\tpid: 123
+\tip: 127.0.0.1
+{reason}
+"""
+
+
+@pytest.mark.parametrize("reason", [
+    "The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR",
+    "The actor died because its node has died. Node Id: 0123abcd",
+    "",  # no reason line: the exception's own words still name the loss
+])
+def test_every_wording_of_a_lost_worker_or_node_reads_the_same(tmp_path, reason):
+    error = tmp_path / "error.txt"
+    error.write_text(ACTOR_DIED.format(reason=reason))
+    lost = consolidate._error_summary(SimpleNamespace(error_file=str(error), status="ERROR"))
+    assert lost.startswith("the trial did not finish: its node died or its worker was lost, and no retry "
+                           "was left (study 'retries')"), lost
+    retried = consolidate._error_summary(SimpleNamespace(error_file=str(error), status="TERMINATED"))
+    assert retried.startswith("an attempt did not finish: its node died"), retried
+    unfinished = consolidate._error_summary(SimpleNamespace(error_file=None, status="PENDING"))
+    assert unfinished.startswith("the trial did not finish: its node died"), unfinished
+
+
+def test_an_ordinary_error_keeps_its_own_last_line(tmp_path):
+    error = tmp_path / "error.txt"
+    error.write_text("Traceback (most recent call last):\n  File x\nValueError: the loss is NaN at epoch 3\n")
+    assert consolidate._error_summary(SimpleNamespace(error_file=str(error), status="ERROR")) == \
+        "ValueError: the loss is NaN at epoch 3"

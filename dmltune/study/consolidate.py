@@ -53,9 +53,11 @@ def finished_before_interrupt(df: pd.DataFrame, config: dict) -> bool:
     return bool(last["epoch"] == epochs and last["status"] == "ok")
 
 
-WORKER_LOST = ("worker process has died", "The actor is dead", "ActorDiedError", "NodeDiedError")
-"""Ray's words for a trial whose worker process or node was lost: Tune reports such a trial either as
-unfinished or as an error whose file holds one of these; both read the same in the table."""
+WORKER_LOST = ("worker process has died", "The actor is dead", "its node has died",
+               "The actor died unexpectedly", "ActorDiedError", "ActorUnavailableError", "NodeDiedError")
+"""Ray's words (Ray 2.60's GCS and ``ray.exceptions``) for a trial whose worker process or node was
+lost: Tune reports such a trial either as unfinished or as an error whose file holds one of these
+(which one depends on when the loss is seen); both read the same in the table."""
 
 
 def _worker_lost(trial, detail: str) -> str:
@@ -68,11 +70,11 @@ def _worker_lost(trial, detail: str) -> str:
 def _error_summary(trial) -> str:
     path = getattr(trial, "error_file", None) or ""
     if path and Path(path).is_file():
-        lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
-        text = lines[-1][:500] if lines else "error"
-        if any(mark in text for mark in WORKER_LOST):  # Ray's wording differs by when the loss is seen
-            return _worker_lost(trial, text)
-        return text
+        lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+        lost = [line for line in lines if any(mark in line for mark in WORKER_LOST)]
+        if lost:  # the reason may sit above the file's last line (the actor's pid, ip, ...)
+            return _worker_lost(trial, lost[-1][:500])
+        return lines[-1][:500] if lines else "error"
     if trial.status in UNFINISHED:
         return _worker_lost(trial, f"Tune status {trial.status}")
     return "error" if trial.status == "ERROR" else ""
