@@ -101,8 +101,8 @@ def cmd_extend(args: argparse.Namespace) -> int:
 def _finish(study, outcome) -> int:
     """After `run` or `extend`: where the results are, the report and its summary, the exit code."""
     print(f"\nresults: {outcome.directory / 'trials.parquet'} (and trials.csv)\n")
-    _summarise(study, outcome.directory)
-    return _exit_code(outcome)
+    reported = _summarise(study, outcome.directory)
+    return max(_exit_code(outcome), 0 if reported else 1)
 
 
 def _exit_code(outcome) -> int:
@@ -122,17 +122,27 @@ def _exit_code(outcome) -> int:
     return 1
 
 
-def _summarise(study, folder) -> None:
-    """Write the study's report (analysis, tables, figures) and print its summary."""
+def _summarise(study, folder) -> bool:
+    """Write the study's report (analysis, tables, figures) and print its summary. False when a full
+    or read-only disk stopped it (said in one line: the trials are all kept)."""
     from .analysis.report import console_summary, write_report
+    from .study.disk import disk_stop_message
 
     try:
         path, analysis = write_report(folder)
     except ConfigError as err:  # e.g. every trial failed: no validation value to analyse
         print(f"no report: {err}", file=sys.stderr)
-        return
+        return True
+    except OSError as err:
+        message = disk_stop_message(err, f"every trial is kept in {folder / 'trials.parquet'}; free space (or make "
+                                          f"it writable), then `dmltune report {folder}`")
+        if message is None:
+            raise
+        print(f"dmltune: error: no report: {message}", file=sys.stderr)
+        return False
     print(console_summary(analysis))
     print(f"\nreport: {path}")
+    return True
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -152,8 +162,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     print("\n".join(plan_lines(study)), flush=True)
     outcome = run_study(study, address=args.address, retry_errored=args.retry_errored,
                         one_at_a_time=args.one_at_a_time)
-    _summarise(study, outcome.directory)
-    return _exit_code(outcome)
+    reported = _summarise(study, outcome.directory)
+    return max(_exit_code(outcome), 0 if reported else 1)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -284,6 +294,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except StudyFailed as err:
         print(f"dmltune: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full or read-only disk at a write no command turned into its own message
+        from .study.disk import disk_stop_message
+
+        message = disk_stop_message(err, "nothing finished is lost: free space (or make it writable), then run the "
+                                          "command again")
+        if message is None:
+            raise
+        print(f"dmltune: error: {message}", file=sys.stderr)
         return 1
 
 

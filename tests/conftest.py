@@ -7,6 +7,8 @@ cores, and OpenMP's spinning threads then slow a 2-second in-process training ru
 
 import os
 import signal
+import sys
+from pathlib import Path
 
 # a suite started in the background by a non-interactive shell inherits an ignored SIGINT, and so
 # would every study driver it starts: the Ctrl-C test needs Python's own handler, as in a terminal
@@ -15,6 +17,8 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
+
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # loopback_cluster, for fault tests
 
 import pytest  # noqa: E402
 

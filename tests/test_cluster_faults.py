@@ -4,91 +4,29 @@ authentication refuses a driver without the token in one line, fast."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
+from loopback_cluster import LoopbackCluster, environment, free_port, kill_sessions, start_node, wait_started
 from test_lifecycle import STUDY as LIFE
 
 STUDY = {**LIFE, "name": "faults", "concurrency": 2}  # two trials at once, retries: 0
 TWO_ARMS = [{"name": "fixed", "miner": {"name": "asms", "gamma_pos": 0.1}, "loss": {"name": "soft_contrastive"}},
             {"name": "adaptive", "miner": {"name": "at_asms"}, "loss": {"name": "soft_contrastive"}}]
-RAY = str(Path(sys.executable).parent / "ray")
 
 
 def write(tmp_path, **changes) -> str:
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({**STUDY, **changes}))
     return str(path)
-
-
-def environment(**changes) -> dict:
-    """This process's environment without any Ray authentication setting, then ``changes``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
-    return {**env, **changes}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_node(log: Path, env: dict, *args) -> subprocess.Popen:
-    """`ray start ... --block` in a session of its own (its raylet's workers stay in that session)."""
-    return subprocess.Popen([RAY, "start", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats",
-                             "--block", *args], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def wait_started(node: subprocess.Popen, log: Path, timeout=90) -> None:
-    deadline = time.time() + timeout
-    while "Ray runtime started" not in log.read_text():
-        assert node.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-        time.sleep(0.2)
-
-
-def session(pid: int) -> list:
-    """Every process of the session that ``pid`` leads (a node started by start_node, or a driver)."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) == pid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (OSError, psutil.Error):
-            continue
-    return found
-
-
-def kill_sessions(*leaders) -> None:
-    """SIGKILL every process of the sessions we started, and wait until they are gone."""
-    import psutil
-
-    for _ in range(5):  # again, for a worker a dying raylet started meanwhile
-        procs = [p for leader in leaders for p in session(leader.pid)]
-        for proc in procs:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(procs, timeout=30)
-        if not procs:
-            break
-    for leader in leaders:
-        leader.wait(timeout=30)  # reaped
-    assert not [p for leader in leaders for p in session(leader.pid)]
 
 
 @pytest.mark.slow
@@ -99,19 +37,11 @@ def test_two_arms_train_side_by_side_on_two_nodes_and_a_trial_on_a_node_that_die
     epochs = 30
     path = write(tmp_path, train={**STUDY["train"], "epochs": epochs, "batches_per_epoch": 20},
                  eval={**STUDY["eval"], "every": 10}, arms=TWO_ARMS)
-    temp = tempfile.mkdtemp(prefix="dmlt-", dir="/tmp")  # short: Ray's socket paths live under it
-    port, env = free_port(), environment(RAY_AUTH_MODE="disabled")
-    head = start_node(tmp_path / "head.log", env, "--head", f"--port={port}", f"--temp-dir={temp}",
-                      "--include-dashboard=false")
-    nodes, driver = [head], None
+    cluster, driver = LoopbackCluster(tmp_path / "logs", workers=1, cpus=1), None
     try:
-        wait_started(head, tmp_path / "head.log")
-        worker = start_node(tmp_path / "worker.log", env, f"--address=127.0.0.1:{port}", f"--temp-dir={temp}")
-        nodes.append(worker)
-        wait_started(worker, tmp_path / "worker.log")
-        driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", path, "--address", f"127.0.0.1:{port}"],
-                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  start_new_session=True)
+        driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", path, "--address", cluster.address],
+                                  cwd=tmp_path, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, start_new_session=True)
         training, seen = set(), []
         for line in driver.stdout:  # both trials train, one on each node
             seen.append(line)
@@ -120,12 +50,12 @@ def test_two_arms_train_side_by_side_on_two_nodes_and_a_trial_on_a_node_that_die
             if len(training) == 2:
                 break
         assert len(training) == 2, "".join(seen)[-3000:]
-        worker_trial_pids = [p.pid for p in session(worker.pid) if p.name().startswith("ray::ImplicitFunc")]
-        kill_sessions(worker)  # the worker node dies: its raylet, its agents and its trial's worker
+        worker_trial_pids = cluster.kill_worker(0)  # the worker node dies: its raylet, agents and trial's worker
         out, err = driver.communicate(timeout=300)
     finally:
-        kill_sessions(*(p for p in [driver, *nodes] if p is not None))
-        shutil.rmtree(temp, ignore_errors=True)
+        if driver is not None:
+            kill_sessions(driver)
+        cluster.close()
     assert worker_trial_pids, "no trial ran on the worker node"
     assert driver.returncode == 1, out[-3000:] + err[-3000:]
     rows = pd.read_parquet(tmp_path / "results" / "faults" / "trials.parquet").groupby("trial_id").tail(1)

@@ -4,13 +4,15 @@ that keeps the previous table whole (issue #27, defect 1)."""
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from dmltune.interruption import StudyFailed
-from dmltune.study import atomic, consolidate
+from dmltune import atomic
+from dmltune.study import consolidate
 
 
 def test_a_full_disk_while_the_table_is_written_keeps_the_old_table_and_says_one_line(tmp_path, monkeypatch):
@@ -18,14 +20,13 @@ def test_a_full_disk_while_the_table_is_written_keeps_the_old_table_and_says_one
     old = pd.DataFrame({"arm": ["a"], "trial_id": ["t1"], "epoch": [1]})
     consolidate.write_table(study, old)
     assert pd.read_parquet(tmp_path / "trials.parquet").equals(old)
-    real = atomic.write_atomic
+    real = Path.write_bytes
 
     def full_disk(path, data):
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_bytes(b"half")                   # what a full disk leaves behind
-        raise OSError(errno.ENOSPC, "No space left on device", str(partial))
+        real(path, b"half")                            # what a full disk leaves behind
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(atomic, "write_atomic", full_disk)
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
     new = pd.DataFrame({"arm": ["a", "b"], "trial_id": ["t1", "t2"], "epoch": [1, 1]})
     with pytest.raises(StudyFailed) as err:
         consolidate.write_table(study, new)
@@ -35,7 +36,7 @@ def test_a_full_disk_while_the_table_is_written_keeps_the_old_table_and_says_one
     assert pd.read_parquet(tmp_path / "trials.parquet").equals(old)          # the good table is whole
     assert pd.read_csv(tmp_path / "trials.csv").equals(old)
     assert not list(tmp_path.glob(".*.partial"))
-    monkeypatch.setattr(atomic, "write_atomic", real)
+    monkeypatch.setattr(Path, "write_bytes", real)
     consolidate.write_table(study, new)
     assert len(pd.read_parquet(tmp_path / "trials.parquet")) == 2
 

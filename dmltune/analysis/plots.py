@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..atomic import replacing
 from .compare import Analysis
 from .selection import configurations
 from .trials import KEY, short_name
@@ -354,6 +355,7 @@ def save_figures(analysis: Analysis, folder: str | Path) -> dict[str, Path]:
         if fig is None:
             continue
         for ext in ("png", "svg"):
-            fig.savefig(folder / f"{name}.{ext}", dpi=120)
+            with replacing(folder / f"{name}.{ext}") as partial:
+                fig.savefig(partial, format=ext, dpi=120)
         written[name] = folder / f"{name}.png"
     return written

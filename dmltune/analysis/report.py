@@ -18,6 +18,7 @@ from .formatting import (FEW_SEEDS_FOOTNOTE, bracket, cost, count, few_seeds_mar
                          markdown_table, number, seeds_needed_text)
 from .selection import configurations
 from .trials import read_study_table
+from ..atomic import write_atomic
 
 FIGURE_NOTES = {
     "pbt_schedule": "Population Based Training arms: the value of each mutated threshold that every member of the "
@@ -216,16 +217,15 @@ def write_tables(a: Analysis, folder: Path) -> None:
     import pandas as pd
 
     folder.mkdir(parents=True, exist_ok=True)
-    a.summary.to_csv(folder / "arms.csv", index=False)
-    a.match.to_csv(folder / "tuning_cost.csv", index=False)
-    pd.DataFrame([a.calibration] if a.calibration else []).to_csv(folder / "calibration.csv", index=False)
-    a.expected_best.to_csv(folder / "expected_best.csv", index=False)
-    a.best_single_trial.to_csv(folder / "best_single_trial.csv", index=False)
-    a.sensitivity.to_csv(folder / "sensitivity.csv", index=False)
-    a.importance.to_csv(folder / "importance.csv", index=False)
+    tables = {"arms": a.summary, "tuning_cost": a.match,
+              "calibration": pd.DataFrame([a.calibration] if a.calibration else []),
+              "expected_best": a.expected_best, "best_single_trial": a.best_single_trial,
+              "sensitivity": a.sensitivity, "importance": a.importance}
     for arm in a.searched_arms:
-        configurations(a.table, arm, a.settings["confidence"], a.settings["failure_value"]).drop(columns="_key").to_csv(
-            folder / f"configurations_{arm}.csv", index=False)
+        tables[f"configurations_{arm}"] = configurations(a.table, arm, a.settings["confidence"],
+                                                         a.settings["failure_value"]).drop(columns="_key")
+    for name, frame in tables.items():
+        write_atomic(folder / f"{name}.csv", frame.to_csv(index=False))
 
 
 def protocol_note(a: Analysis) -> str:
@@ -323,7 +323,7 @@ def write_report(study_dir: str | Path, overrides: dict | None = None, metric: s
         drawn = save_figures(a, folder / "figures")
     write_tables(a, folder / "tables")
     path = folder / "report.md"
-    path.write_text(render(a, drawn, folder))
+    write_atomic(path, render(a, drawn, folder))
     return path, a
 
 

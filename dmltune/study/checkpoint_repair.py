@@ -18,6 +18,7 @@ import json
 import shutil
 from pathlib import Path
 
+from ..atomic import replacing
 from .state_copy import EXPERIMENT_STATE
 
 
@@ -71,6 +72,7 @@ def repair_missing_checkpoints(folder: Path) -> list[Path]:
         older = [p for p in reversed(present) if p.name < path.name]
         source = next((p for p in newer + older if _readable(p)), None)
         if source is not None:
-            shutil.copytree(source, path)
+            with replacing(path) as partial:
+                shutil.copytree(source, partial)
             fixed.append(path)
     return fixed

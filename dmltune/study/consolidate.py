@@ -187,7 +187,7 @@ def write_table(study, table: pd.DataFrame) -> None:
     study's one-line stop."""
     import io
 
-    from .atomic import write_atomic
+    from ..atomic import write_atomic
     from .disk import describe, stop_for_disk
 
     parquet = io.BytesIO()
@@ -196,11 +196,7 @@ def write_table(study, table: pd.DataFrame) -> None:
         try:
             write_atomic(study.directory / name, data)
         except OSError as err:
-            what = describe(err)
+            what = describe(err)  # (the partial file is gone: write_atomic removed it)
             if what is None:
                 raise
-            try:
-                (study.directory / f".{name}.partial").unlink(missing_ok=True)
-            except OSError:
-                pass
             raise stop_for_disk(study, what, study.directory / name) from None

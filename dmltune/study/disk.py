@@ -30,6 +30,19 @@ def describe(err: OSError) -> str | None:
     return None
 
 
+def disk_stop_message(err: BaseException, next_step: str) -> str | None:
+    """One line for a full or read-only disk anywhere in ``err``'s causes (None for any other error):
+    what happened, where, and ``next_step``."""
+    found = disk_error(err)
+    if found is None:
+        return None
+    where = str(found.filename or "the disk")
+    name = Path(where).name
+    if name.startswith(".") and name.endswith(".partial"):  # the file it was replacing (dmltune.atomic)
+        where = str(Path(where).with_name(name[1:-len(".partial")]))
+    return f"{describe(found)} on {where}; {next_step}"
+
+
 def disk_problem(folder: Path) -> str | None:
     """"no space left" or "read-only file system" when a small file cannot be written into ``folder``
     for that reason (probed, as free-space figures do not tell a read-only mount or a quota)."""

@@ -29,7 +29,7 @@ import yaml
 from ..registry import ConfigError
 from .domains import replace_at
 from .experiments import GRID_BLOCKS, covered_cells, full_grid, grid_cells, read_grid_blocks, value_key
-from .atomic import write_atomic
+from ..atomic import write_atomic
 from .lifecycle import STUDY_RECORD, normalised, plan_differences
 
 MAY_CHANGE = ("seeds", "arms", "description", "analysis", "dataset", "model", "generation", "train", "eval", "design",
@@ -218,6 +218,6 @@ def grow_record(study) -> Growth:
     while kept.exists():
         n += 1
         kept = study.directory / f"study.before-extend-{stamp}-{n}.yaml"
-    kept.write_text(record.read_text())
+    write_atomic(kept, record.read_text())
     write_atomic(record, yaml.safe_dump(study.source, sort_keys=False))
     return growth

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from ..config import TRAIN_PARAMS
-from .atomic import write_atomic
+from ..atomic import write_atomic
 from .consolidate import UNFINISHED
 from .state_copy import EXPERIMENT_STATE, SEARCHER_STATE
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from ..registry import ConfigError
+from ..atomic import write_atomic
 
 LOCK_FILE = ".dmltune.lock"
 STUDY_RECORD = "study.yaml"
@@ -134,4 +135,4 @@ def normalised(source: dict) -> dict:
 def write_record(study) -> None:
     record = study.directory / STUDY_RECORD
     if not record.exists():
-        record.write_text(yaml.safe_dump(study.source, sort_keys=False))
+        write_atomic(record, yaml.safe_dump(study.source, sort_keys=False))

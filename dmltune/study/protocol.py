@@ -59,7 +59,7 @@ def write_folds_record(study) -> None:
     import yaml
 
     from ..data import load_dataset
-    from .atomic import write_atomic
+    from ..atomic import write_atomic
     from .data_checks import DATASET_ONLY
 
     if study.protocol["validation"] != "kfold":

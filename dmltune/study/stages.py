@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from ..registry import ConfigError
-from .atomic import write_atomic
+from ..atomic import write_atomic
 
 STAGES = "stages.yaml"
 

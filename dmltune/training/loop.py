@@ -8,7 +8,6 @@ interrupted and resumed from a checkpoint.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,8 +17,8 @@ from ..registry import ConfigError
 from .reporting import in_tune_session, make_reporter
 from .runtime import reset_process_state
 from .settings import TrialSettings
-from .state import (config_changes, describe_changes, load_checkpoint, plain_config, save_checkpoint,
-                    save_test_embeddings)
+from .state import (checkpoint_scratch, config_changes, describe_changes, load_checkpoint, plain_config,
+                    save_checkpoint, save_test_embeddings)
 from .trial import Trial
 
 
@@ -115,12 +114,12 @@ def _report(trial: Trial, progress: RunState, reporter, report: dict, epoch: int
     train = trial.settings.train
     due = epoch == train.epochs or (train.checkpoint_every and epoch % train.checkpoint_every == 0)
     if due and reporter.keeps_checkpoints:
-        with tempfile.TemporaryDirectory(prefix="dmltune-ckpt-") as tmp:
-            save_checkpoint(Path(tmp), progress.checkpoint_state(trial, epoch))
+        with checkpoint_scratch() as tmp:
+            save_checkpoint(tmp, progress.checkpoint_state(trial, epoch))
             kept = trial.evaluator.test_embeddings
             if kept is not None and epoch == train.epochs:  # k-fold: for the fold models' ensemble
-                save_test_embeddings(Path(tmp), kept)
-            reporter.report(report, checkpoint_dir=Path(tmp))
+                save_test_embeddings(tmp, kept)
+            reporter.report(report, checkpoint_dir=tmp)
     else:
         reporter.report(report)
 

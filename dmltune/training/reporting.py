@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -88,19 +87,21 @@ class ConsoleReporter:
 
     @contextlib.contextmanager
     def restore_dir(self) -> Iterator[Path | None]:
-        latest = self.checkpoint_root / "latest" if self.checkpoint_root else None
-        yield latest if latest is not None and latest.is_dir() else None
+        if self.checkpoint_root is None:
+            yield None
+            return
+        found = [path for path in (self.checkpoint_root / "latest", self.checkpoint_root / ".latest.old")
+                 if path.is_dir()]  # .latest.old: a kill fell between the two renames of a replacement
+        yield found[0] if found else None
 
     def report(self, metrics: Mapping, checkpoint_dir: Path | None = None) -> None:
         self.history.append(dict(metrics))
         if checkpoint_dir is not None and self.checkpoint_root is not None:
-            target = self.checkpoint_root / "latest"
+            from ..atomic import replacing
+
             self.checkpoint_root.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=self.checkpoint_root, prefix=".incoming-"))
-            shutil.copytree(checkpoint_dir, staging, dirs_exist_ok=True)
-            if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)  # replace only once the new copy is complete
+            with replacing(self.checkpoint_root / "latest") as partial:  # replaced once the copy is whole
+                shutil.copytree(checkpoint_dir, partial)
         print(self.format_line(metrics), file=self.stream, flush=True)
 
     def format_line(self, m: Mapping) -> str:

@@ -10,13 +10,19 @@ contains only tensors and plain Python containers.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
+
+from ..atomic import replacing
 
 CHECKPOINT_FILE = "trial_state.pt"
 
@@ -54,12 +60,45 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+SCRATCH_PREFIX = "dmltune-ckpt-"
+_SWEPT = False
+
+
+@contextlib.contextmanager
+def checkpoint_scratch() -> Iterator[Path]:
+    """A temporary folder (named with this process's pid) to assemble a checkpoint in before the
+    reporter hands it on. The first use in a process removes those of processes that are gone (a
+    worker killed while it reported leaves its folder in the system's temporary directory)."""
+    global _SWEPT
+    if not _SWEPT:
+        _SWEPT = True
+        _remove_orphaned_scratch()
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as tmp:
+        yield Path(tmp)
+
+
+def _remove_orphaned_scratch() -> None:
+    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = path.name[len(SCRATCH_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def save_checkpoint(directory: Path, state: dict[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with replacing(path) as partial:
+        torch.save(state, partial)
     return path
 
 
@@ -71,8 +110,10 @@ set (``test``, or ``query`` and ``gallery``), for the fold models' concatenated-
 def save_test_embeddings(directory: Path, sets: Mapping[str, tuple]) -> Path:
     """Write ``{set: {"embeddings": N×d float16, "labels": N int64}}`` next to a checkpoint."""
     path = Path(directory) / TEST_EMBEDDINGS_FILE
-    torch.save({name: {"embeddings": emb.to(torch.float16).contiguous(), "labels": labels.to(torch.int64)}
-                for name, (emb, labels) in sets.items()}, path)
+    kept = {name: {"embeddings": emb.to(torch.float16).contiguous(), "labels": labels.to(torch.int64)}
+            for name, (emb, labels) in sets.items()}
+    with replacing(path) as partial:
+        torch.save(kept, partial)
     return path
 
 
