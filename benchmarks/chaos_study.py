@@ -88,6 +88,7 @@ class Driver:
         self.proc = subprocess.Popen([sys.executable, "-m", "dmltune", *args], cwd=cwd, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      start_new_session=True)
+        self.killed = False  # (psutil reaps a process it kills: Popen would then read exit 0)
         self.out: list[str] = []
         self.err: list[str] = []
         self.lines: queue.Queue = queue.Queue()
@@ -125,6 +126,7 @@ class Driver:
         except subprocess.TimeoutExpired:
             kill_sessions(self.proc)
             code = -999
+        code = -signal.SIGKILL if self.killed else code
         for reader in self.readers:
             reader.join(timeout=30)
         return code
@@ -226,6 +228,7 @@ def compare(reference, chaos) -> list[str]:
 def inject(kind: str, driver: Driver, cluster: LoopbackCluster, disk: FullDisk | None, rng: random.Random) -> str:
     """Do the fault; say what was done."""
     if kind == "driver_kill":
+        driver.killed = True
         kill_sessions(driver.proc)
         return "driver SIGKILLed"
     if kind == "ctrl_c":
@@ -258,7 +261,7 @@ def run_until_done(path: Path, folder: Path, cwd: Path, cluster: LoopbackCluster
     command = ["run", str(path), "--address", cluster.address]
     for attempt in range(4 * len(faults) + 6):
         driver = Driver(command, cwd, cluster.env)
-        event = {"command": " ".join(command[:2]) + (" --retry-errored" if "--retry-errored" in command else "")}
+        event = {"command": command[0] + (" --retry-errored" if "--retry-errored" in command else "")}
         while faults:
             moment = rng.randint(1, 2 * EPOCHS)
             if not driver.wait_for_progress(moment):
@@ -271,6 +274,10 @@ def run_until_done(path: Path, folder: Path, cwd: Path, cluster: LoopbackCluster
                 break
         code = driver.finish()
         text = driver.text()
+        logs = cwd.parent / "logs" / "drivers"
+        logs.mkdir(parents=True, exist_ok=True)
+        event["log"] = str(logs / f"{folder.name}-{attempt}.log")
+        Path(event["log"]).write_text(text)
         event.update(exit=code, traceback="Traceback" in text,
                      last_error=next((line.strip() for line in reversed(driver.err) if "dmltune" in line), ""))
         log.append(event)
@@ -285,7 +292,7 @@ def run_until_done(path: Path, folder: Path, cwd: Path, cluster: LoopbackCluster
 def chaos(faults: int, seed: int, work: Path, kinds: tuple[str, ...] = KINDS, per_run: int = 6) -> dict:
     rng = random.Random(seed)
     cwd, studies = work / "cwd", work / "studies"
-    for folder in (cwd, studies):
+    for folder in (cwd, studies, work / "differing"):
         folder.mkdir(parents=True, exist_ok=True)
     disk = FullDisk(work / "disk", size_mb=160) if "full_disk" in kinds else None
     if disk is not None and not disk.mounted:
@@ -320,6 +327,8 @@ def chaos(faults: int, seed: int, work: Path, kinds: tuple[str, ...] = KINDS, pe
             print(f"{name}: {len(injected)} fault(s), {len(log)} driver(s), {len(diffs)} difference(s)", flush=True)
             for line in diffs:
                 print(f"  DIFFERENCE {line}", flush=True)
+            if diffs:  # kept for a look; the tmpfs is small
+                shutil.move(str(storage / name), str(work / "differing" / name))
             shutil.rmtree(storage / name, ignore_errors=True)  # room on the tmpfs for the next run
     finally:
         cluster.close()

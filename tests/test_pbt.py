@@ -203,3 +203,34 @@ def test_an_interrupted_population_starts_again_and_its_partial_run_is_kept(tmp_
         assert (kept[0] / "tuner.pkl").read_bytes() == b"x"
     else:
         assert line is None and folder.is_dir()
+
+
+def test_an_exploited_member_that_was_pausing_trains_on(monkeypatch):
+    """Ray 2.60: a member paused (saving) at a perturbation point and then exploited gets a STOP cached
+    "after the save"; the save is dropped with its actor, and the STOP would end the restarted member
+    after its next epoch. dmltune's scheduler drops that stale STOP (found by the chaos run)."""
+    import inspect
+    import types
+
+    from ray.tune.execution import tune_controller
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+    from dmltune.study.pbt import population_scheduler
+
+    stop = inspect.getsource(tune_controller.TuneController._schedule_trial_stop)
+    assert "is_saving" in stop and "_cached_trial_decisions[trial.trial_id] = TrialScheduler.STOP" in stop
+
+    def ray_exploit(self, controller, trial, trial_to_clone):  # the part of Ray's exploit at issue
+        if trial.is_saving:
+            controller._cached_trial_decisions[trial.trial_id] = TrialScheduler.STOP
+
+    monkeypatch.setattr(PopulationBasedTraining, "_exploit", ray_exploit)
+    scheduler = population_scheduler(time_attr="epoch", perturbation_interval=2,
+                                     hyperparam_mutations={"miner": {"gamma_pos": [0.1, 0.2]}}, synch=True)
+    controller = types.SimpleNamespace(_cached_trial_decisions={"other": TrialScheduler.STOP})
+    pausing = types.SimpleNamespace(trial_id="a", is_saving=True)
+    scheduler._exploit(controller, pausing, None)
+    assert controller._cached_trial_decisions == {"other": TrialScheduler.STOP}  # only the member's own
+    controller._cached_trial_decisions["b"] = TrialScheduler.PAUSE
+    scheduler._exploit(controller, types.SimpleNamespace(trial_id="b", is_saving=False), None)
+    assert controller._cached_trial_decisions["b"] == TrialScheduler.PAUSE  # other decisions stand

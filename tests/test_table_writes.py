@@ -119,3 +119,13 @@ def test_an_ordinary_error_keeps_its_own_last_line(tmp_path):
     error.write_text("Traceback (most recent call last):\n  File x\nValueError: the loss is NaN at epoch 3\n")
     assert consolidate._error_summary(SimpleNamespace(error_file=str(error), status="ERROR")) == \
         "ValueError: the loss is NaN at epoch 3"
+
+
+def test_a_trial_tune_ended_before_its_last_epoch_without_an_error_is_not_a_result():
+    config = {"train": {"epochs": 6}}
+    short = pd.DataFrame({"epoch": [1, 2, 3], "status": ["ok"] * 3})
+    reason = consolidate.cut_short(short, config)
+    assert reason.startswith("Tune ended the trial after epoch 3 of 6 with no error"), reason
+    assert consolidate.cut_short(pd.DataFrame({"epoch": range(1, 7), "status": ["ok"] * 6}), config) == ""
+    assert consolidate.cut_short(pd.DataFrame({"epoch": [1, 2], "status": ["ok", "diverged"]}), config) == ""
+    assert consolidate.cut_short(pd.DataFrame([{}]), config) == ""

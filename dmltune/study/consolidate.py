@@ -94,13 +94,27 @@ def _test_embeddings(trial, study_dir: Path | None) -> str | None:
     return str(path.relative_to(study_dir)) if inside else str(path)
 
 
+def cut_short(df: pd.DataFrame, config: dict) -> str:
+    """The reason a trial Tune calls finished (TERMINATED, no error) is not one: its reports end
+    ``ok`` before its last epoch, and no early-stopping scheduler could have stopped it ("" if none)."""
+    epochs = ((config or {}).get("train") or {}).get("epochs")
+    if not epochs or "epoch" not in df or "status" not in df or df["epoch"].isna().all():
+        return ""
+    last = df.sort_values("epoch", kind="stable").iloc[-1]
+    if last["status"] != "ok" or last["epoch"] >= epochs:
+        return ""
+    return (f"Tune ended the trial after epoch {int(last['epoch'])} of {epochs} with no error: it did not "
+            f"finish, and its result is not a finished trial's")
+
+
 def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experiment: str | None = None,
-                    study_dir: Path | None = None) -> list[pd.DataFrame]:
+                    study_dir: Path | None = None, early_stopping: bool = False) -> list[pd.DataFrame]:
     """One frame per trial of the experiment in ``folder``. After an interruption an unfinished trial
     is ``incomplete`` (resume continues it); otherwise it is an error (see UNFINISHED). ``experiment``:
     the name in the table's ``experiment`` column (default: the folder's name); the trial ids of a
     grid block added by ``extend`` (folder ``ARM+extN``) are prefixed with ``extN:``, so that they
-    stay unique within the arm's one grid search."""
+    stay unique within the arm's one grid search. Without ``early_stopping`` (an ASHA scheduler) a
+    trial Tune ended before its last epoch is an error (:func:`cut_short`)."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(folder))
@@ -147,6 +161,8 @@ def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experimen
             df["status"] = "error"
         elif trial.status in UNFINISHED and not finished_before_interrupt(df, trial.config):
             df["status"] = "incomplete"
+        elif trial.status == "TERMINATED" and not early_stopping and cut_short(df, trial.config):
+            df["error"], df["status"] = cut_short(df, trial.config), "error"
         out.append(df)
     return out
 
@@ -161,7 +177,7 @@ def consolidate(study, interrupted: bool = False) -> pd.DataFrame:
             folder = experiment.folder
             if folder.is_dir():  # a grid grown by `extend` is still one search: one experiment name
                 rows = experiment_rows(folder, arm.name, interrupted, experiment=arm.name if grid else None,
-                                       study_dir=study.directory)
+                                       study_dir=study.directory, early_stopping=bool(arm.search.get("scheduler")))
                 if staged:  # which stage (two_stage) or look (sequential) ran the trial
                     for frame in rows:
                         frame["stage"] = experiment.stage

@@ -15,6 +15,9 @@ def prepare_environment(address: str | None) -> None:
     # a failed trial is one progress line and, at the end, one line with its reason (the full traceback
     # is in its error file and the table): Tune's own multi-line tracebacks would bury them
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    syncer = logging.getLogger("ray.train._internal.syncer")
+    if not any(isinstance(f, OneLineSyncFailure) for f in syncer.filters):
+        syncer.addFilter(OneLineSyncFailure())
     if address is None and not os.environ.get("RAY_ADDRESS"):  # Ray starts here (see start_ray)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
@@ -24,6 +27,23 @@ def prepare_environment(address: str | None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter honours verbose=0: no tables
     # short trials checkpoint every epoch by design; Tune's advice about snapshot frequency is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+class OneLineSyncFailure:
+    """Tune copies its experiment record into the study folder after each save, and when a copy fails
+    (a full disk) it logs the copy's whole traceback as it launches the next one. That next copy
+    replaces the record whole, and a record cut off at a stop is repaired by ``resume``
+    (state_copy.py): the console gets one line, not a traceback."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Last sync command failed"):
+            return True
+        reason = next((line.strip() for line in reversed(message.splitlines()) if line.strip()), "")
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            f"dmltune: Tune could not copy its experiment record into the study folder ({reason[:200]}); "
+            "it copies it again at its next save", None, None, None)
+        return True
 
 
 def token_message(address: str) -> str:

@@ -83,13 +83,12 @@ def _pbt_config(arm: Arm, metric: str, searcher_seed: int, reuse_actors: bool):
     """Tune's settings of a PBT arm: the whole population is created at once (a synchronous population
     waits for all its members, so ``concurrency`` cannot hold some of them back; resources do)."""
     from ray import tune
-    from ray.tune.schedulers import PopulationBasedTraining
     from ray.tune.search import BasicVariantGenerator
 
-    from .pbt import hyperparam_mutations
+    from .pbt import hyperparam_mutations, population_scheduler
 
     search = arm.search
-    scheduler = PopulationBasedTraining(
+    scheduler = population_scheduler(
         time_attr="epoch", perturbation_interval=search["perturbation_interval"],
         hyperparam_mutations=hyperparam_mutations(arm), quantile_fraction=search["quantile_fraction"],
         resample_probability=search["resample_probability"], synch=True)
@@ -265,6 +264,9 @@ def run_study(study: Study, address: str | None = None, retry_errored: bool = Fa
                 import ray
 
                 ray.shutdown()
+            from ..training.state import remove_orphaned_scratch
+
+            remove_orphaned_scratch()  # of trial workers killed on this machine (a kill leaves no file behind)
 
 
 def slots(study: Study, resources: dict) -> int:

@@ -72,12 +72,12 @@ def checkpoint_scratch() -> Iterator[Path]:
     global _SWEPT
     if not _SWEPT:
         _SWEPT = True
-        _remove_orphaned_scratch()
+        remove_orphaned_scratch()
     with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as tmp:
         yield Path(tmp)
 
 
-def _remove_orphaned_scratch() -> None:
+def remove_orphaned_scratch() -> None:
     for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
         pid = path.name[len(SCRATCH_PREFIX):].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
