@@ -225,8 +225,9 @@ def compare(reference, chaos) -> list[str]:
     return diffs
 
 
-def inject(kind: str, driver: Driver, cluster: LoopbackCluster, disk: FullDisk | None, rng: random.Random) -> str:
-    """Do the fault; say what was done."""
+def inject(kind: str, driver: Driver, cluster: LoopbackCluster, disk: FullDisk | None,
+           rng: random.Random) -> str | None:
+    """Do the fault; say what was done (None: it could not be done now)."""
     if kind == "driver_kill":
         driver.killed = True
         kill_sessions(driver.proc)
@@ -237,7 +238,7 @@ def inject(kind: str, driver: Driver, cluster: LoopbackCluster, disk: FullDisk |
     if kind == "worker_kill":
         workers = cluster.trial_workers()
         if not workers:
-            return "no trial worker was running: nothing killed"
+            return None  # between trials: the fault waits for the next progress lines
         victim = rng.choice(workers)
         victim.kill()
         return f"trial worker pid {victim.pid} SIGKILLed"
@@ -266,9 +267,11 @@ def run_until_done(path: Path, folder: Path, cwd: Path, cluster: LoopbackCluster
             moment = rng.randint(1, 4)  # a run prints about 3 lines per trial (epochs 1 and 6, its end)
             if not driver.wait_for_progress(moment):
                 break
+            done = inject(faults[0], driver, cluster, disk, rng)
+            if done is None:
+                continue
             kind = faults.pop(0)
-            event.setdefault("faults", []).append({"kind": kind, "after_lines": moment,
-                                                   "done": inject(kind, driver, cluster, disk, rng)})
+            event.setdefault("faults", []).append({"kind": kind, "after_lines": moment, "done": done})
             print(f"  fault: {kind} after {moment} progress lines: {event['faults'][-1]['done']}", flush=True)
             if kind in ("driver_kill", "ctrl_c"):
                 break

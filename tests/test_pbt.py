@@ -234,3 +234,19 @@ def test_an_exploited_member_that_was_pausing_trains_on(monkeypatch):
     controller._cached_trial_decisions["b"] = TrialScheduler.PAUSE
     scheduler._exploit(controller, types.SimpleNamespace(trial_id="b", is_saving=False), None)
     assert controller._cached_trial_decisions["b"] == TrialScheduler.PAUSE  # other decisions stand
+
+
+@pytest.mark.parametrize("population", [True, False])
+def test_a_member_restored_from_its_own_checkpoint_does_not_replay_its_epochs(tmp_path, monkeypatch, population):
+    """PBT reads a report's epoch as progress: a member that replayed its epochs after a pause at a
+    perturbation point was paused again, for ever (the chaos run). Other trials still replay."""
+    from dmltune.training import loop
+
+    config = _config(0.1, 0.05, 2) if population else tiny_config(train__epochs=2)
+    loop.train({**config, "train": {**config["train"], "epochs": 1}}, reporter=Member("m", tmp_path))
+    monkeypatch.setattr(loop, "in_tune_session", lambda: True)  # a restore inside a Tune trial
+    member = Member("m", tmp_path)
+    loop.train(config, reporter=member)
+    replayed = [r["epoch"] for r in member.history if r.get("replayed")]
+    assert replayed == ([] if population else [1])
+    assert [r["epoch"] for r in member.history if not r.get("replayed")] == [2]

@@ -57,7 +57,11 @@ class RunState:
                 # this trial's: they are neither replayed nor kept (its own history starts again)
                 self.exploited_from, self.history = donor, []
                 return
-        if in_tune_session():
+        # not in a PBT population (``protocol.mutable``): its scheduler reads each report's epoch as
+        # progress, so a replayed epoch at a perturbation point pauses the member again, and it would
+        # restart from the same checkpoint for ever (seen in the chaos run); the driver's ledger keeps
+        # every result a member reported (study.result_ledger), and an interrupted population starts again
+        if in_tune_session() and not (self.config or {}).get("protocol", {}).get("mutable"):
             for past in self.history:
                 reporter.report({**past, "replayed": True})
 
