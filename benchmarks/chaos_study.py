@@ -23,7 +23,8 @@ A driver that exits non-zero is followed by `resume` (`--retry-errored` after ex
 ends with exit 0; further runs follow until the requested number of faults is injected. Each finished
 run is then compared with the reference:
 
-  - every trial of the reference present exactly once (key: arm, experiment, trial index), no other;
+  - every trial of the reference present exactly once, no other (key: arm, experiment, and the
+    configuration and seed, or a PBT member's place in its population);
   - every epoch present once, its loss and validation value identical (bit for bit: training is
     deterministic given the seed, whatever node or retry ran it);
   - every trial's final status the reference's;
@@ -180,13 +181,28 @@ def outside_files(cwd: Path) -> set[str]:
     return found
 
 
+PBT_ARMS = {arm["name"] for arm in STUDY["arms"] if arm.get("search", {}).get("mode") == "pbt"}
+
+
 def final_rows(folder: Path):
-    """The study's table, keyed by (arm, experiment, trial index, epoch)."""
+    """The study's table, each trial keyed by (arm, experiment, ``index``): a PBT member by its place
+    in the population (the end of its trial id; its configuration changes as it exploits), any other
+    trial by its configuration and seed (Tune may give a trial it generates again, after its record
+    was restored from the last good copy, a new id)."""
     import pandas as pd
 
     table = pd.read_parquet(folder / "trials.parquet")
-    table = table.assign(index=table.trial_id.astype(str).str.rsplit("_", n=1).str[-1])
-    return table
+    configs = sorted(c for c in table.columns if c.startswith(("config/miner.", "config/loss.")))  # what arms vary
+
+    def key(trial: pd.DataFrame) -> str:
+        first = trial.iloc[0]
+        if first["arm"] in PBT_ARMS:
+            return str(first["trial_id"]).rsplit("_", 1)[-1]
+        return json.dumps({c[len("config/"):]: first[c] for c in configs if pd.notna(first[c])}
+                          | {"seed": int(first["seed"])}, sort_keys=True, default=str)
+
+    keys = {tid: key(rows) for tid, rows in table.groupby("trial_id", sort=False)}
+    return table.assign(index=table.trial_id.map(keys))
 
 
 def compare(reference, chaos) -> list[str]:
