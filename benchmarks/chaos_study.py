@@ -78,7 +78,7 @@ STUDY = {
     ],
 }
 VALUES = ("loss", "val/map@r")
-DRIVER_TIMEOUT_S = 900
+DRIVER_TIMEOUT_S = 300  # a driver of this study needs under 2 minutes, even on a loaded 2-core machine
 
 
 class Driver:
@@ -272,9 +272,10 @@ def inject(kind: str, driver: Driver, cluster: LoopbackCluster, disk: FullDisk |
 
 
 def run_until_done(path: Path, folder: Path, cwd: Path, cluster: LoopbackCluster, faults: list[str],
-                   rng: random.Random, disk: FullDisk | None, log: list[dict]) -> None:
-    """`dmltune run`, then `resume` after every non-zero exit, injecting ``faults`` one per driver
-    (several drivers when a fault leaves the driver running), until the study ends with exit 0."""
+                   rng: random.Random, disk: FullDisk | None, log: list[dict]) -> bool:
+    """`dmltune run`, then `resume` after every non-zero exit, injecting ``faults`` (several in one
+    driver when a fault leaves it running), until the study ends with exit 0 (False: it did not,
+    after as many drivers as a run may take)."""
     command = ["run", str(path), "--address", cluster.address]
     for attempt in range(4 * len(faults) + 6):
         driver = Driver(command, cwd, cluster.env)
@@ -297,15 +298,15 @@ def run_until_done(path: Path, folder: Path, cwd: Path, cluster: LoopbackCluster
         logs.mkdir(parents=True, exist_ok=True)
         event["log"] = str(logs / f"{folder.name}-{attempt}.log")
         Path(event["log"]).write_text(text)
-        event.update(exit=code, traceback="Traceback" in text,
+        event.update(exit=code, traceback="Traceback" in text, hung=code == -999,
                      last_error=next((line.strip() for line in reversed(driver.err) if "dmltune" in line), ""))
         log.append(event)
         print(f"  {event['command']}: exit {code}" + (f"  ({event['last_error']})" if event["last_error"] else "")
               + ("  TRACEBACK" if event["traceback"] else ""), flush=True)
         if code == 0:
-            return
+            return True
         command = ["resume", str(folder), "--address", cluster.address] + (["--retry-errored"] if code == 1 else [])
-    raise RuntimeError(f"{folder}: no clean end after {attempt + 1} drivers")
+    return False
 
 
 def chaos(faults: int, seed: int, work: Path, kinds: tuple[str, ...] = KINDS, per_run: int = 6) -> dict:
@@ -325,7 +326,8 @@ def chaos(faults: int, seed: int, work: Path, kinds: tuple[str, ...] = KINDS, pe
         print("reference run (no faults)", flush=True)
         ref_log: list[dict] = []
         reference_path = study_file(studies, "reference", work / "reference")
-        run_until_done(reference_path, work / "reference" / "reference", cwd, cluster, [], rng, None, ref_log)
+        if not run_until_done(reference_path, work / "reference" / "reference", cwd, cluster, [], rng, None, ref_log):
+            raise RuntimeError(f"the fault-free reference run failed: {ref_log[-1]}")
         reference = final_rows(work / "reference" / "reference")
         schedule = [rng.choice(kinds) for _ in range(faults)]
         runs, left = [], list(schedule)
@@ -335,10 +337,15 @@ def chaos(faults: int, seed: int, work: Path, kinds: tuple[str, ...] = KINDS, pe
             print(f"{name}: faults {', '.join(batch)}", flush=True)
             log: list[dict] = []
             path = study_file(studies, name, storage)
-            run_until_done(path, storage / name, cwd, cluster, batch, rng, disk, log)
+            ended = run_until_done(path, storage / name, cwd, cluster, batch, rng, disk, log)
             left = batch + left  # those the study ended before: the next run's
-            diffs = compare(reference, final_rows(storage / name))
+            diffs = [] if ended else [f"{name}: no clean end after {len(log)} drivers"]
+            if (storage / name / "trials.parquet").is_file():
+                diffs += compare(reference, final_rows(storage / name))
+            else:
+                diffs.append(f"{name}: no trials.parquet")
             diffs += [f"{e['command']}: a traceback on the console" for e in log if e["traceback"]]
+            diffs += [f"{e['command']}: did not end within {DRIVER_TIMEOUT_S} s (killed)" for e in log if e["hung"]]
             stray = sorted(outside_files(cwd) - before)
             diffs += [f"written outside the study folder: {p}" for p in stray]
             injected = [f for e in log for f in e.get("faults", [])]
@@ -376,6 +383,9 @@ def main(argv=None) -> int:
     print(f"working folder: {work}", flush=True)
     try:
         result = chaos(args.faults, args.seed, work, tuple(args.kinds), args.per_run)
+    except RuntimeError as err:  # the cluster did not start, or the reference run failed
+        print(f"chaos_study: error: {err}", file=sys.stderr)
+        return 2
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -183,8 +183,14 @@ def test_a_pbt_arm_runs_beside_the_quickstart_arms_and_the_report_lists_its_cost
     assert (folder / "figures" / "pbt_schedule.png").is_file()
 
 
-@pytest.mark.parametrize("statuses, restarted", [(["TERMINATED", "PAUSED"], True), (["TERMINATED", "ERROR"], False)])
-def test_an_interrupted_population_starts_again_and_its_partial_run_is_kept(tmp_path, monkeypatch, statuses, restarted):
+@pytest.mark.parametrize("statuses, retry, restarted", [
+    (["TERMINATED", "PAUSED"], False, True),
+    (["TERMINATED", "ERROR"], False, False),   # the error stands: a plain resume retries nothing
+    (["TERMINATED", "ERROR"], True, True),     # --retry-errored: the population again, never one member alone
+    (["TERMINATED", "TERMINATED"], True, False),
+])
+def test_an_interrupted_population_starts_again_and_its_partial_run_is_kept(tmp_path, monkeypatch, statuses, retry,
+                                                                            restarted):
     import types
 
     import ray.tune
@@ -196,7 +202,7 @@ def test_an_interrupted_population_starts_again_and_its_partial_run_is_kept(tmp_
     (folder / "tuner.pkl").write_bytes(b"x")
     fake = types.SimpleNamespace(trials=[types.SimpleNamespace(status=s) for s in statuses])
     monkeypatch.setattr(ray.tune, "ExperimentAnalysis", lambda path: fake)
-    line = restart_interrupted_population(folder)
+    line = restart_interrupted_population(folder, retry_errored=retry)
     if restarted:
         kept = [p for p in folder.parent.iterdir() if p.name.startswith("seed_0.interrupted-")]
         assert "starts again" in line and not folder.exists() and len(kept) == 1

@@ -104,12 +104,15 @@ def hyperparam_mutations(arm) -> dict:
     return out
 
 
-def restart_interrupted_population(folder) -> str | None:
+def restart_interrupted_population(folder, retry_errored: bool = False) -> str | None:
     """Before a resume: a PBT experiment whose population did not finish is moved aside whole
     (``seed_S.interrupted-TIME``, nothing deleted) so that the population runs again from the start.
     Ray Tune does not continue a restored synchronous population reliably: in our test (Ray 2.60) its
     last member waited forever. A population's members depend on each other, so no member can be
-    finished alone either. Returns the line to print, or None when the population had finished."""
+    finished alone either; nor retried alone (``retry_errored``): Tune would start an errored member
+    from scratch with the thresholds an exploit gave it, under a new id, beside members that had
+    exploited it (found by the chaos run), so a population with a member in error starts again whole.
+    Returns the line to print, or None when the population had finished (and is not retried)."""
     import time
     from pathlib import Path
 
@@ -120,12 +123,14 @@ def restart_interrupted_population(folder) -> str | None:
         trials = ExperimentAnalysis(str(folder)).trials
     except Exception:  # an unreadable record: recover_record has dealt with it, Tune will say more
         return None
-    if trials and all(t.status in ("TERMINATED", "ERROR") for t in trials):
+    errored = retry_errored and any(t.status == "ERROR" for t in trials)
+    if trials and all(t.status in ("TERMINATED", "ERROR") for t in trials) and not errored:
         return None
     aside = folder.with_name(f"{folder.name}.interrupted-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
     folder.rename(aside)
-    return (f"{folder}: the PBT population was interrupted and starts again from the first epoch (a "
-            f"population continues only as a whole); its partial run is kept in {aside.name}")
+    what = "had a member in error" if errored else "was interrupted"
+    return (f"{folder}: the PBT population {what} and starts again from the first epoch (a population "
+            f"runs only as a whole); its earlier run is kept in {aside.name}")
 
 
 class _ThreadRandom:

@@ -168,7 +168,7 @@ def _checkpoints_kept(arm: Arm) -> int:
     return arm.search["perturbation_interval"] // max(arm.resolved["train"]["checkpoint_every"], 1) + 2
 
 
-def _prepare_restores(study: Study) -> None:
+def _prepare_restores(study: Study, retry_errored: bool = False) -> None:
     """Before any experiment is restored: a damaged Tune record is replaced by its last good copy
     (state_copy), recorded checkpoints a killed driver lost are put back, and trials whose last epoch
     is stored are recorded as finished (so they are neither run nor counted again)."""
@@ -184,7 +184,7 @@ def _prepare_restores(study: Study) -> None:
                     if not folder.is_dir():  # moved aside: the experiment starts over
                         continue
                 if arm.search["mode"] == "pbt":
-                    restarted = restart_interrupted_population(folder)
+                    restarted = restart_interrupted_population(folder, retry_errored)
                     if restarted:
                         print(restarted, flush=True)
                         continue
@@ -305,7 +305,7 @@ def _run_arms(study: Study, lock: StudyLock, retry_errored: bool, slot_count: in
     from .queue import Job, StudyQueue
 
     metric = f"val/{study.arms[0].resolved['eval']['metric']}"
-    _prepare_restores(study)
+    _prepare_restores(study, retry_errored)
     done_before = _done_before(study, retry_errored)
     done_trials = sum(t for t, _ in done_before.values())
     done_epochs = sum(e for _, e in done_before.values())
