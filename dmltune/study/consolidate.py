@@ -54,7 +54,8 @@ def finished_before_interrupt(df: pd.DataFrame, config: dict) -> bool:
 
 
 WORKER_LOST = ("worker process has died", "The actor is dead", "its node has died",
-               "The actor died unexpectedly", "ActorDiedError", "ActorUnavailableError", "NodeDiedError")
+               "The actor died unexpectedly", "ActorDiedError", "ActorUnavailableError", "NodeDiedError",
+               "The task may or may not have been executed on the actor")  # (ActorUnavailableError's words)
 """Ray's words (Ray 2.60's GCS and ``ray.exceptions``) for a trial whose worker process or node was
 lost: Tune reports such a trial either as unfinished or as an error whose file holds one of these
 (which one depends on when the loss is seen); both read the same in the table."""
