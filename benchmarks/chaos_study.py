@@ -31,7 +31,8 @@ run is then compared with the reference:
   - no file written outside the study folder (the drivers' working directory, ~/ray_results, the
     system's temporary directory: dmltune's checkpoint scratch folders).
 
-A traceback on any driver's console counts as a difference. Prints each fault, its recovery and
+A traceback on any driver's console, a driver that hangs, and a non-zero exit without its one-line
+reason each count as a difference. Prints each fault, its recovery and
 the differences; writes JSON. Exit 0 when there are none, 1 otherwise.
 """
 
@@ -300,6 +301,9 @@ def run_until_done(path: Path, folder: Path, cwd: Path, cluster: LoopbackCluster
         Path(event["log"]).write_text(text)
         event.update(exit=code, traceback="Traceback" in text, hung=code == -999,
                      last_error=next((line.strip() for line in reversed(driver.err) if "dmltune" in line), ""))
+        # every failure says why in one line: `dmltune: …` (a stop) or the list of trials in error
+        said = any(line.startswith("dmltune: ") or "trial(s) ended in error" in line for line in driver.err)
+        event["unexplained"] = code not in (0, -signal.SIGKILL, -999) and not said
         log.append(event)
         print(f"  {event['command']}: exit {code}" + (f"  ({event['last_error']})" if event["last_error"] else "")
               + ("  TRACEBACK" if event["traceback"] else ""), flush=True)
@@ -346,6 +350,7 @@ def chaos(faults: int, seed: int, work: Path, kinds: tuple[str, ...] = KINDS, pe
                 diffs.append(f"{name}: no trials.parquet")
             diffs += [f"{e['command']}: a traceback on the console" for e in log if e["traceback"]]
             diffs += [f"{e['command']}: did not end within {DRIVER_TIMEOUT_S} s (killed)" for e in log if e["hung"]]
+            diffs += [f"{e['command']}: exit {e['exit']} without a one-line reason" for e in log if e["unexplained"]]
             stray = sorted(outside_files(cwd) - before)
             diffs += [f"written outside the study folder: {p}" for p in stray]
             injected = [f for e in log for f in e.get("faults", [])]
