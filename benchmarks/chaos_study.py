@@ -137,6 +137,19 @@ class Driver:
         return "".join(self.out) + "".join(self.err)
 
 
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to the last byte with one file; returns it (the full-disk tests use it too)."""
+    filler = Path(disk) / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
 class FullDisk:
     """A small tmpfs for the chaos run's study folders, and a filler that takes all its space."""
 
@@ -149,15 +162,7 @@ class FullDisk:
         self.why_not = "" if self.mounted else (done.stderr.strip() or "mount failed")
 
     def fill(self) -> Path:
-        filler = self.where / "filler"
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * (1 << 20))
-                    f.flush()
-            except OSError:
-                pass
-        return filler
+        return fill(self.where)
 
     def close(self) -> None:
         if self.mounted:

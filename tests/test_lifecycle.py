@@ -10,11 +10,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+
+from chaos_study import fill  # benchmarks/ is on the path (tests/conftest.py)
 
 STUDY = {
     "name": "life",
@@ -282,19 +283,6 @@ def small_disk(tmp_path):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     yield disk
     subprocess.run(["umount", "-l", str(disk)], capture_output=True)
-
-
-def fill(disk) -> Path:
-    """Fill ``disk`` to the last byte with one file; returns it."""
-    filler = disk / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * (1 << 20))
-                f.flush()
-        except OSError:
-            pass
-    return filler
 
 
 @pytest.mark.slow

@@ -162,8 +162,8 @@ def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experimen
             df["status"] = "error"
         elif trial.status in UNFINISHED and not finished_before_interrupt(df, trial.config):
             df["status"] = "incomplete"
-        elif trial.status == "TERMINATED" and not early_stopping and cut_short(df, trial.config):
-            df["error"], df["status"] = cut_short(df, trial.config), "error"
+        elif trial.status == "TERMINATED" and not early_stopping and (short := cut_short(df, trial.config)):
+            df["error"], df["status"] = short, "error"
         out.append(df)
     return out
 
