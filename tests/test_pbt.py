@@ -242,6 +242,28 @@ def test_an_exploited_member_that_was_pausing_trains_on(monkeypatch):
     assert controller._cached_trial_decisions["b"] == TrialScheduler.PAUSE  # other decisions stand
 
 
+def test_no_perturbation_at_a_members_last_epoch(monkeypatch):
+    """A perturbation at the last epoch would pause and restart every member only to stop it: dmltune's
+    scheduler lets a member that reports its last epoch finish; earlier epochs go to Tune's PBT."""
+    import types
+
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+    from dmltune.study.pbt import population_scheduler
+
+    seen = []
+    monkeypatch.setattr(PopulationBasedTraining, "on_trial_result",
+                        lambda self, controller, trial, result: seen.append(result["epoch"]) or TrialScheduler.PAUSE)
+    scheduler = population_scheduler(time_attr="epoch", perturbation_interval=2,
+                                     hyperparam_mutations={"miner": {"gamma_pos": [0.1, 0.2]}}, synch=True)
+    member = types.SimpleNamespace(trial_id="a", config={"train": {"epochs": 4}})
+    assert scheduler.on_trial_result(None, member, {"epoch": 2}) == TrialScheduler.PAUSE
+    assert scheduler.on_trial_result(None, member, {"epoch": 4}) == TrialScheduler.CONTINUE
+    assert seen == [2]
+    odd = types.SimpleNamespace(trial_id="b", config={"train": {}})  # no epochs known: Tune decides
+    assert scheduler.on_trial_result(None, odd, {"epoch": 4}) == TrialScheduler.PAUSE
+
+
 @pytest.mark.parametrize("population", [True, False])
 def test_a_member_restored_from_its_own_checkpoint_does_not_replay_its_epochs(tmp_path, monkeypatch, population):
     """PBT reads a report's epoch as progress: a member that replayed its epochs after a pause at a

@@ -109,9 +109,19 @@ def test_an_arms_concurrency_holds_for_its_experiments_together_and_a_population
     assert sum(shares) - shares[2] == 16 - 8
 
 
-def test_a_population_waits_for_its_slots_at_once():
-    rec, _ = run_queue([job("a", 6), job("pop", 2, together=4)], slots=4)
-    assert rec.most_at_once == 1 and rec.started == ["a", "pop"]
+def test_a_population_starts_after_the_reference_and_waits_for_its_slots_at_once():
+    """A population goes before the grids submitted ahead of it (its slots are free early on), but it
+    needs them all at once: it waits while the reference holds two of the four, and the grid behind it
+    waits too (otherwise the grid's trials would take the slots as the reference's free up)."""
+    rec, _ = run_queue([job("ref", 2, first=True), job("a", 6), job("pop", 2, together=4)], slots=4)
+    assert rec.started == ["ref", "pop", "a"] and rec.most_at_once == 1
+
+
+def test_a_population_whose_members_have_ended_holds_no_slot():
+    q = StudyQueue(lambda j: None, 8)
+    q.active = [job("pop", 4, done=4, together=4), job("a", 2)]
+    assert q._committed() == 1 and q._admissible(job("pop2", 4, together=4))
+    assert shares_of([job("pop", 4, done=4, together=4), job("a", 20)], 8)[1] == 8
 
 
 def test_an_arm_with_a_cap_starts_no_more_experiments_than_its_cap():
@@ -238,3 +248,25 @@ def test_a_sequential_arm_gets_its_next_look_while_another_arm_still_runs_the_fi
     later.job_done(None)
     # a's look 3 brings the reference's look-3 seeds; b's look 2 none: the reference's look 2 is recorded
     assert [(e["stage"], sorted(e["arms"])) for e in recorded] == [(2, ["a", "ref"]), (3, ["a", "ref"]), (2, ["b"])]
+
+
+def test_the_live_table_takes_at_most_a_twentieth_of_the_time(monkeypatch):
+    """A refresh that took t seconds waits 20 t before the next (and never less than ``every_s``), so
+    that a large study's live table does not take the CPU its trials need."""
+    from dmltune.study import runner
+
+    calls = []
+
+    def slow_consolidate(study, interrupted=False):
+        calls.append(interrupted)
+        time.sleep(0.05)
+
+    monkeypatch.setattr(runner, "consolidate", slow_consolidate)
+    live = runner.LiveTable(SimpleNamespace(), every_s=0.0)
+    live.trials(1)
+    assert calls == [True] and live.wait_s >= 20 * 0.05
+    live.trials(2)  # within 20 × 0.05 s of the last: skipped
+    assert calls == [True]
+    live.last -= live.wait_s
+    live.trials(3)
+    assert calls == [True, True]

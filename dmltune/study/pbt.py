@@ -174,10 +174,21 @@ def population_scheduler(**settings):
     save is then dropped with the actor). Nothing clears that STOP when the member restarts from its
     donor's checkpoint, so it is applied at the member's next checkpoint: the member ends TERMINATED
     after one more epoch, as if it had finished (about 1 run in 3 of the chaos run's population;
-    ``tests/test_pbt.py`` holds the sequence). Here the stale STOP is dropped once the exploit is set up."""
+    ``tests/test_pbt.py`` holds the sequence). Here the stale STOP is dropped once the exploit is set up.
+
+    And one saving: no perturbation at a member's last epoch. Tune would pause every member there
+    (synchronous PBT) and restart each, one after another, from its own or a donor's checkpoint, only
+    for it to stop at once without training: with ``epochs`` a multiple of ``perturbation_interval``
+    (40 and 5 in studies/fixed_vs_dynamic.yaml) that is one whole pause and restart of the population
+    for nothing. Its results, ledger and cost are those of the members' own last epochs either way."""
     from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
     class _PopulationBasedTraining(PopulationBasedTraining):
+        def on_trial_result(self, tune_controller, trial, result):
+            if _at_last_epoch(trial.config, result.get(self._time_attr)):
+                return TrialScheduler.CONTINUE  # the member ends here: nothing left to train
+            return super().on_trial_result(tune_controller, trial, result)
+
         def _exploit(self, tune_controller, trial, trial_to_clone):
             super()._exploit(tune_controller, trial, trial_to_clone)
             cached = getattr(tune_controller, "_cached_trial_decisions", None)
@@ -185,3 +196,13 @@ def population_scheduler(**settings):
                 del cached[trial.trial_id]  # the restarted member must train on
 
     return _PopulationBasedTraining(**settings)
+
+
+def _at_last_epoch(config: dict, epoch) -> bool:
+    """Whether a member that reported ``epoch`` has trained its ``train.epochs``."""
+    train = config.get("train") if isinstance(config, dict) else None
+    epochs = train.get("epochs") if isinstance(train, dict) else None
+    try:
+        return epoch is not None and epochs is not None and float(epoch) >= float(epochs)
+    except (TypeError, ValueError):
+        return False

@@ -8,10 +8,13 @@ experiment while the others fit theirs, and lets Ray place their trials on whate
 (Ray's documented way to share a cluster between Tune runs, ray-project/ray#32560; one Tuner cannot
 hold ASHA, PBT and Optuna arms at once, since its scheduler and searcher are global to the run).
 
-Admission: experiments start in the queue's order (the reference arm first, so that an interrupted
-study can already be compared), and a further one starts while the trials still to run in the
-started ones cannot fill every slot (plus a margin, so that no slot waits for a new experiment's
-set-up). ``one_at_a_time`` is the old order: an experiment starts when the previous one ended.
+Admission: experiments start in the queue's order: the reference arm's first (an interrupted study
+can then already be compared), then PBT populations, then the rest in the order submitted. A
+population needs all its members' slots at once and its members wait for each other (synchronous
+PBT), so it starts best while slots are free, before the grids and searches fill them; started
+later, its first members would train and then wait, paused, while the others' slots drain. A
+further experiment starts while the started ones do not hold every slot (see ``_committed``).
+``one_at_a_time`` is the old order: an experiment starts when the previous one ended.
 
 Stopping: Ctrl-C reaches the driver's main thread; the queue then sets its stop flag, which each
 running experiment's callback turns into :class:`QueueStopped` at its next step (what a Ctrl-C did
@@ -131,13 +134,31 @@ class StudyQueue:
         return self._committed() < self.slots
 
     def _committed(self) -> int:
-        """Slots the started experiments hold at least: a population's members, one for any other."""
-        return sum(j.together or (1 if j.remaining else 0) for j in self.active)
+        """Slots the started experiments hold at least: a population's members, the reference's trials
+        (it takes the slots it needs first), one for any other; nothing once its trials have ended
+        (an experiment still saving its record, or stopping its workers, leaves its slots free)."""
+        return sum(self._holds(j) for j in self.active)
+
+    def _holds(self, job: Job) -> int:
+        if not job.remaining:
+            return 0
+        if job.together:
+            return job.together
+        if job.first:
+            return max(min(job.remaining, job.cap or job.remaining, self.slots), 1)
+        return 1
+
+    def _ordered(self) -> list[Job]:
+        """The pending jobs in the order they may start (see the module's text); the submitted order
+        when one at a time."""
+        if self.one_at_a_time:
+            return list(self.pending)
+        return sorted(self.pending, key=lambda j: (not j.first, not j.together))  # stable: else as submitted
 
     def _next(self) -> Job | None:
         """The first pending job that may start now, in queue order: a job held back by its arm's cap
         or its resource shape is passed over; one that waits for slots keeps every later one waiting."""
-        for job in self.pending:
+        for job in self._ordered():
             if not self.active:
                 return job
             if self._held_back(job):
@@ -171,7 +192,7 @@ class StudyQueue:
         arm_total: dict[str, int] = {}
         for j in flexible:
             arm_total[j.arm.name] = arm_total.get(j.arm.name, 0) + 1
-        left = self.slots - sum(j.together for j in self.active) - len(flexible)
+        left = self.slots - sum(j.together for j in self.active if j.remaining) - len(flexible)
         for j in flexible:  # the reference arm first: an interrupted study can then be compared early
             if j.first and left > 0:
                 extra = min(left, j.remaining - 1, (j.cap - arm_total[j.arm.name]) if j.cap else left)

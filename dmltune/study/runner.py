@@ -379,12 +379,15 @@ def experiment_trials(study: Study, arm: Arm, experiment: Experiment) -> int:
 
 class LiveTable:
     """The results table brought up to date while the study runs, as trials finish (at most every
-    ``every_s``), so that ``dmltune report`` works before it ends: unfinished trials are marked so,
-    and the report says how many planned trials have a result. A read that meets a record Tune is
-    writing is skipped (the next refresh has it)."""
+    ``every_s``, and never more than 5 % of the time: a refresh that took t seconds waits 20 t before
+    the next, so that a large study's table does not take CPU from its trials), so that ``dmltune
+    report`` works before it ends: unfinished trials are marked so, and the report says how many
+    planned trials have a result. A read that meets a record Tune is writing is skipped (the next
+    refresh has it)."""
 
     def __init__(self, study: Study, every_s: float = 15.0):
         self.study, self.every_s, self.last, self.seen = study, every_s, 0.0, 0
+        self.wait_s = every_s
 
     def trials(self, finished: int) -> None:
         """``finished`` trials have ended so far: refresh when that grew."""
@@ -394,9 +397,9 @@ class LiveTable:
     def refresh(self, finished: int | None = None) -> None:
         import time
 
-        if time.monotonic() - self.last < self.every_s:
+        if time.monotonic() - self.last < self.wait_s:
             return
-        self.last = time.monotonic()
+        started = time.monotonic()
         self.seen = self.seen if finished is None else finished
         try:
             consolidate(self.study, interrupted=True)
@@ -404,6 +407,8 @@ class LiveTable:
             raise
         except Exception:  # a record mid-write: the next refresh, or the final table, has it
             pass
+        self.last = time.monotonic()
+        self.wait_s = max(self.every_s, 20 * (self.last - started))
 
 
 @dataclass
