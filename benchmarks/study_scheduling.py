@@ -1,6 +1,7 @@
 """How well `dmltune run` fills a cluster's slots: today's one queue against arm-by-arm order.
 
     python benchmarks/study_scheduling.py [--slots 16 32] [--epoch-s 2] [--epochs 4] [--no-pbt] [--rounds 1]
+                                          [--orders queue one-at-a-time]
     python benchmarks/study_scheduling.py --quickstart 2      # the real quickstart, paired rounds
 
 A study shaped like ``studies/fixed_vs_dynamic.yaml`` (its arms, grids, Optuna and PBT searches and
@@ -14,8 +15,9 @@ Each row is one fresh run in its own process, report included, in both orders:
   one-at-a-time ``--one-at-a-time``: one Tune experiment after another, arm by arm (the old order)
 
 ``--quickstart R`` instead runs the README's main job (``studies/quickstart.yaml``, the real trainable
-on this machine's CPUs) R times in each order, paired and alternating which goes first, and prints
-each round's wall times and their ratio.
+on this machine's CPUs) R times with this tree and R times with ``--before COMMIT``'s code (from a
+``git archive`` of it; without ``--before``: this tree with ``--one-at-a-time``), paired and
+alternating which goes first, and prints each round's wall times and their ratio.
 
 Columns: wall s (the ``dmltune run`` process, start to exit), the lower bound
 max(total trial time / slots, longest trial) with total trial time = trials × epochs × epoch_s,
@@ -140,27 +142,39 @@ def measure(path: Path, slots: int, one_at_a_time: bool, epoch_s: float) -> tupl
     return wall, trial_span(path)
 
 
-def quickstart(rounds: int, out: str) -> int:
-    rows = []
-    print(f"{'round':>5} {'queue s':>8} {'one-at-a-time s':>16} {'ratio':>6}")
-    for r in range(rounds):
-        walls = {}
-        for one_at_a_time in ((False, True) if r % 2 == 0 else (True, False)):
-            with tempfile.TemporaryDirectory(prefix="dmltune-qs-") as tmp:
-                command = [sys.executable, "-m", "dmltune", "run", str(ROOT / "studies" / "quickstart.yaml"),
-                           "--set", f"storage={tmp}/results"] + (["--one-at-a-time"] if one_at_a_time else [])
-                start = time.perf_counter()
-                done = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
-                walls[one_at_a_time] = time.perf_counter() - start
-                if done.returncode != 0:
-                    raise SystemExit(f"quickstart failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        rows.append({"round": r + 1, "queue_s": round(walls[False], 1), "one_at_a_time_s": round(walls[True], 1),
-                     "ratio": round(walls[False] / walls[True], 3)})
-        print(f"{r + 1:>5} {walls[False]:>8.1f} {walls[True]:>16.1f} {walls[False] / walls[True]:>6.3f}", flush=True)
-    total = sum(r["queue_s"] for r in rows) / sum(r["one_at_a_time_s"] for r in rows)
-    print(f"all rounds: queue / one-at-a-time = {total:.3f}")
+def quickstart(rounds: int, out: str, before: str | None = None) -> int:
+    """The README's main job, paired rounds: this tree against ``before`` (a commit, run from a
+    ``git archive`` of it: the code as it was) or, without it, against this tree's ``--one-at-a-time``."""
+    with tempfile.TemporaryDirectory(prefix="dmltune-before-") as old_tree:
+        if before:
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", before], capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", old_tree], input=archive.stdout, check=True)
+        versions = {"now": (ROOT, []), "before": (Path(old_tree), []) if before else (ROOT, ["--one-at-a-time"])}
+        label = f"before ({before})" if before else "one-at-a-time"
+        rows = []
+        print(f"{'round':>5} {'now s':>8} {label + ' s':>22} {'ratio':>6}")
+        for r in range(rounds):
+            walls = {}
+            for name in (("now", "before") if r % 2 == 0 else ("before", "now")):  # alternate who goes first
+                tree, extra = versions[name]
+                with tempfile.TemporaryDirectory(prefix="dmltune-qs-") as tmp:
+                    command = [sys.executable, "-m", "dmltune", "run", str(tree / "studies" / "quickstart.yaml"),
+                               "--set", f"storage={tmp}/results", *extra]
+                    start = time.perf_counter()
+                    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp,
+                                          env={**os.environ, "PYTHONPATH": str(tree)})
+                    walls[name] = time.perf_counter() - start
+                    if done.returncode != 0:
+                        raise SystemExit(f"quickstart ({name}) failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            rows.append({"round": r + 1, "now_s": round(walls["now"], 1), "before_s": round(walls["before"], 1),
+                         "ratio": round(walls["now"] / walls["before"], 3)})
+            print(f"{r + 1:>5} {walls['now']:>8.1f} {walls['before']:>22.1f} {walls['now'] / walls['before']:>6.3f}",
+                  flush=True)
+    total = sum(r["now_s"] for r in rows) / sum(r["before_s"] for r in rows)
+    print(f"all rounds: now / {label} = {total:.3f}")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps({"quickstart": rows, "ratio": round(total, 3), "cpus": os.cpu_count()}, indent=2))
+    Path(out).write_text(json.dumps({"quickstart": rows, "before": before or "--one-at-a-time", "ratio": round(total, 3),
+                                     "cpus": os.cpu_count()}, indent=2))
     print(f"wrote {out}")
     return 0
 
@@ -172,8 +186,12 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--no-pbt", action="store_true", help="leave the PBT arm out (the issue's first measurement)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--orders", nargs="+", choices=("queue", "one-at-a-time"), default=["queue", "one-at-a-time"],
+                        help="which orders to run (default: both, paired)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "study_scheduling.json"))
     parser.add_argument("--quickstart", type=int, metavar="ROUNDS", help="time the real quickstart instead")
+    parser.add_argument("--before", metavar="COMMIT",
+                        help="with --quickstart: compare with this commit's code (default: --one-at-a-time)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--one-at-a-time", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -182,14 +200,14 @@ def main() -> int:
         return child(args)
     if args.quickstart:
         out = args.out if args.out != parser.get_default("out") else str(Path(args.out).with_name("quickstart_rounds.json"))
-        return quickstart(args.quickstart, out)
+        return quickstart(args.quickstart, out, args.before)
 
     rows = []
     print(f"{'slots':>5} {'order':<14} {'trials':>6} {'wall s':>8} {'bound s':>8} {'ratio':>6} {'span s':>7} "
           f"{'span ratio':>10}")
     for slots in args.slots:
         for _ in range(args.rounds):
-            for one_at_a_time in (False, True):  # paired: both orders in each round
+            for one_at_a_time in [o == "one-at-a-time" for o in args.orders]:  # paired: both orders in each round
                 with tempfile.TemporaryDirectory(prefix="dmltune-sched-") as tmp:
                     path = study_file(Path(tmp), args.epochs, not args.no_pbt)
                     trials = trials_of(path)

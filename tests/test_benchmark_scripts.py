@@ -237,3 +237,20 @@ def test_startup_benchmark_runs_and_judges_its_targets(tmp_path):
     data = json.loads(out.read_text())
     assert [r["what"] for r in data["rows"]][:2] == ["dmltune list", "dmltune validate studies/quickstart.yaml"]
     assert all(r["median_s"] > 0 for r in data["rows"]) and len(data["targets"]) == 2
+
+
+def test_scheduling_benchmark_study_has_the_shape_of_fixed_vs_dynamic(tmp_path):
+    """benchmarks/study_scheduling.py measures fixed_vs_dynamic.yaml's arms, grids, searches and seeds
+    (147 trials with the PBT arm, 123 without, as issue #24's first measurement); only the data, the
+    epochs and the design are made small and offline."""
+    import yaml
+
+    module = load_script("study_scheduling.py")
+    source = yaml.safe_load((ROOT / "studies" / "fixed_vs_dynamic.yaml").read_text())
+    with_pbt = module.study_file(tmp_path, epochs=4, pbt=True)
+    study = yaml.safe_load(with_pbt.read_text())
+    assert [a["name"] for a in study["arms"]] == [a["name"] for a in source["arms"]]
+    assert study["seeds"] == source["seeds"] and study["design"] == "fixed" and study["train"]["epochs"] == 4
+    assert module.trials_of(with_pbt) == 147
+    (tmp_path / "no_pbt").mkdir()
+    assert module.trials_of(module.study_file(tmp_path / "no_pbt", epochs=4, pbt=False)) == 123
