@@ -270,3 +270,25 @@ def test_the_live_table_takes_at_most_a_twentieth_of_the_time(monkeypatch):
     live.last -= live.wait_s
     live.trials(3)
     assert calls == [True, True]
+
+
+def test_a_later_looks_configurations_that_make_a_whole_grid_run_as_one_experiment(tmp_path):
+    """Every cell of a grid still undecided at a look: one experiment (one set of workers) over those
+    values and the look's seeds; any other set of cells: one experiment per cell, as before; a stage
+    already started with one folder per cell keeps that layout."""
+    from dmltune.study.experiments import _stage_experiments
+
+    study = SimpleNamespace(directory=tmp_path)
+    arm = SimpleNamespace(name="grid", search={"mode": "grid"})
+    whole = [{"miner.gamma_pos": p, "miner.gamma_neg": n} for p in (0.05, 0.2) for n in (0.0, 0.05)]
+    entry = {"stage": 2, "arms": {"grid": {"cells": whole, "seeds": [3, 4]}}}
+    (one,) = _stage_experiments(study, arm, entry, list)
+    assert one.folder == tmp_path / "grid+s2" and one.fixed and one.stage == 2
+    assert one.values == {"miner.gamma_pos": [0.05, 0.2], "miner.gamma_neg": [0.0, 0.05], "seed": [3, 4]}
+    part = {"stage": 3, "arms": {"grid": {"cells": whole[:3], "seeds": [5, 6, 7]}}}
+    per_cell = list(_stage_experiments(study, arm, part, list))
+    assert [e.folder.name for e in per_cell] == ["grid+s3c0", "grid+s3c1", "grid+s3c2"]
+    assert per_cell[2].values == {"miner.gamma_pos": [0.2], "miner.gamma_neg": [0.0], "seed": [5, 6, 7]}
+    assert [e.folder.name for e in _stage_experiments(study, arm, {**entry, "stage": 4}, list)] == ["grid+s4"]
+    (tmp_path / "grid+s4c0").mkdir()  # started by a version that ran one folder per cell
+    assert len(list(_stage_experiments(study, arm, {**entry, "stage": 4}, list))) == 4

@@ -77,14 +77,22 @@ def stage_entries(study) -> list[dict]:
 
 
 def _stage_experiments(study, arm, entry: dict, grid) -> Iterator[Experiment]:
-    """The experiments of ``arm`` in one recorded stage: each fixed configuration (``cells``) as its own
-    one-cell grid over the stage's seeds, or the arm's own procedure on them."""
+    """The experiments of ``arm`` in one recorded stage: its fixed configurations (``cells``) over the
+    stage's seeds, or the arm's own procedure on them. Configurations that make up a whole grid (every
+    combination of their values: e.g. every cell of the arm's grid still undecided at a look) are one
+    experiment ``ARM+sK``, so that one set of workers runs them; any other set is one experiment per
+    configuration, ``ARM+sKc0``, ``ARM+sKc1``, ... (also where a folder of that layout exists: a
+    stage started before configurations were grouped keeps its layout)."""
     what = (entry.get("arms") or {}).get(arm.name)
     if not what:
         return
     stage, seeds = int(entry["stage"]), list(what["seeds"])
     cells = what.get("cells")
-    if cells:
+    product = _as_grid(cells) if cells else None
+    if product is not None and not (study.directory / f"{arm.name}+s{stage}c0").exists():
+        yield Experiment(study.directory / f"{arm.name}+s{stage}", grid(seeds), seeds[0], {**product, "seed": seeds},
+                         stage, fixed=True)
+    elif cells:
         for i, cell in enumerate(cells):
             name = f"{arm.name}+s{stage}" + (f"c{i}" if len(cells) > 1 else "")
             values = {**{k: [v] for k, v in cell.items()}, "seed": seeds}
@@ -95,6 +103,21 @@ def _stage_experiments(study, arm, entry: dict, grid) -> Iterator[Experiment]:
     else:
         values = {**full_grid(study, arm), "seed": seeds}
         yield Experiment(study.directory / f"{arm.name}+s{stage}", grid(seeds), seeds[0], values, stage)
+
+
+def _as_grid(cells: list[dict]) -> dict | None:
+    """``cells`` as one grid (key → its values, in the order first met) when they are exactly every
+    combination of those values, each once; else None."""
+    keys = list(cells[0])
+    if any(list(c) != keys for c in cells):
+        return None
+    values = {k: list({value_key(c[k]): c[k] for c in cells}.values()) for k in keys}
+    size = 1
+    for v in values.values():
+        size *= len(v)
+    if size != len(cells) or grid_cells(values) != {tuple(value_key(c[k]) for k in sorted(keys)) for c in cells}:
+        return None
+    return values
 
 
 def experiment_folders(study, arm) -> list[Path]:

@@ -25,6 +25,7 @@ deleted folder) stops the others the same way, and its error is raised.
 from __future__ import annotations
 
 import itertools
+import os
 import queue as _queue
 import threading
 from dataclasses import dataclass, field
@@ -38,7 +39,6 @@ trainable in a process-wide registry that is not safe for two threads at once (R
 
 
 def _debug(text: str) -> None:
-    import os
     import sys
     import time
 
@@ -208,6 +208,9 @@ class StudyQueue:
             shares[best.key] += 1
             arm_total[best.arm.name] += 1
             left -= 1
+        if any(j.share != shares[j.key] for j in flexible) and os.environ.get("DMLTUNE_QUEUE_DEBUG"):
+            _debug("shares " + ", ".join(f"{j.experiment.folder.name} {shares[j.key]} ({j.remaining} left)"
+                                         for j in flexible))
         for j in flexible:
             j.share = shares[j.key]
             if j.limiter is not None and not self.one_at_a_time:
@@ -308,5 +311,14 @@ class StudyQueue:
                     owner.finished_trial(job_key)
 
             on_trial_error = on_trial_complete
+
+            def on_trial_start(self, iteration, trials, trial, **info):
+                import os
+
+                from dmltune.study import queue
+
+                if os.environ.get("DMLTUNE_QUEUE_DEBUG"):
+                    queue._debug(f"trial {trial.trial_id} started ({sum(t.status == 'PENDING' for t in trials)} "
+                                 "pending)")
 
         return _QueueLink()
