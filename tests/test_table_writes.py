@@ -120,6 +120,16 @@ def test_an_ordinary_error_keeps_its_own_last_line(tmp_path):
         "ValueError: the loss is NaN at epoch 3"
 
 
+def test_the_error_is_read_from_the_trials_folder_when_the_staged_copy_is_not_there(tmp_path):
+    """Tune writes error.txt in its driver's staging folder and copies it to the trial's folder; a
+    record read back may name a staging folder that is gone: the stored copy gives the reason."""
+    (tmp_path / "error.txt").write_text("Failure # 1\nValueError: the checkpoint cannot be read\n")
+    trial = SimpleNamespace(error_file=str(tmp_path / "gone" / "error.txt"), path=str(tmp_path), status="ERROR")
+    assert consolidate._error_summary(trial) == "ValueError: the checkpoint cannot be read"
+    bare = SimpleNamespace(error_file=None, path=str(tmp_path / "none"), status="ERROR")
+    assert consolidate._error_summary(bare) == "error"
+
+
 def test_a_trial_tune_ended_before_its_last_epoch_without_an_error_is_not_a_result():
     config = {"train": {"epochs": 6}}
     short = pd.DataFrame({"epoch": [1, 2, 3], "status": ["ok"] * 3})

@@ -68,10 +68,22 @@ def _worker_lost(trial, detail: str) -> str:
             f"(study 'retries') ({detail})")
 
 
+def _error_file(trial) -> Path | None:
+    """The trial's ``error.txt``: where Tune's driver wrote it (``error_file``, a staging folder of the
+    Ray session), else its copy in the trial's folder in storage (``path``): the staging path read
+    back from a record need not be the one the error was written to."""
+    staged = getattr(trial, "error_file", None)
+    stored = getattr(trial, "path", None)
+    for path in (staged, Path(stored) / "error.txt" if stored else None):
+        if path and Path(path).is_file():
+            return Path(path)
+    return None
+
+
 def _error_summary(trial) -> str:
-    path = getattr(trial, "error_file", None) or ""
-    if path and Path(path).is_file():
-        lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    path = _error_file(trial)
+    if path is not None:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
         lost = [line for line in lines if any(mark in line for mark in WORKER_LOST)]
         if lost:  # the reason may sit above the file's last line (the actor's pid, ip, ...)
             return _worker_lost(trial, lost[-1][:500])
