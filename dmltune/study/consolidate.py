@@ -72,9 +72,11 @@ def _error_file(trial) -> Path | None:
     """The trial's ``error.txt``: where Tune's driver wrote it (``error_file``, a staging folder of the
     Ray session), else its copy in the trial's folder in storage (``path``): the staging path read
     back from a record need not be the one the error was written to."""
+    from ray.air.constants import EXPR_ERROR_FILE
+
     staged = getattr(trial, "error_file", None)
     stored = getattr(trial, "path", None)
-    for path in (staged, Path(stored) / "error.txt" if stored else None):
+    for path in (staged, Path(stored) / EXPR_ERROR_FILE if stored else None):
         if path and Path(path).is_file():
             return Path(path)
     return None

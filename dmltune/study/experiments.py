@@ -112,12 +112,8 @@ def _as_grid(cells: list[dict]) -> dict | None:
     if any(list(c) != keys for c in cells):
         return None
     values = {k: list({value_key(c[k]): c[k] for c in cells}.values()) for k in keys}
-    size = 1
-    for v in values.values():
-        size *= len(v)
-    if size != len(cells) or grid_cells(values) != {tuple(value_key(c[k]) for k in sorted(keys)) for c in cells}:
-        return None
-    return values
+    given = {tuple(value_key(c[k]) for k in sorted(keys)) for c in cells}
+    return values if len(given) == len(cells) and grid_cells(values) == given else None
 
 
 def experiment_folders(study, arm) -> list[Path]:

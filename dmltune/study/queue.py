@@ -38,11 +38,15 @@ _STARTING = threading.Lock()
 trainable in a process-wide registry that is not safe for two threads at once (Ray 2.60)."""
 
 
+def _debugging() -> bool:
+    return bool(os.environ.get("DMLTUNE_QUEUE_DEBUG"))
+
+
 def _debug(text: str) -> None:
     import sys
     import time
 
-    if os.environ.get("DMLTUNE_QUEUE_DEBUG"):
+    if _debugging():
         print(f"queue {time.monotonic():.1f} {text}", file=sys.stderr, flush=True)
 
 
@@ -145,7 +149,7 @@ class StudyQueue:
         if job.together:
             return job.together
         if job.first:
-            return max(min(job.remaining, job.cap or job.remaining, self.slots), 1)
+            return min(job.remaining, job.cap or job.remaining, self.slots)
         return 1
 
     def _ordered(self) -> list[Job]:
@@ -192,7 +196,7 @@ class StudyQueue:
         arm_total: dict[str, int] = {}
         for j in flexible:
             arm_total[j.arm.name] = arm_total.get(j.arm.name, 0) + 1
-        left = self.slots - sum(j.together for j in self.active if j.remaining) - len(flexible)
+        left = self.slots - sum(self._holds(j) for j in self.active if j.together) - len(flexible)
         for j in flexible:  # the reference arm first: an interrupted study can then be compared early
             if j.first and left > 0:
                 extra = min(left, j.remaining - 1, (j.cap - arm_total[j.arm.name]) if j.cap else left)
@@ -208,7 +212,7 @@ class StudyQueue:
             shares[best.key] += 1
             arm_total[best.arm.name] += 1
             left -= 1
-        if any(j.share != shares[j.key] for j in flexible) and os.environ.get("DMLTUNE_QUEUE_DEBUG"):
+        if _debugging() and any(j.share != shares[j.key] for j in flexible):
             _debug("shares " + ", ".join(f"{j.experiment.folder.name} {shares[j.key]} ({j.remaining} left)"
                                          for j in flexible))
         for j in flexible:
@@ -313,11 +317,9 @@ class StudyQueue:
             on_trial_error = on_trial_complete
 
             def on_trial_start(self, iteration, trials, trial, **info):
-                import os
-
                 from dmltune.study import queue
 
-                if os.environ.get("DMLTUNE_QUEUE_DEBUG"):
+                if queue._debugging():
                     queue._debug(f"trial {trial.trial_id} started ({sum(t.status == 'PENDING' for t in trials)} "
                                  "pending)")
 
