@@ -210,3 +210,85 @@ def test_report_writes_markdown_tables_and_every_figure(tmp_path):
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "run or resume the study first" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- report.md's wording (issue #25)
+
+
+def _report_text(tmp_path, table=None, design=None) -> str:
+    import yaml
+
+    from dmltune.analysis.report import write_report
+
+    folder = write_study_dir(tmp_path / "s", table, analysis={"reference": "ddtas", "delta": 0.01})
+    if design:
+        source = yaml.safe_load((folder / "study.yaml").read_text())
+        (folder / "study.yaml").write_text(yaml.safe_dump({**source, "design": design}))
+    path, _ = write_report(folder, figures=False)
+    return path.read_text()
+
+
+def _section(text: str, title: str) -> str:
+    start = text.index(f"\n## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else len(text)]
+
+
+def _tables(text: str) -> list[list[dict]]:
+    """report.md's tables as rows of {header: cell}."""
+    tables, lines = [], text.splitlines() + [""]
+    block = []
+    for line in lines:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip()[1:-1].split(" | ")])
+        elif block:
+            tables.append([dict(zip(block[0], row)) for row in block[2:]])
+            block = []
+    return tables
+
+
+def test_report_says_which_interval_is_which(tmp_path):
+    text = _report_text(tmp_path)
+    verdicts = _section(text, "Verdicts")
+    assert "gap to the reference [one-sided bounds]" in _tables(verdicts)[0][0]
+    assert "one-sided confidence bounds" in verdicts and "not a two-sided interval" in verdicts
+    assert "pays for picking the best" in verdicts          # the lower bound is simultaneous over configurations
+    assert "Reverse gap* (± h, below): a two-sided 95% interval" in verdicts
+    assert "*(mean ± CI)*: a two-sided 95% interval for one arm's own mean" in verdicts
+    assert "Both are two-sided 95% intervals" in _section(text, "Reverse gap")
+
+
+def test_cost_headers_name_the_unit_of_their_values(tmp_path):
+    cpu = example_table().assign(gpu_s=0.0)
+    cpu["wall_s"] = cpu.wall_s / 1800                        # each trial's final wall_s: 2 s
+    text = _report_text(tmp_path, cpu)
+    assert "wall-hours" not in text and "GPU-hours" not in text
+    assert "GPU time" not in text and "no trial used a GPU" in text   # a CPU study has no "GPU time 0 s"
+    tables = _tables(text)
+    timed = [h for t in tables for h in t[0] if "time" in h]
+    assert timed and all("(s)" in h for h in timed), timed
+    arms = next(t for t in tables if "wall time (s)" in t[0])
+    assert {r["arm"].strip("*"): float(r["wall time (s)"]) for r in arms} == {"asms_grid": 36, "ms_simp": 6, "ddtas": 6}
+    cost = next(t for t in tables if "budget: wall time (s)" in t[0])
+    assert float(next(r for r in cost if r["arm"] == "ms_simp")["budget: wall time (s)"]) == 6
+    best = next(t for t in tables if "expected wall time (s)" in t[0])
+    assert [float(r["expected wall time (s)"]) for r in best if r["arm"] == "ms_simp"] == [2, 4, 6]
+    gpu = _tables(_report_text(tmp_path / "gpu"))             # 3600 GPU-seconds per trial: hours
+    arms = next(t for t in gpu if "GPU time (h)" in t[0])
+    assert float(next(r for r in arms if r["arm"] == "asms_grid")["GPU time (h)"]) == 18
+
+
+def test_report_says_why_validation_and_test_values_differ(tmp_path):
+    arms = _section(_report_text(tmp_path), "Arms")
+    assert "Validation and test values are not comparable with each other" in arms
+    assert "other classes and set sizes" in arms
+
+
+@pytest.mark.parametrize("design", [None, {"sequential": {"looks": [3, 5, 8]}}])
+def test_an_inconclusive_arm_says_its_reason_and_its_advice_once(tmp_path, design):
+    verdicts = _section(_report_text(tmp_path, design=design), "Verdicts")
+    row = next(line for line in verdicts.splitlines() if line.startswith("| asms_grid | inconclusive"))
+    cells = _tables(verdicts)[0][0]
+    assert row.count("cheapest to decide") == 1 and "cheapest to decide" in cells["what would decide"]
+    reason = "undecided after look 1 of 3" if design else "within the seed noise"
+    assert row.count(reason) == 1 and reason in cells["why"]

@@ -22,6 +22,35 @@ def cost(hours) -> str:
     return f"{hours * 3600:.3g} s"
 
 
+TIME_UNITS = (("h", 1.0), ("min", 1 / 60), ("s", 1 / 3600))   # (symbol, hours in one unit)
+
+
+def time_unit(hours) -> tuple[str, float]:
+    """One unit for a whole table's times (given in hours): the largest of h, min and s in which
+    the largest finite value is at least 1 (s when none is). Returns (symbol, hours per unit)."""
+    finite = [abs(float(h)) for h in hours if h is not None and math.isfinite(float(h)) and float(h) != 0]
+    top = max(finite, default=0.0)
+    for symbol, size in TIME_UNITS:
+        if top >= size:
+            return symbol, size
+    return TIME_UNITS[-1]
+
+
+def in_unit(hours, unit: tuple[str, float]) -> str:
+    """Hours as a plain number in ``unit`` (from :func:`time_unit`), three significant digits; the
+    unit goes in the column's header."""
+    if hours is None or (isinstance(hours, float) and math.isnan(hours)):
+        return "–"
+    if math.isinf(float(hours)):
+        return "∞"
+    return f"{float(hours) / unit[1]:.3g}"
+
+
+def time_name(cost_unit: str) -> str:
+    """What a study's costs measure, for a header: "GPU time", or "wall time" when no trial used a GPU."""
+    return "GPU time" if cost_unit == "GPU-hours" else "wall time"
+
+
 def number(value, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "∞" if isinstance(value, float) and math.isinf(value) and value > 0 else "–"
@@ -57,7 +86,8 @@ FEW_SEEDS_FOOTNOTE = (f"† Interval from fewer than {FEW_SEEDS} seeds (n < {FEW
                       "few degrees of freedom is very wide, and the seed variance itself is barely estimated. "
                       "Run more seeds.")
 
-__all__ = ["FEW_SEEDS_FOOTNOTE", "bracket", "cost", "count", "few_seeds_mark", "number"]
+__all__ = ["FEW_SEEDS_FOOTNOTE", "bracket", "cost", "count", "few_seeds_mark", "in_unit", "number", "time_name",
+           "time_unit"]
 
 
 # ---------------------------------------------------------------- report.md
