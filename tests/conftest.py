@@ -44,6 +44,28 @@ def shared_ray():
         cluster.close()
 
 
+def pytest_configure(config):
+    """In CI (``CI`` set, as root, with apt-get), install Debian's Chromium for report.html's browser
+    check before any test process collects (tests/test_report_html.py skips it, naming this install,
+    where no Chromium is found). Elsewhere nothing is installed: a test run does not change the machine."""
+    import shutil
+    import subprocess
+
+    if hasattr(config, "workerinput") or not os.environ.get("CI") or os.environ.get("DMLTUNE_NO_BROWSER_INSTALL"):
+        return
+    if shutil.which("chromium") or shutil.which("chromium-browser") or not shutil.which("apt-get"):
+        return
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            subprocess.run(command, env=env, timeout=600, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as error:
+        print(f"conftest: could not install chromium ({error}); the browser check will be skipped")
+
+
 def pytest_collection_modifyitems(config, items):
     """The slow tests first (in their usual order), then the rest. xdist's ``load`` schedule with
     ``--maxschedchunk 1`` (pyproject.toml) hands out tests one by one as processes free up, so the
