@@ -180,3 +180,20 @@ def test_html_renders_in_a_headless_browser(reported, tmp_path):
     pixels = imread(shot)
     assert pixels.shape[:2] == (1600, 1200)
     assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 10   # text, tables, a figure: not blank
+
+
+def test_every_figure_in_the_report_has_its_modules_caption(reported):
+    """report.md and report.html caption each figure with the caption its figure module writes (which names
+    the interval drawn), and none reads noise as signal."""
+    from dmltune.analysis import analyse, read_study_table
+    from dmltune.analysis.figures import caption
+
+    folder, md, page_text = reported
+    a = analyse(read_study_table(folder), {"reference": "ddtas"})
+    names = re.findall(r"!\[(\w+)\]\(", md)
+    assert "validation_curves" in names
+    for name in names:
+        text = caption(name, a)
+        assert text and text in md, name
+        assert html.escape(text, quote=False) in page_text or html.escape(text) in page_text, name
+    assert "sharp peak means" not in md

@@ -25,31 +25,6 @@ from .selection import configurations
 from .trials import read_study_table
 from ..atomic import write_atomic
 
-FIGURE_NOTES = {
-    "pbt_schedule": "Population Based Training arms: the value of each mutated threshold that every member of the "
-                    "population trained with, per epoch (steps where an exploit or explore changed it; thick: the "
-                    "members selected on validation), with the other arms' trajectories of the same threshold "
-                    "dashed where they report one.",
-    "best_so_far": "Expected seed-mean value of the configuration a search of n trials selects, estimated on "
-                   "held-out seeds (selected on one seed, measured on the others), with its bootstrap interval over "
-                   "seeds, against the expected cost of n trials. Single-configuration arms are points at the cost of "
-                   "one run with the interval over seeds; arms where the curve cannot be estimated (one search per "
-                   "seed, PBT, fewer than two seeds) are named in the legend without a curve. The dashed line is the "
-                   "reference mean − δ, for orientation only: whether an arm matches is its verdict.",
-    "heatmaps": "Validation mean over seeds (failures counted at the failure value) for every cell of each searched "
-                "grid; the red line on the colour bar is the reference arm's value. A sharp peak means the fixed "
-                "thresholds need careful tuning.",
-    "trajectories": "λ and the tolerances γ̂ per epoch for each arm's selected configuration (mean over seeds); "
-                    "flat lines are fixed values, moving ones are adapted during training. A meta-learned λ has "
-                    "hollow markers at epochs whose hypergradient signal-to-noise ratio (the epoch's mean "
-                    "hypergradient over its standard error, median |SNR| over seeds) is below 2: there the "
-                    "hypergradient's sign was not detectable, so λ's movement (if any) is not evidence.",
-    "mined_pairs": "Positive and negative pairs the miner keeps per batch, per epoch (as in DDTAS's Fig. 4).",
-    "test_metric": "Test metric at the configuration selected on validation, with its confidence interval over seeds "
-                   "(clipped to the metric's range).",
-    "similarity_histograms": "Cosine similarities of positive (green) and negative (red) validation pairs at the last "
-                             "evaluation of the selected trials; less overlap means easier retrieval.",
-}
 
 @dataclass
 class Rows:
@@ -421,8 +396,10 @@ def sections(a: Analysis, figures: dict[str, Path], folder: Path) -> list[Sectio
     if few:
         out.append(Section("few_seeds", "", 2, ["\n" + FEW_SEEDS_FOOTNOTE + "\n"]))
     if figures:
+        from .figures import caption as figure_caption  # imports matplotlib
+
         out.append(Section("figures", "Figures", 2, [
-            Figure(name, Path(path), Path(path).relative_to(folder).as_posix(), FIGURE_NOTES.get(name, ""))
+            Figure(name, Path(path), Path(path).relative_to(folder).as_posix(), figure_caption(name, a))
             for name, path in figures.items()]))
     out.append(Section("closing", "", 2, [
         "\nTables as CSV: `tables/`. How every number is computed: docs/analysis.md. Recompute with "
@@ -443,7 +420,7 @@ def write_report(study_dir: str | Path, overrides: dict | None = None, metric: s
     a = analyse(read_study_table(folder, metric), overrides)
     drawn = {}
     if figures:
-        from .plots import save_figures
+        from .figures import save_figures
 
         drawn = save_figures(a, folder / "figures")
     write_tables(a, folder / "tables")
