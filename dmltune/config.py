@@ -40,7 +40,8 @@ TRAIN_PARAMS = (
     Param("lr", float, 1e-5, low=0.0, high=10.0, help="learning rate of the embedding head"),
     Param("backbone_lr_mult", float, 1.0, low=0.0, high=100.0, help="backbone learning rate = lr × this"),
     Param("weight_decay", float, 0.0, low=0.0, high=1.0, help="weight decay"),
-    Param("lr_steps", list, [], help="epochs after which the learning rate is multiplied by lr_gamma"),
+    Param("lr_steps", list, [], low=1, item=int, increasing=True,
+          help="epochs after which the learning rate is multiplied by lr_gamma (each below train.epochs)"),
     Param("lr_gamma", float, 0.1, low=0.0, high=1.0, help="learning-rate decay factor"),
     Param("checkpoint_every", int, 1, low=0, help="checkpoint every N epochs (0 = only at the end)"),
     Param("device", str, "auto", choices=("auto", "cpu", "cuda"), help="where to train"),
@@ -261,6 +262,11 @@ def resolve_config(config: Mapping[str, Any], where: str = "config") -> dict:
             f"{where}: train.batch_size = {train['batch_size']} is not divisible by train.k = {train['k']}; "
             f"use a multiple of {train['k']}"
         )
+    late = [step for step in train["lr_steps"] if step >= train["epochs"]]
+    if late:
+        raise ConfigError(f"{where}: train.lr_steps {train['lr_steps']} has {late[0]}, not below train.epochs = "
+                          f"{train['epochs']}: the learning rate would never change there; drop it or use steps "
+                          f"below {train['epochs']}")
     meta = out["loss"].get("lam")
     if train["compile"] != "false" and isinstance(meta, dict) and meta["meta"]["scope"] == "full":
         raise ConfigError(f"{where}: train.compile = {train['compile']} cannot be combined with loss.lam.meta.scope "

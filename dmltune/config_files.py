@@ -192,7 +192,10 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def apply_overrides(config: dict, overrides: Iterable[str]) -> dict:
-    """A copy of ``config`` with each ``a.b.c=value`` applied; values are parsed as YAML scalars/lists."""
+    """A copy of ``config`` with each ``a.b.c=value`` applied; values are parsed as YAML scalars/lists.
+
+    A list of named mappings (a study's ``arms``) is entered by name: ``arms.NAME.train.lr=0.1``
+    changes that arm only; an unknown name is a ConfigError with "did you mean"."""
     out = copy.deepcopy(config)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -201,13 +204,34 @@ def apply_overrides(config: dict, overrides: Iterable[str]) -> dict:
             raise ConfigError(f"--set {item!r}: write it as key.path=value, e.g. --set train.epochs=5")
         parts = [part.strip() for part in parts]
         value: Any = load_yaml_text(raw, f"--set {item!r}")
-        node = out
-        for part in parts[:-1]:
-            child = node.get(part)
+        node, i = out, 0
+        while i < len(parts) - 1:
+            part, child = parts[i], node.get(parts[i])
             if child is None:
                 child = node[part] = {}
+            if _named_list(child) and i + 2 < len(parts):  # arms.NAME.key...: into the arm called NAME
+                i += 1
+                child = _named_item(child, parts[i], part, item)
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: '{part}' is a value, not a section")
-            node = child
+            node, i = child, i + 1
         node[parts[-1]] = value
     return out
+
+
+def _named_list(value: Any) -> bool:
+    """A non-empty list of mappings that each have a ``name`` (a study's arms)."""
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) and "name" in v for v in value)
+
+
+def _named_item(items: list, name: str, key: str, item: str) -> dict:
+    """The mapping of ``items`` (the list at ``key``) whose ``name`` is ``name``; else a one-line
+    error with the names to choose from."""
+    from .registry import _did_you_mean
+
+    for entry in items:
+        if str(entry["name"]) == name:
+            return entry
+    names = [str(entry["name"]) for entry in items]
+    raise ConfigError(f"--set {item!r}: {key} has no {'arm' if key == 'arms' else 'entry'} named {name!r}"
+                      f"{_did_you_mean(name, names)}; choose one of {', '.join(names)}")

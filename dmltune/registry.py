@@ -31,6 +31,26 @@ class ConfigError(ValueError):
             message = "; ".join(part.strip() for part in message.splitlines() if part.strip())
         super().__init__(message, *args)
 
+    @property
+    def lines(self) -> list[str]:
+        """The message, one line per problem (one here; several in :class:`ConfigErrors`)."""
+        return [str(self)]
+
+
+class ConfigErrors(ConfigError):
+    """Several independent configuration mistakes found in one pass, one line each (``lines``).
+
+    ``str()`` joins them into one line; the command line prints each on its own line.
+    """
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        self.problems = [line for problem in problems for line in problem.lines]
+        super().__init__(f"{len(self.problems)} problems: " + "; ".join(self.problems))
+
+    @property
+    def lines(self) -> list[str]:
+        return list(self.problems)
+
 
 def short_repr(value: Any, limit: int = 80) -> str:
     """``repr(value)``, cut to about ``limit`` characters for a one-line message."""
@@ -50,7 +70,9 @@ class Param:
     ``kind`` is ``float``, ``int``, ``bool`` or ``str``. Numeric parameters may carry an inclusive
     range ``[low, high]``; string parameters a tuple of ``choices``. ``tensor_ok`` lets a float
     parameter also be a 0-dim ``torch.Tensor`` (the loss threshold λ, so gradients can reach it).
-    ``nullable`` allows ``None`` as a value.
+    ``nullable`` allows ``None`` as a value. A ``list`` parameter may declare the type of its
+    items (``item``: ``int``, ``float`` or ``str``); ``low``, ``high`` and ``choices`` then apply
+    to each item, and ``increasing`` asks for each item above the one before.
     """
 
     name: str
@@ -62,8 +84,14 @@ class Param:
     tensor_ok: bool = False
     nullable: bool = False
     help: str = ""
+    item: type | None = None
+    increasing: bool = False
 
     def describe_range(self) -> str:
+        if self.item is not None:
+            each = Param(self.name, self.item, None, self.low, self.high, self.choices).describe_range()
+            return (f"a list of {self.item.__name__}" + ("" if each == "any" else f" in {each}"
+                    if each.startswith("[") else f", each {each}") + (", increasing" if self.increasing else ""))
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         if self.kind is bool:
@@ -121,7 +149,22 @@ class Param:
         if not isinstance(value, self.kind):
             kind = {"dict": "mapping", "list": "list"}.get(self.kind.__name__, self.kind.__name__)
             raise ConfigError(f"{where}: '{self.name}' must be a {kind}, got {short_repr(value)}")
+        if self.item is not None:
+            return self._check_items(value, where)
         return value
+
+    def _check_items(self, values: list, where: str) -> list:
+        """Each item checked as a parameter ``name[i]`` of type ``item`` (same messages as a single
+        value's), then their order."""
+        each = [Param(f"{self.name}[{i}]", self.item, None, self.low, self.high, self.choices).check(v, where)
+                for i, v in enumerate(values)]
+        if self.increasing:
+            for i in range(1, len(each)):
+                if not each[i] > each[i - 1]:
+                    raise ConfigError(f"{where}: '{self.name}' must be increasing (each item above the one "
+                                      f"before), but item {i} ({each[i]!r}) follows {each[i - 1]!r}: "
+                                      f"{short_repr(values)}")
+        return each
 
     def _check_range(self, value: float, where: str) -> None:
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):

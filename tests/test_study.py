@@ -61,7 +61,7 @@ def test_valid_study_and_its_plan(tmp_path, monkeypatch):
     ({"arms__1__name": "fixed"}, "arm names must be unique"),
     ({"train__batch_size": 20}, "not divisible by train.k"),
     ({"train__k": 1}, "'k' = 1 is outside"),
-    ({"resources": {"cpu": 1, "gpu": 0}}, "GPU fraction in (0, 1]"),
+    ({"resources": {"cpu": 1, "gpu": -0.5}}, "GPU fraction in (0, 1]"),
     ({"resources": {"cpu": 1, "gpu": 1.5}}, "GPU fraction in (0, 1]"),
     ({"dataset": {"name": "cub200", "root": "/nonexistent/CUB"}}, "/nonexistent/CUB/images.txt not found"),
     ({"arms__0__search": {"mode": "bayes"}}, "'mode' = 'bayes' is not valid"),
@@ -134,6 +134,7 @@ def test_run_consolidate_and_resume(tmp_path, shared_ray):
         assert re.search(rf"^  {arm}\s+(matched|not_matched|inconclusive) ", again.stdout, re.M), again.stdout
     folder = tmp_path / "results" / "tiny"
     text = (folder / "report.md").read_text()  # run and resume write the report
+    assert '<img src="data:image/' in (folder / "report.html").read_text() and "report.html" in first.stdout
     assert "## Tuning cost to match adaptive" in text and "| tpe |" in text
     for name in ("best_so_far", "heatmaps", "test_metric", "similarity_histograms", "mined_pairs"):
         assert (folder / "figures" / f"{name}.png").is_file(), name

@@ -12,16 +12,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from types import SimpleNamespace
+
 from ..config import section_mapping
 from ..config_files import apply_overrides, read_yaml
 from ..pairs.coupling import decoupled_notes
 from .design_settings import Design, parse_design
 from ..registry import Component, ConfigError, Param, short_repr
 from .arm_config import SHARED_WHERE, merge_settings, resolve_domains, resolve_paths, shared_mistake
-from .data_checks import check_arm_data
+from .data_checks import check_arm_data, check_no_download, check_pretrained
 from .domains import Domain
-from .top_level_checks import (MAX_NAME, SIMPLE_NAME, check_analysis, check_resources_section,
-                               check_seeds, check_simple_name, check_storage, check_value_shapes)
+from .mistake_warnings import arm_warnings
+from .problems import Problems
+from .resources import check_devices, check_resources
+from .same_across_arms import check_same_across_arms
+from .top_level_checks import (MAX_NAME, SIMPLE_NAME, VALUE_SHAPES, check_analysis, check_resources_section,
+                               check_seeds, check_simple_name, check_storage, check_value_shape)
 from .pbt import PBT_PARAMS, check_pbt
 from .protocol import check_kfold_arm, parse_protocol
 from .tracking import TRACKING_EXAMPLE, parse_tracking
@@ -46,7 +52,8 @@ STUDY = Component("section", "study", dict, (
     Param("protocol", dict, None, nullable=True,
           help="{validation: split | kfold, folds: 4, fold_seed: 0}: how each configuration is validated"),
     Param("analysis", dict, None, nullable=True, help="{reference, delta, confidence, ...} of the report"),
-    Param("tracking", dict, None, nullable=True, help="{mlflow: {tracking_uri, experiment, tags}}: log every trial to MLflow"),
+    Param("tracking", dict, None, nullable=True, help="{mlflow: {...}, wandb: {...}, optuna: {...}}: log every trial to MLflow and/or Weights & "
+          "Biases; keep optuna arms' searches in an Optuna database (`dmltune list tracking`)"),
     Param("design", object, None, nullable=True,
           help="fixed (default), {two_stage: {select_seeds, confirm_seeds, max_confirm_seeds}} or "
                "{sequential: {looks, max_seeds}}: how seeds are spent (docs/studies.md, Designs)"),
@@ -115,6 +122,8 @@ class Study:
     retries: int                     # times a failed trial is restarted from its last checkpoint
     source: dict                     # the study as given (after --set), for the record
     notes: list[str] = field(default_factory=list)  # valid but worth a word (e.g. decoupled τ)
+    warnings: list[str] = field(default_factory=list)  # valid but most likely a mistake (mistake_warnings.py)
+    unchecked: list[str] = field(default_factory=list)  # what was not checked (validate --no-data)
     tracking: dict | None = None     # {"mlflow": {tracking_uri, experiment, tags}} or None (tracking.py)
     reuse_actors: bool = False       # `reuse_actors` resolved (auto → see reuse_actors())
     protocol: dict = field(default_factory=lambda: {"validation": "split"})  # {validation, folds, fold_seed}
@@ -137,24 +146,43 @@ def _arm_search(arm: dict, where: str, epochs: int) -> dict:
     return search
 
 
-def _top_level(raw: dict) -> dict:
-    """The study's own values (everything but the arms' contents), checked and with defaults."""
+def _top_level(raw: dict, problems: Problems) -> tuple[dict, set]:
+    """The study's own values (everything but the arms' contents), checked and with defaults, and
+    the keys that are broken (their values left out: what depends on them is not checked). Every
+    independent problem is added to ``problems``. ``"arms"`` is among the broken keys when the
+    arms cannot be read: no list of arms, or a shared section of the wrong shape (each arm would
+    only repeat it)."""
     unknown = set(raw) - set(TOP_KEYS)
     if unknown:
         per_arm = " (miner and loss are set in each arm: arms: [{name: a, miner: {name: asms}, loss: ...}])" \
             if unknown & {"miner", "loss", "search"} else ""
-        raise ConfigError(f"study: unknown key(s) {sorted(unknown, key=str)}; valid keys: {', '.join(TOP_KEYS)}{per_arm}")
+        problems.add(ConfigError(f"study: unknown key(s) {sorted(unknown, key=str)}; valid keys: "
+                                 f"{', '.join(TOP_KEYS)}{per_arm}"))
+    broken = set()
     for section in SHARED:  # the shape of each section first: `train: 5` names the section and its shape
-        section_mapping(raw.get(section), section, "study")
-    check_value_shapes(raw)
-    section_mapping(raw.get("tracking"), "tracking", "study", TRACKING_EXAMPLE)
-    top = STUDY.validate(raw, where="study")
-    check_simple_name(top["name"], "study")
-    check_storage(top["storage"], top["name"])
-    check_seeds(top["seeds"])
-    if not top["arms"]:
-        raise ConfigError("study: 'arms' must be a non-empty list of arms")
-    return top
+        if not problems.attempt(section_mapping, raw.get(section), section, "study")[0]:
+            broken |= {section, "arms"}
+    for key in VALUE_SHAPES:
+        if not problems.attempt(check_value_shape, raw, key)[0]:
+            broken.add(key)
+    if not problems.attempt(section_mapping, raw.get("tracking"), "tracking", "study", TRACKING_EXAMPLE)[0]:
+        broken.add("tracking")
+    known = {k: v for k, v in raw.items() if k in TOP_KEYS and k not in broken}
+    for key in list(known):  # each value on its own: one wrong value does not hide another
+        if not problems.attempt(STUDY.validate, {key: known[key]}, "study")[0]:
+            del known[key]
+            broken |= {key, "arms"} if key in SHARED else {key}
+    top = STUDY.validate(known, where="study")
+    if not problems.attempt(check_simple_name, top["name"], "study")[0]:
+        broken.add("name")
+    elif "storage" not in broken:
+        problems.attempt(check_storage, top["storage"], top["name"])
+    if "seeds" not in broken and not problems.attempt(check_seeds, top["seeds"])[0]:
+        broken.add("seeds")
+    if "arms" not in broken and not top["arms"]:
+        problems.add(ConfigError("study: 'arms' must be a non-empty list of arms"))
+        broken.add("arms")
+    return top, broken
 
 
 def _parse_arm(i: int, arm_raw, shared: dict, seen: set, protocol: dict | None = None) -> Arm:
@@ -221,31 +249,78 @@ def _repeated(values) -> list:
     return out
 
 
-def parse_study(raw: dict, check_data: bool = True, scan_data: bool = True) -> Study:
+def parse_study(raw: dict, check_data: bool = True, scan_data: bool = True,
+                machine: tuple[dict, str] | None = None) -> Study:
     """A validated :class:`Study` from the parsed file. ``check_data``: load each dataset and check its
     class counts (and weights files); ``scan_data`` (with ``check_data``): also check every image
-    file of file-based datasets (header only, :mod:`dmltune.data.scan`); ``--no-data-scan`` clears it."""
-    top = _top_level(raw)
-    tracking = parse_tracking(raw.get("tracking"), top["name"])
-    protocol = parse_protocol(raw.get("protocol"))
+    file of file-based datasets (header only, :mod:`dmltune.data.scan`); ``--no-data-scan`` clears it.
+    ``machine``: ``(resources, where)`` to check the trials' requests against (``validate``, and
+    ``run`` on this machine). Every independent problem is found in one pass: one is raised as a
+    ConfigError, several as ConfigErrors (one line each); an arm that fails is not checked further."""
+    problems = Problems()
+    top, broken = _top_level(raw, problems)
+    tracking, protocol = None, {"validation": "split"}
+    if not broken & {"tracking", "name"}:
+        tracking = problems.attempt(parse_tracking, raw.get("tracking"), top["name"])[1]
+    ok, parsed = problems.attempt(parse_protocol, raw.get("protocol"))
+    protocol = parsed if ok else protocol
     shared = {k: raw[k] for k in SHARED if k in raw}
-    arms, data_cache, notes = [], {}, []
-    for i, arm_raw in enumerate(top["arms"]):
-        arm = _parse_arm(i, arm_raw, shared, {a.name for a in arms}, protocol)
+    arms_raw = [] if "arms" in broken else top["arms"]
+    arms, data_cache, notes, warnings, seen = [], {}, [], [], set()
+    for i, arm_raw in enumerate(arms_raw):
+        ok, arm = problems.attempt(_parse_arm, i, arm_raw, shared, set(seen), protocol)
+        seen.add(arm_raw.get("name") if isinstance(arm_raw, dict) else None)
+        if not ok:
+            continue
         where = f"arm '{arm.name}'"
         notes.extend(decoupled_notes(arm.config, where))
-        if check_data:  # a mistake in the shared data settings is named as the shared section's
-            own = isinstance(arm_raw, dict) and any(k in arm_raw for k in ("dataset", "model", "train", "eval"))
-            check_arm_data(arm, where if own else SHARED_WHERE, data_cache, scan=scan_data)
+        # a mistake in the shared data settings is named as the shared section's
+        own = isinstance(arm_raw, dict) and any(k in arm_raw for k in ("dataset", "model", "train", "eval"))
+        problems.attempt(check_pretrained, arm, where if own else SHARED_WHERE)
+        data = {}
+        if problems.attempt(check_no_download, arm, where if own else SHARED_WHERE)[0] and check_data:
+            data = problems.attempt(check_arm_data, arm, where if own else SHARED_WHERE, data_cache, scan_data)[1]
+        warnings.extend(arm_warnings(arm, data or {}))
         arms.append(arm)
-    check_analysis(raw.get("analysis"), [a.name for a in arms])
-    design = parse_design(raw.get("design"), raw.get("budget"), top["seeds"])
-    check_design(design, arms, raw)
+    for err in check_same_across_arms(arms):
+        problems.add(err)
+    if "arms" not in broken and "analysis" not in broken:
+        names = [a.get("name") for a in arms_raw if isinstance(a, dict)]
+        problems.attempt(check_analysis, raw.get("analysis"), [str(n) for n in names])
+    seeds = top["seeds"] if "seeds" not in broken else [0]
+    ok, design = problems.attempt(parse_design, raw.get("design"), raw.get("budget"), seeds)
+    if ok and len(arms) == len(arms_raw) and arms:
+        problems.attempt(check_design, design, arms, {**raw, "seeds": seeds})
+    resources = None
+    if "resources" not in broken:
+        resources = problems.attempt(check_resources_section, raw)[1]
+    if resources is not None:
+        problems.attempt(check_devices, resources, arms)
+        if machine is not None:
+            available, where = machine  # available: a mapping, or a function that gives it (a cluster to ask)
+            ok, available = problems.attempt(available) if callable(available) else (True, available)
+            if ok:
+                problems.attempt(check_resources, SimpleNamespace(resources=resources, arms=arms), available, where)
+    problems.raise_if_any()
     storage = Path(top["storage"]).expanduser().resolve()  # relative to the working directory
     return Study(name=top["name"], directory=storage / top["name"], seeds=design.first_seeds(top["seeds"]),
-                 resources=check_resources_section(raw), concurrency=top["concurrency"], arms=arms,
-                 retries=top["retries"], source=raw, notes=notes, tracking=tracking,
-                 reuse_actors=reuse_actors(top["reuse_actors"], arms), protocol=protocol, design=design)
+                 resources=resources, concurrency=top["concurrency"], arms=arms,
+                 retries=top["retries"], source=raw, notes=notes, warnings=warnings, tracking=tracking,
+                 reuse_actors=reuse_actors(top["reuse_actors"], arms), protocol=protocol, design=design,
+                 unchecked=[] if check_data else unchecked_without_data(arms))
+
+
+def unchecked_without_data(arms: list[Arm]) -> list[str]:
+    """What a study parsed without its data (``validate --no-data``) has not checked."""
+    datasets = sorted({a.resolved["dataset"]["name"] + (f" at {a.resolved['dataset']['root']}"
+                                                        if a.resolved["dataset"].get("root") else "") for a in arms})
+    weights = sorted({a.resolved["model"]["weights"] or f"{a.resolved['model']['backbone']} pretrained"
+                      for a in arms if a.resolved["model"]["pretrained"] or a.resolved["model"]["weights"]})
+    lines = [f"the dataset files ({', '.join(datasets)}) and their class counts against train.batch_size, train.k "
+             "and dataset.val_fraction"]
+    if weights:
+        lines.append(f"the weights files ({', '.join(weights)})")
+    return lines
 
 
 def check_design(design: Design, arms: list[Arm], raw: dict) -> None:
@@ -284,9 +359,10 @@ def reuse_actors(setting: str, arms: list[Arm]) -> bool:
     return not any(decodes_files(arm) for arm in arms)
 
 
-def load_study(path: str | Path, overrides=(), check_data: bool = True, scan_data: bool = True) -> Study:
-    """Read, override (``--set``) and validate a study file (``scan_data``: see :func:`parse_study`)."""
+def load_study(path: str | Path, overrides=(), check_data: bool = True, scan_data: bool = True,
+               machine: tuple[dict, str] | None = None) -> Study:
+    """Read, override (``--set``) and validate a study file (``scan_data``, ``machine``: see :func:`parse_study`)."""
     path = Path(path)
     raw = apply_overrides(read_yaml(path), overrides)
-    return parse_study(raw, check_data, scan_data=scan_data)
+    return parse_study(raw, check_data, scan_data=scan_data, machine=machine)
 

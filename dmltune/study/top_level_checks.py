@@ -15,17 +15,23 @@ MAX_NAME = 100                                              # characters of a st
 SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")                  # never a storage folder
 
 
-def check_value_shapes(raw: dict) -> None:
-    """resources, analysis, arms, seeds and storage have the right type, before their contents are
-    validated: ``seeds: 3`` names the key and the shape it needs."""
-    section_mapping(raw.get("resources"), "resources", "study", "{cpu: 1, gpu: 0.5}")
-    section_mapping(raw.get("analysis"), "analysis", "study", "{reference: ARM, delta: 0.01}")
-    if raw.get("arms") is not None and not isinstance(raw["arms"], list):
+VALUE_SHAPES = ("resources", "analysis", "arms", "seeds", "storage")
+
+
+def check_value_shape(raw: dict, key: str) -> None:
+    """``raw[key]`` (one of VALUE_SHAPES) has the right type, before its contents are validated:
+    ``seeds: 3`` names the key and the shape it needs. Each key is checked on its own, so that
+    every wrong shape is listed in one pass."""
+    if key == "resources":
+        section_mapping(raw.get("resources"), "resources", "study", "{cpu: 1, gpu: 0.5}")
+    elif key == "analysis":
+        section_mapping(raw.get("analysis"), "analysis", "study", "{reference: ARM, delta: 0.01}")
+    elif key == "arms" and raw.get("arms") is not None and not isinstance(raw["arms"], list):
         raise ConfigError("study: 'arms' must be a list of arms like [{name: a, miner: {name: asms}, loss: "
                           f"{{name: soft_contrastive}}}}], got {short_repr(raw['arms'])}")
-    if raw.get("seeds") is not None and not isinstance(raw["seeds"], list):
+    elif key == "seeds" and raw.get("seeds") is not None and not isinstance(raw["seeds"], list):
         raise ConfigError(f"study: 'seeds' must be a list of integers like [0, 1, 2], got {short_repr(raw['seeds'])}")
-    if "storage" in raw and not isinstance(raw["storage"], str):
+    elif key == "storage" and "storage" in raw and not isinstance(raw["storage"], str):
         raise ConfigError(f"study: 'storage' must be a folder path such as results, got {short_repr(raw['storage'])}")
 
 
@@ -91,14 +97,13 @@ def check_resources_section(study: dict) -> dict:
     if isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu <= 0:
         raise ConfigError(f"study: resources.cpu must be a positive number, got {cpu!r}")
     out = {"cpu": cpu}
-    if "gpu" in res:
-        gpu = res["gpu"]
-        if gpu == "auto":  # a fraction per arm, from its backbone (see Arm.gpu)
-            out["gpu"] = "auto"
-            return out
+    gpu = res.get("gpu")
+    if gpu == "auto":  # a fraction per arm, from its backbone (see Arm.gpu)
+        out["gpu"] = "auto"
+    elif gpu is not None and gpu != 0:  # 0, empty or left out: CPU-only trials
         if isinstance(gpu, bool) or not isinstance(gpu, (int, float)) or not 0 < gpu <= 1:
             raise ConfigError(f"study: resources.gpu must be a GPU fraction in (0, 1] or auto, got {gpu!r}; "
-                              "leave it out for CPU-only trials")
+                              "for CPU-only trials set it to 0 or leave it out")
         out["gpu"] = float(gpu)
     return out
 
