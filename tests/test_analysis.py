@@ -292,3 +292,22 @@ def test_an_inconclusive_arm_says_its_reason_and_its_advice_once(tmp_path, desig
     assert row.count("cheapest to decide") == 1 and "cheapest to decide" in cells["what would decide"]
     reason = "undecided after look 1 of 3" if design else "within the seed noise"
     assert row.count(reason) == 1 and reason in cells["why"]
+
+
+def test_an_early_stopped_trial_is_counted_as_stopped_and_used_like_ok(tmp_path):
+    """ASHA's early stop has its own status (issue #25): the Arms table counts it apart from `ok`, and the
+    analysis uses its value as it uses a finished trial's."""
+    from dmltune.analysis import read_study_table
+    from dmltune.analysis.report import write_report
+
+    table = example_table()
+    stopped = (table.arm == "asms_grid") & (table.seed == 0) & (table["config/miner.gamma_pos"] == 0.2)
+    table.loc[stopped, "status"] = "stopped"
+    folder = write_study_dir(tmp_path / "study", table, analysis={"reference": "ddtas"})
+    write_report(folder, figures=False)
+    md = (folder / "report.md").read_text()
+    assert "trials (ok / stopped early / diverged / error / unfinished)" in md
+    assert any(line.startswith("| asms_grid ") and "| 18 (16 / 2 / 0 / 0 / 0) |" in line for line in md.splitlines())
+    a = analyse(read_study_table(folder), {"reference": "ddtas"})
+    assert a.summary.set_index("arm").loc["asms_grid", "stopped"] == 2
+    assert a.summary.set_index("arm").loc["asms_grid", "unfinished"] == 0

@@ -13,7 +13,7 @@ from ..registry import ConfigError
 from .differences import gap
 from .selection import Selection, config_labels, configurations, seed_matrix, select
 from .settings import ANALYSIS
-from .trials import StudyTable
+from .trials import FINISHED, StudyTable
 from .tuning_cost import cells, match_costs, percentile_interval, seed_draws, trials_for_probability
 from .verdict import MATCHED, Verdict, arm_verdict
 
@@ -139,8 +139,9 @@ def arm_summary(st: StudyTable, selections: dict[str, Selection], verdicts: dict
             "arm": arm, "searched": ", ".join(c.split("/", 1)[1] for c in st.dims[arm]) or "–",
             "configurations": len(configurations(st, arm, settings["confidence"], settings["failure_value"]))
                               if st.dims[arm] else 1,
-            "trials": len(group), "ok": int((status == "ok").sum()), "diverged": int((status == "diverged").sum()),
-            "errors": int((status == "error").sum()), "unfinished": int((~status.isin(["ok", "diverged", "error"])).sum()),
+            "trials": len(group), "ok": int((status == "ok").sum()), "stopped": int((status == "stopped").sum()),
+            "diverged": int((status == "diverged").sum()),
+            "errors": int((status == "error").sum()), "unfinished": int((~status.isin(FINISHED)).sum()),
             "gpu_h": group.get("gpu_s", pd.Series(dtype=float)).fillna(0).sum() / 3600,
             "wall_h": group.get("wall_s", pd.Series(dtype=float)).fillna(0).sum() / 3600,
             "selected": sel.configuration, "selected_failed": sel.failed,
@@ -306,9 +307,9 @@ def analyse(st: StudyTable, overrides: dict | None = None) -> Analysis:
         for i, arm in enumerate(summary.arm):
             rows = full.arm_rows(arm)
             status = rows.status.fillna("incomplete")
-            summary.loc[i, ["trials", "ok", "diverged", "errors"]] = [len(rows), int((status == "ok").sum()),
-                                                                     int((status == "diverged").sum()),
-                                                                     int((status == "error").sum())]
+            summary.loc[i, ["trials", "ok", "stopped", "diverged", "errors"]] = [
+                len(rows), int((status == "ok").sum()), int((status == "stopped").sum()), int((status == "diverged").sum()),
+                int((status == "error").sum())]
             summary.loc[i, "gpu_h"] = rows.get("gpu_s", pd.Series(dtype=float)).fillna(0).sum() / 3600
             summary.loc[i, "wall_h"] = rows.get("wall_s", pd.Series(dtype=float)).fillna(0).sum() / 3600
     result = Analysis(st, settings, ref, target, selections, summary,

@@ -20,8 +20,10 @@ def unfinished_note(st, folder: Path) -> str:
     """A warning for the top of the report when the study has fewer finished trials than it plans
     (it was interrupted, or is still running)."""
     planned = planned_trials(st.source)
+    from .trials import FINISHED
+
     final = st.final  # a trial lost with its node is an error although Tune left it PENDING
-    finished = int(final["status"].isin(["ok", "diverged", "error"]).sum())
+    finished = int(final["status"].isin(FINISHED).sum())
     if planned is None or finished >= planned:
         return ""
     return (f"**This study is not finished: {finished} of its {planned} planned trials have a result** (it was "

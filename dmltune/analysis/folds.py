@@ -6,7 +6,8 @@ configuration × seed, which the rest of the analysis treats as it treats a tria
 
 * its validation value (and every other ``val/…`` and ``test/…`` metric) is the mean over its folds,
   so the test metric is the mean over the fold models;
-* it is ``ok`` only when every fold ended ``ok``; ``error`` (or else ``diverged``) when any fold did,
+* it is ``ok`` only when every fold ended ``ok`` (``stopped`` when every fold ended ``ok`` or
+  ``stopped`` and ASHA stopped one early); ``error`` (or else ``diverged``) when any fold did,
   so a failing fold penalises the configuration; ``incomplete`` while a fold has no final result;
 * its cost (``wall_s``, ``gpu_s``) is the sum over its folds: all folds' compute is counted;
 * ``folds`` is the number of fold trials, ``fold_trials`` their ids and ``test_embeddings`` where
@@ -25,6 +26,8 @@ def is_kfold(final: pd.DataFrame) -> bool:
 def collapse_folds(final: pd.DataFrame, folds: int | None = None) -> pd.DataFrame:
     """One row per arm × experiment × seed × configuration from the fold trials' final rows
     (``folds``: the number planned; by default the most folds any configuration has)."""
+    from .trials import COMPLETED
+
     config = [c for c in final.columns if c.startswith("config/")]
     key = final[["arm", "experiment", "seed"] + config].map(str).agg("\x1f".join, axis=1)
     folds = int(folds or final.groupby(key)["fold"].nunique().max())
@@ -38,14 +41,14 @@ def collapse_folds(final: pd.DataFrame, folds: int | None = None) -> pd.DataFram
             status = "error"
         elif statuses.eq("diverged").any():
             status = "diverged"
-        elif statuses.eq("ok").all() and group["fold"].nunique() >= folds:
-            status = "ok"
+        elif statuses.isin(COMPLETED).all() and group["fold"].nunique() >= folds:
+            status = "ok" if statuses.eq("ok").all() else "stopped"
         else:
             status = "incomplete"
         row["status"] = status
         for column in metrics:  # a usable unit needs every fold's value
             values = group[column].astype(float)
-            row[column] = np.nan if status == "ok" and not np.isfinite(values).all() else float(values.mean())
+            row[column] = np.nan if status in COMPLETED and not np.isfinite(values).all() else float(values.mean())
         for column in ("wall_s", "gpu_s"):
             if column in group:
                 row[column] = float(group[column].astype(float).fillna(0.0).sum())
@@ -55,7 +58,7 @@ def collapse_folds(final: pd.DataFrame, folds: int | None = None) -> pd.DataFram
         row["folds"] = int(group["fold"].nunique())
         row["fold_trials"] = ",".join(map(str, group["trial_id"]))
         paths = group["test_embeddings"] if "test_embeddings" in group else pd.Series([None] * len(group))
-        row["test_embeddings"] = ("|".join(map(str, paths)) if status == "ok" and paths.notna().all()
+        row["test_embeddings"] = ("|".join(map(str, paths)) if status in COMPLETED and paths.notna().all()
                                   and len(paths) >= folds else None)
         row["fold"] = np.nan
         rows.append(row.drop(labels=["_key"]))

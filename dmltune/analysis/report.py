@@ -151,7 +151,8 @@ def arms_section(a: Analysis) -> Rows:
             times = {f"GPU time ({unit[0]})": in_unit(r.gpu_h, unit) if r.gpu_h > 0 else "– (no GPU)", **times}
         rows.append({"arm": f"**{r.arm}**" if r.arm == a.reference else r.arm, "searched": r.searched,
                      "configs": r.configurations,
-                     "trials (ok / diverged / error / unfinished)": f"{r.trials} ({r.ok} / {r.diverged} / {r.errors} / {r.unfinished})",
+                     "trials (ok / stopped early / diverged / error / unfinished)":
+                         f"{r.trials} ({r.ok} / {r.stopped} / {r.diverged} / {r.errors} / {r.unfinished})",
                      **times, "selected on validation": r.selected,
                      f"val {st.metric[4:]} (mean ± {conf}% CI)": interval_text(r.val, r.val_half, r.val_n),
                      "val, cross-fitted": number(r.val_crossfit),

@@ -2,10 +2,12 @@
 
 Each trial's *final row* is its last report: the validation metric there is the value of the last
 evaluation (``val_epoch`` says which epoch) and the test metric the one computed at the end of
-training. A trial is *usable* when its status is ``ok`` and its validation value is a finite
-number. Diverged and errored trials are *failed*: they count as the failure value (default 0) in
-every mean over seeds, so failing is penalised. Unfinished trials have no value yet and are left
-out. The time of every trial counts in every cost.
+training. A trial is *usable* when its status is ``ok`` or ``stopped`` (an early-stopping
+scheduler, ASHA, ended it before its last epoch: its value is its last epoch's, as when such trials
+were stored as ``ok``) and its validation value is a finite number. Diverged and errored trials are
+*failed*: they count as the failure value (default 0) in every mean over seeds, so failing is
+penalised. Unfinished trials have no value yet and are left out. The time of every trial counts in
+every cost.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from .folds import collapse_folds, is_kfold
 
 KEY = ["arm", "experiment", "trial_id"]
 CONFIG_PREFIX = "config/"
+COMPLETED = ("ok", "stopped")
+"""Statuses of a trial that trained without failing: to its last epoch, or until ASHA stopped it."""
+FINISHED = COMPLETED + ("diverged", "error")
+"""Statuses of a trial that has its result (the rest, ``incomplete`` or none, are unfinished)."""
 
 
 @dataclass
@@ -65,7 +71,7 @@ class StudyTable:
     def usable(self, rows: pd.DataFrame) -> pd.Series:
         if "_usable" in rows:
             return rows["_usable"]
-        return (rows.status == "ok") & np.isfinite(rows[self.metric].astype(float))
+        return rows.status.isin(COMPLETED) & np.isfinite(rows[self.metric].astype(float))
 
     def scored(self, rows: pd.DataFrame, failure_value: float) -> pd.Series:
         """Validation values with every diverged or errored trial counted as ``failure_value``;
@@ -161,7 +167,7 @@ def study_table(table: pd.DataFrame, source: dict | None = None, metric: str | N
     gpu_used = final["gpu_s"].fillna(0).sum() > 0
     cost_column, unit = ("gpu_s", "GPU-hours") if gpu_used else ("wall_s", "wall-hours")
     final["cost_h"] = final[cost_column].astype(float).fillna(0.0) / 3600
-    final["_usable"] = (final.status == "ok") & np.isfinite(final[metric].astype(float))
+    final["_usable"] = final.status.isin(COMPLETED) & np.isfinite(final[metric].astype(float))
     listed = [a.get("name") for a in source.get("arms") or [] if isinstance(a, dict)]
     arms = [a for a in listed if a in set(final.arm)] + sorted(set(final.arm) - set(listed))
     dims = {arm: searched_columns(final[final.arm == arm]) for arm in arms}

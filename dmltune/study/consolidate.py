@@ -5,7 +5,8 @@ trial validated on; ``test_embeddings`` then says where its final test embedding
 (staged designs: the stage or look that ran the trial), ``retries`` (times Tune restarted the trial
 after a failure) and ``lost_attempt`` (the reason of the last failed attempt of a trial that then
 finished; ``error`` is for trials that ended in error), ``trial_status`` (Tune's: TERMINATED,
-ERROR, ...), ``status`` (the trainable's: ok, diverged; ``error`` for a failed trial), ``error``
+ERROR, ...), ``status`` (the trainable's: ok, diverged; ``error`` for a failed trial; ``stopped``
+for every row of a trial an early-stopping scheduler, ASHA, ended before its last epoch), ``error``
 (first line of the failure), every reported metric (epoch, loss, val/…, test/…, gpu_s, wall_s, …)
 and the trial's configuration flattened into ``config/…`` columns. Written as ``trials.parquet``
 and ``trials.csv`` in the study folder. A dynamic loss's τ taken from the ``dsml`` miner (see
@@ -109,9 +110,16 @@ def _test_embeddings(trial, study_dir: Path | None) -> str | None:
     return str(path.relative_to(study_dir)) if inside else str(path)
 
 
+STOPPED = "stopped"
+"""The status of a trial an early-stopping scheduler (ASHA) ended before its last epoch: finished, with
+the result of its last epoch (the analysis treats it as it treats ``ok``; before this status existed
+such a trial was stored as ``ok``, and tables written then still read the same)."""
+
+
 def cut_short(df: pd.DataFrame, config: dict) -> str:
-    """The reason a trial Tune calls finished (TERMINATED, no error) is not one: its reports end
-    ``ok`` before its last epoch, and no early-stopping scheduler could have stopped it ("" if none)."""
+    """Why a trial Tune calls finished (TERMINATED, no error) did not run to its end: its reports end
+    ``ok`` before its last epoch ("" if not). Without an early-stopping scheduler that is an error;
+    with one (ASHA), the trial was stopped early (:data:`STOPPED`)."""
     epochs = ((config or {}).get("train") or {}).get("epochs")
     if not epochs or "epoch" not in df or "status" not in df or df["epoch"].isna().all():
         return ""
@@ -129,7 +137,7 @@ def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experimen
     the name in the table's ``experiment`` column (default: the folder's name); the trial ids of a
     grid block added by ``extend`` (folder ``ARM+extN``) are prefixed with ``extN:``, so that they
     stay unique within the arm's one grid search. Without ``early_stopping`` (an ASHA scheduler) a
-    trial Tune ended before its last epoch is an error (:func:`cut_short`)."""
+    trial Tune ended before its last epoch is an error (:func:`cut_short`); with it, ``stopped``."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(folder))
@@ -176,8 +184,11 @@ def experiment_rows(folder: Path, arm: str, interrupted: bool = False, experimen
             df["status"] = "error"
         elif trial.status in UNFINISHED and not finished_before_interrupt(df, trial.config):
             df["status"] = "incomplete"
-        elif trial.status == "TERMINATED" and not early_stopping and (short := cut_short(df, trial.config)):
-            df["error"], df["status"] = short, "error"
+        elif trial.status == "TERMINATED" and (short := cut_short(df, trial.config)):
+            if early_stopping:  # the scheduler stopped it: a finished trial, with its own label
+                df["status"] = STOPPED
+            else:
+                df["error"], df["status"] = short, "error"
         out.append(df)
     return out
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from ..config import resolve_config
 from ..registry import ConfigError
 from .reporting import in_tune_session, make_reporter
-from .runtime import reset_process_state
+from .runtime import reset_process_state, set_threads, trial_threads
 from .settings import TrialSettings
 from .state import (checkpoint_scratch, config_changes, describe_changes, load_checkpoint, plain_config,
                     save_checkpoint, save_test_embeddings)
@@ -137,19 +137,31 @@ def _schedule(resolved: dict) -> dict:
     return out
 
 
-def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, reporter=None) -> dict:
+def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, reporter=None,
+          threads: int | None = None) -> dict:
     """Train and evaluate one configuration; report once per epoch; return the last report.
 
     Inside a Ray Tune trial, reports and checkpoints go to Tune; standalone, a line per epoch is
     printed and, with ``checkpoint_root``, checkpoints are kept there and a rerun resumes from them.
-    """
+    A run whose checkpoint already holds every epoch trains nothing: the reporter says so and the
+    last report is returned (with ``done_before: True``). ``threads``: torch's intra-op threads
+    standalone (default: torch's count at start-up, ``OMP_NUM_THREADS`` or one per core); in a Tune
+    trial, the CPUs the trial holds (:func:`.runtime.trial_threads`)."""
     reset_process_state()  # a Ray worker may have run another trial before this one
     resolved = resolve_config(config)
     settings = TrialSettings.from_resolved(resolved)
+    thread_count = set_threads(trial_threads(threads))
     reporter = reporter or make_reporter(checkpoint_root, settings.eval.metric)
     trial = Trial(settings)
     progress = RunState(plain_config(resolved), getattr(reporter, "trial_id", lambda: None)())
     progress.restore(trial, reporter)
+    if progress.start_epoch > settings.train.epochs:  # every epoch is in the checkpoint already
+        last = dict(progress.history[-1]) if progress.history else {"epoch": progress.start_epoch - 1, "status": "ok"}
+        last["done_before"] = True
+        announce = getattr(reporter, "done_before", None)
+        if announce is not None:
+            announce(last, settings.train.epochs)
+        return last
     schedule = _schedule(resolved)
     if progress.exploited_from is not None:
         schedule["exploited_from"] = progress.exploited_from
@@ -161,14 +173,14 @@ def train(config: Mapping[str, Any], checkpoint_root: str | Path | None = None, 
         report.update(schedule)  # PBT: the thresholds this epoch trained with
         if report["status"] == "diverged":
             progress.wall_s += time.perf_counter() - started
-            report.update(wall_s=progress.wall_s, gpu_s=progress.wall_s * gpu_fraction,
+            report.update(wall_s=progress.wall_s, gpu_s=progress.wall_s * gpu_fraction, threads=thread_count,
                           **{f"val/{settings.eval.metric}": float("nan")})
             reporter.report(report)
             return report
         _evaluate_epoch(trial, progress, report, epoch)
         progress.wall_s += time.perf_counter() - started
         report.update(epoch_s=time.perf_counter() - started, wall_s=progress.wall_s,
-                      gpu_s=progress.wall_s * gpu_fraction)
+                      gpu_s=progress.wall_s * gpu_fraction, threads=thread_count)
         progress.history.append(report)
         _report(trial, progress, reporter, report, epoch)
     return report

@@ -104,6 +104,13 @@ class ConsoleReporter:
                 shutil.copytree(checkpoint_dir, partial)
         print(self.format_line(metrics), file=self.stream, flush=True)
 
+    def done_before(self, last: Mapping, epochs: int) -> None:
+        """A rerun of a finished run: nothing to train; say where the result is and what it was."""
+        where = self.checkpoint_root / "latest" if self.checkpoint_root else "the checkpoint"
+        print(f"already done: {where} holds every epoch (train.epochs = {epochs}); nothing to train. To train "
+              f"further, raise train.epochs (--set train.epochs=N). Its last epoch:", file=self.stream)
+        print(self.format_line(last), file=self.stream, flush=True)
+
     def format_line(self, m: Mapping) -> str:
         parts = [f"epoch {m.get('epoch', '?'):>3}"]
         if m.get("status") == "diverged":
