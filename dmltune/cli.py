@@ -40,30 +40,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import resolve_config
     from .config_files import apply_overrides, read_yaml
     from .pairs.coupling import decoupled_notes
+    from .demo import check_count
     from .training import train
 
     config = apply_overrides(read_yaml(args.config), args.set)
     resolve_config(config, where=str(args.config))  # every mistake reported before anything is built
     for note in decoupled_notes(config, str(args.config)):
         print(note, file=sys.stderr)
-    last = train(config, checkpoint_root=args.checkpoint_dir)
+    threads = None if args.threads is None else check_count(args.threads, "--threads", "train")
+    last = train(config, checkpoint_root=args.checkpoint_dir, threads=threads)
     return 0 if last.get("status") == "ok" else 1
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .study import load_study
     from .study.plan import plan_lines
-    from .study.resources import check_resources, local_resources
+    from .study.resources import local_resources
     from .study.ray_connection import cluster_resources
 
-    study = load_study(args.study, args.set, scan_data=not args.no_data_scan)
-    if args.address:
-        check_resources(study, cluster_resources(args.address), f"the Ray cluster at {args.address}")
+    if args.address:  # every problem in one list, the machine's too (the cluster is asked only if the rest allows)
+        machine = (lambda: cluster_resources(args.address), f"the Ray cluster at {args.address}")
     else:
-        check_resources(study, local_resources(), "this machine")
-    print(f"{args.study}: valid")
+        machine = None if args.no_data else (local_resources(), "this machine")
+    study = load_study(args.study, args.set, check_data=not args.no_data, scan_data=not args.no_data_scan,
+                       machine=machine)
+    _print_warnings(study)
+    print(f"{args.study}: valid" + (" (its structure; --no-data)" if args.no_data else ""))
     print("\n".join(plan_lines(study) + study.notes))
+    if args.no_data:
+        print("not checked (--no-data): " + "; ".join(study.unchecked + (
+            [] if args.address else ["the resources against this machine (--address checks a cluster's)"])))
     return 0
+
+
+def _print_warnings(study) -> None:
+    """One line per setting that is valid but most likely a mistake (nothing is refused)."""
+    for line in study.warnings:
+        print(f"dmltune: warning: {line}", file=sys.stderr, flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -73,7 +86,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .study.lifecycle import check_recorded_plan
 
-    study = load_study(args.study, args.set, scan_data=not args.no_data_scan)
+    import os
+
+    from .study.resources import local_resources
+
+    ray = sys.modules.get("ray")  # Ray will start on this machine: its resources are checked with the rest
+    here = not (args.dry_run or args.address or os.environ.get("RAY_ADDRESS") or (ray and ray.is_initialized()))
+    study = load_study(args.study, args.set, scan_data=not args.no_data_scan,
+                       machine=(local_resources(), "this machine") if here else None)
+    _print_warnings(study)
     print("\n".join(plan_lines(study) + study.notes), flush=True)
     if args.dry_run:
         return 0
@@ -141,7 +162,7 @@ def _summarise(study, folder) -> bool:
         print(f"dmltune: error: no report: {message}", file=sys.stderr)
         return False
     print(console_summary(analysis))
-    print(f"\nreport: {path}")
+    print(f"\nreport: {path} (and {path.with_suffix('.html').name}: one page, figures inline)")
     return True
 
 
@@ -173,7 +194,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                  "confidence": args.confidence}
     path, analysis = write_report(args.study_dir, overrides, metric=args.metric, figures=not args.no_figures)
     print(console_summary(analysis))
-    print(f"\nreport: {path}")
+    print(f"\nreport: {path} (and {path.with_suffix('.html').name}: one page, figures inline)")
     return 0
 
 
@@ -181,7 +202,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import check_count, run_demo
 
     # checked here, not by argparse, so a bad value ends in one line (argparse adds its usage text)
-    run_demo(epochs=check_count(args.epochs, "--epochs"), seeds=check_count(args.seeds, "--seeds"))
+    run_demo(epochs=check_count(args.epochs, "--epochs"), seeds=check_count(args.seeds, "--seeds"),
+             threads=check_count(args.threads, "--threads"))
     return 0
 
 
@@ -237,6 +259,9 @@ def _add_study_commands(sub) -> None:
     p = _file_command(sub, "validate", cmd_validate, "check a study file and print its plan; nothing runs",
                       "study", "study YAML file")
     _add_data_scan_flag(p)
+    p.add_argument("--no-data", action="store_true",
+                   help="check the study's structure only: no dataset or weights file is read, and the resources "
+                        "are checked only against --address (plan a study for another machine)")
     p.add_argument("--address", help="check the resources against this Ray cluster (default: this machine)")
 
     p = sub.add_parser("report", help="analyse a study folder: write report.md, figures/ and tables/ into it")
@@ -258,23 +283,36 @@ def _add_training_commands(sub) -> None:
                       "config", "YAML file with the sections dataset, model, miner, loss, train, eval, seed")
     p.add_argument("--checkpoint-dir", help="keep checkpoints here; rerunning the same command resumes (with more "
                    "train.epochs too; a checkpoint of a different configuration is refused)")
+    p.add_argument("--threads", metavar="N", help="torch's compute threads, ≥ 1 (default: OMP_NUM_THREADS if set, else "
+                   "one per core this process may use; give 1 when other work shares the machine)")
 
     p = sub.add_parser("demo", help="short CPU demo: fixed vs adaptive thresholds on digits")
     p.add_argument("--epochs", default=8, metavar="N", help="training epochs of every arm, ≥ 1 (default 8)")
     p.add_argument("--seeds", default=2, metavar="N",
                    help="seeds 0 .. N−1 per arm, ≥ 1; the spread (± sd) needs 2 or more (default 2)")
+    p.add_argument("--threads", default=1, metavar="N", help="torch's compute threads, ≥ 1 (default 1: the demo's "
+                   "small network gains nothing from more, and loses much on a busy machine)")
     p.set_defaults(func=cmd_demo)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmltune", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print dmltune's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list components (miners, losses, ...) and configuration sections (train, eval, "
                        "...) with each parameter's type, default, range and meaning")
     p.add_argument("kind", nargs="?", metavar="GROUP",
                    help="only this group: miners, losses, generations, backbones, datasets (components); model, "
-                        "transform, train, eval, meta (loss.lam.meta), study, search, asha (settings); default: all")
+                        "transform, train, eval, meta (loss.lam.meta), study, search, asha, tracking (settings; "
+                        "tracking.mlflow, tracking.wandb, tracking.optuna alone); default: all")
     p.set_defaults(func=cmd_list)
 
     _add_study_commands(sub)
@@ -287,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as err:
-        print(f"dmltune: error: {err}", file=sys.stderr)
+        for line in err.lines:  # several independent problems: one line each
+            print(f"dmltune: error: {line}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, StudyInterrupted) as err:
         report_interruption(str(err) or "interrupted")

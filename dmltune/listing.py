@@ -21,7 +21,7 @@ def _sections() -> list[tuple]:
     from .data.transforms import TRANSFORM
     from .models.model_section import MODEL
     from .study.schema import ASHA, SEARCH, STUDY
-    from .study.tracking import MLFLOW
+    from .study.tracking import MLFLOW, OPTUNA, TRACKING, WANDB
 
     return [
         (("model",), "model (the embedding model)", MODEL),
@@ -32,7 +32,12 @@ def _sections() -> list[tuple]:
         (("study",), "study (top-level keys of a study file)", STUDY),
         (("search", "arms.search"), "arms[].search (how an arm's search domains are explored)", SEARCH),
         (("asha", "search.scheduler.asha"), "arms[].search.scheduler.asha (early stopping)", ASHA),
-        (("tracking", "tracking.mlflow"), "tracking.mlflow (optional: log every trial to MLflow)", MLFLOW),
+        (("tracking",), "tracking (optional: experiment tracking)", TRACKING),
+        (("tracking.mlflow", "tracking", "mlflow"), "tracking.mlflow (optional: log every trial to MLflow)", MLFLOW),
+        (("tracking.wandb", "tracking", "wandb"), "tracking.wandb (optional: log every trial to Weights & Biases)",
+         WANDB),
+        (("tracking.optuna", "tracking", "optuna"),
+         "tracking.optuna (optional: optuna arms' searches in a database optuna-dashboard opens)", OPTUNA),
     ]
 
 

@@ -59,7 +59,7 @@ def test_defaults_and_local_stores(with_mlflow, tmp_path, monkeypatch):
 @pytest.mark.parametrize("section, fragment", [
     ("mlflow", "'tracking' must be a mapping like {mlflow: {tracking_uri:"),
     (["mlflow"], "'tracking' must be a mapping like {mlflow: {tracking_uri:"),
-    ({"wandb": {"project": "x"}}, "tracking has no parameter 'wandb'; valid parameters: mlflow"),
+    ({"comet": {"project": "x"}}, "tracking has no parameter 'comet'; valid parameters: mlflow, wandb, optuna"),
     ({"mlfow": {"tracking_uri": URI}}, "no parameter 'mlfow' (did you mean 'mlflow'?)"),
     ({"mlflow": None}, "tracking.mlflow is empty; give its settings like {tracking_uri:"),
     ({"mlflow": URI}, f"tracking.mlflow must be a mapping like {{tracking_uri: '{URI}'}}"),

@@ -54,7 +54,8 @@ def _param_space(arm: Arm, experiment: Experiment):
     return space
 
 
-def _tune_config(study: Study, arm: Arm, metric: str, searcher_seed: int, fixed: bool = False):
+def _tune_config(study: Study, arm: Arm, metric: str, searcher_seed: int, fixed: bool = False,
+                 stored: dict | None = None):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -70,7 +71,13 @@ def _tune_config(study: Study, arm: Arm, metric: str, searcher_seed: int, fixed:
         scheduler = ASHAScheduler(time_attr="epoch", max_t=asha["max_t"],
                                   grace_period=asha["grace_period"], reduction_factor=asha["reduction_factor"])
     if mode == "optuna":  # the limiter's bound is the queue's share of the slots (see queue.Job.limit)
-        search = OptunaSearch(metric=metric, mode="max", sampler=optuna.samplers.TPESampler(seed=searcher_seed))
+        sampler = optuna.samplers.TPESampler(seed=searcher_seed)
+        if stored:  # tracking.optuna: the search's Optuna study kept in a storage (optuna_storage.py)
+            from .optuna_storage import StoredOptunaSearch
+
+            search = StoredOptunaSearch(metric=metric, mode="max", sampler=sampler, **stored)
+        else:
+            search = OptunaSearch(metric=metric, mode="max", sampler=sampler)
         search = ConcurrencyLimiter(search, max_concurrent=study.concurrency or arm.trials_per_seed)
     else:
         search = BasicVariantGenerator(max_concurrent=study.concurrency or 0, random_state=searcher_seed)
@@ -123,7 +130,11 @@ def _experiment_tuner(study: Study, arm: Arm, experiment: Experiment, metric: st
                       retry_errored: bool):
     from ray import tune
 
+    from . import optuna_storage
+
     folder = experiment.folder
+    stored = None if arm.search["mode"] != "optuna" or experiment.fixed else \
+        optuna_storage.stored_search(study.tracking, study.name, study.directory, folder)
 
     trainable = tune.with_resources(tune_trainable, {"cpu": study.resources["cpu"],
                                                      "gpu": arm.gpu(study.resources.get("gpu", 0))})
@@ -132,13 +143,17 @@ def _experiment_tuner(study: Study, arm: Arm, experiment: Experiment, metric: st
                                    resume_errored=False, restart_errored=retry_errored)
         run_config = tuner._local_tuner.get_run_config()  # a restored experiment brings its old callbacks
         run_config.callbacks, run_config.stop = callbacks, stopper
+        if stored:  # ... and its Optuna storage's old path: the study folder's as it is now
+            optuna_storage.prepare_restored(tuner._local_tuner._tune_config.search_alg, stored)
         return tuner
+    if stored:
+        optuna_storage.start_afresh(stored["storage_url"], stored["study_name"])
     run_config = tune.RunConfig(
         storage_path=str(folder.parent), name=folder.name, verbose=0, callbacks=callbacks, stop=stopper,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=_checkpoints_kept(arm)),
         failure_config=tune.FailureConfig(max_failures=study.retries))
     return tune.Tuner(trainable, param_space=_param_space(arm, experiment),
-                      tune_config=_tune_config(study, arm, metric, experiment.searcher_seed, experiment.fixed),
+                      tune_config=_tune_config(study, arm, metric, experiment.searcher_seed, experiment.fixed, stored),
                       run_config=run_config)
 
 
@@ -428,7 +443,8 @@ class _ExperimentRunner:
         study = self.study
         if _over_hours_budget(study):
             return
-        tracking = tracking_callbacks(study.tracking, arm.name, study.name, check=False, health=self.health)
+        tracking = tracking_callbacks(study.tracking, arm.name, study.name, check=False, health=self.health,
+                                      directory=study.directory)
         pbt = arm.search["mode"] == "pbt" and not experiment.fixed
         tuner = _experiment_tuner(study, arm, experiment, self.metric,
                                   [*([link] if link is not None else []),
