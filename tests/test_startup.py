@@ -28,13 +28,15 @@ def imported_heavy(*args) -> list[str]:
 
 
 @pytest.mark.parametrize("args", [["list"], ["list", "miners"], ["validate", "studies/quickstart.yaml"],
-                                  ["validate", "studies/fixed_vs_dynamic.yaml"]])  # no CUB here: exit 2, one line
+                                  ["validate", "--no-data", "studies/fixed_vs_dynamic.yaml"]])
 def test_list_and_validate_import_no_heavy_library(args):
     assert imported_heavy(*args) == []
 
 
-def test_counting_gpus_is_the_one_reason_validate_imports_torch():
-    assert imported_heavy("validate", "studies/quickstart.yaml", "--set", "resources.gpu=0.5") == ["torch"]
+@pytest.mark.parametrize("args", [["studies/quickstart.yaml", "--set", "resources.gpu=0.5"],
+                                  ["studies/fixed_vs_dynamic.yaml"]])  # no CUB here: exit 2, a line per problem
+def test_counting_gpus_is_the_one_reason_validate_imports_torch(args):
+    assert imported_heavy("validate", *args) == ["torch"]
 
 
 def test_the_lazy_names_still_resolve_to_the_real_objects():

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ray.tune.search.optuna import OptunaSearch
 
+from ..atomic import write_atomic
 from ..registry import ConfigError
 
 DEFAULT_FILE = "optuna.db"
@@ -115,8 +116,9 @@ class StoredOptunaSearch(OptunaSearch):
         super()._setup_study(mode)
 
     def save(self, checkpoint_path: str):
-        with open(checkpoint_path, "wb") as out:
-            _StoragePickler(out, self._storage).dump(self.__dict__.copy())
+        out = io.BytesIO()
+        _StoragePickler(out, self._storage).dump(self.__dict__.copy())
+        write_atomic(Path(checkpoint_path), out.getvalue())  # a kill mid-write leaves the last whole state
 
     def restore(self, checkpoint_path: str):
         url = self.storage_url
