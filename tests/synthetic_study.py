@@ -123,3 +123,16 @@ def run_study_text(tmp_path: Path, text: str, name: str, timeout: int = 600, env
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     folder = tmp_path / "results" / name
     return run, folder, pd.read_parquet(folder / "trials.parquet")
+
+
+def tiny_study(name: str, **changes) -> dict:
+    """The smallest real study on digits (one seed, one grid arm of 2 configurations, 1 epoch of 2
+    batches; one trial at a time, no retries), as a study file's mapping with ``changes`` on top."""
+    return {"name": name, "seeds": [0], "resources": {"cpu": 1}, "concurrency": 1, "retries": 0,
+            "dataset": {"name": "digits", "val_fraction": 0.4},
+            "model": {"backbone": "small_cnn", "dim": 8, "freeze_bn": False},
+            "train": {"epochs": 1, "batch_size": 12, "k": 4, "lr": 0.001, "batches_per_epoch": 2, "workers": 0},
+            "eval": {"metric": "map@r", "nmi": False, "similarity_bins": 0},
+            "arms": [{"name": "grid", "miner": {"name": "asms", "gamma_pos": {"grid": [0.0, 0.1]}},
+                      "loss": {"name": "soft_contrastive"}}],
+            **changes}

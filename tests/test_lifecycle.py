@@ -16,20 +16,9 @@ import pytest
 import yaml
 
 from chaos_study import fill  # benchmarks/ is on the path (tests/conftest.py)
+from synthetic_study import tiny_study
 
-STUDY = {
-    "name": "life",
-    "seeds": [0],
-    "resources": {"cpu": 1},
-    "concurrency": 1,
-    "retries": 0,
-    "dataset": {"name": "digits", "val_fraction": 0.4},
-    "model": {"backbone": "small_cnn", "dim": 8, "freeze_bn": False},
-    "train": {"epochs": 1, "batch_size": 12, "k": 4, "lr": 0.001, "batches_per_epoch": 2, "workers": 0},
-    "eval": {"metric": "map@r", "nmi": False, "similarity_bins": 0},
-    "arms": [{"name": "grid", "miner": {"name": "asms", "gamma_pos": {"grid": [0.0, 0.1]}},
-              "loss": {"name": "soft_contrastive"}}],
-}
+STUDY = tiny_study("life")
 
 
 def write(tmp_path, **changes) -> str:

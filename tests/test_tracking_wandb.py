@@ -12,6 +12,7 @@ import yaml
 from dmltune.registry import ConfigError
 from dmltune.study import tracking as tr
 from dmltune.study.tracking import describe, parse_tracking, tracking_callbacks
+from synthetic_study import tiny_study
 
 
 def _error(section) -> str:
@@ -145,20 +146,8 @@ def read_run(folder: Path) -> dict:
     return {"run": run, "config": config, "history": history}
 
 
-STUDY = {
-    "name": "wb",
-    "seeds": [0],
-    "resources": {"cpu": 1},
-    "concurrency": 1,
-    "retries": 0,
-    "dataset": {"name": "digits", "val_fraction": 0.4},
-    "model": {"backbone": "small_cnn", "dim": 8, "freeze_bn": False},
-    "train": {"epochs": 2, "batch_size": 12, "k": 4, "lr": 0.001, "batches_per_epoch": 2, "workers": 0},
-    "eval": {"metric": "map@r", "nmi": False, "similarity_bins": 0},
-    "tracking": {"wandb": {"project": "wb-test"}},
-    "arms": [{"name": "grid", "miner": {"name": "asms", "gamma_pos": {"grid": [0.0, 0.1]}},
-              "loss": {"name": "soft_contrastive"}}],
-}
+STUDY = tiny_study("wb", train={**tiny_study("wb")["train"], "epochs": 2},
+                   tracking={"wandb": {"project": "wb-test"}})
 
 
 @pytest.mark.slow
