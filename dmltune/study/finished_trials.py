@@ -8,13 +8,21 @@ TERMINATED instead, so that it is not touched. A trial counts as finished when i
 hold its final epoch (``train.epochs`` of its configuration) or a divergence; a trial whose stored
 results stop before that is left to Tune, which resumes it from its last checkpoint.
 
-Tune's searcher keeps its own record of the trials it has running (saved apart, in
-``basic-variant-state-*.json``), and it forgets a trial only when the trial completes, which a
-skipped trial never does: left there, each settled trial would hold one of ``concurrency``'s slots
-for ever (and with all of them held, the experiment would wait for ever). So the settled trials are
-taken out of that record too, and where it cannot be read and written back (Optuna arms, whose
-searcher must also learn each result, or an unexpected layout) nothing is settled: Tune then
-resumes the trial from its final checkpoint, which replays its reports and ends at once.
+The experiment's search algorithm keeps its own record, saved beside the experiment state: the
+trials it has running (the grid/random generator, or the concurrency limiter around an Optuna
+searcher) and, for Optuna, what each trial scored. It forgets a trial, and frees its concurrency
+slot, only when Tune tells it the trial completed, which a trial recorded as TERMINATED here never
+is: left so, each settled trial would hold one slot for ever, and once every slot is held no further
+trial is drawn, so the experiment never reaches its plan. Each settled trial is therefore first
+completed in the search algorithm through Tune's own interface: its saved state is restored,
+``on_trial_complete`` is called with the trial's last stored result (Optuna learns it as it would
+have), and the state is saved back in place. Where that state cannot be restored or saved (a lazy
+random generator, which saves none; an unexpected layout), nothing is settled: Tune then resumes
+the trial from its final checkpoint, which replays its reports and ends at once.
+
+The same restore-change-save (:func:`update_saved_search`) points a moved or copied study folder's
+saved search at that folder (:func:`repoint_saved_search`): Tune saves the experiment's folder path
+with the search, and the trials the search draws after a restore would otherwise use the old one.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from pathlib import Path
 from ..config import TRAIN_PARAMS
 from ..atomic import write_atomic
 from .consolidate import UNFINISHED
-from .state_copy import EXPERIMENT_STATE, SEARCHER_STATE
+from .state_copy import EXPERIMENT_STATE
 
 DEFAULT_EPOCHS = next(p.default for p in TRAIN_PARAMS if p.name == "epochs")
 
@@ -52,45 +60,97 @@ def _planned_epochs(config: dict) -> int:
     return epochs if isinstance(epochs, int) else DEFAULT_EPOCHS
 
 
+def _finished_result(trial_dir: Path, config: dict) -> dict | None:
+    """The trial's last stored result when it holds its last epoch or its divergence; else None."""
+    row = _last_result(trial_dir)
+    if row is None:
+        return None
+    if row.get("status") == "diverged":
+        return row
+    epoch = row.get("epoch")
+    return row if isinstance(epoch, int) and epoch >= _planned_epochs(config) else None
+
+
 def is_finished(trial_dir: Path, config: dict) -> bool:
     """Whether the trial's stored results hold its last epoch (``train.epochs`` of ``config``, the
     trial's configuration), or its divergence."""
-    row = _last_result(trial_dir)
-    if row is None:
+    return _finished_result(trial_dir, config) is not None
+
+
+def _session(path: Path, template: str) -> str:
+    """The session part of a file Tune named ``template.format(session)``."""
+    head, tail = template.split("{}")
+    return path.name[len(head):len(path.name) - len(tail)]
+
+
+def update_saved_search(folder: Path, search, change) -> bool:
+    """Restore the search algorithm saved in ``folder`` into ``search`` (the experiment's search
+    algorithm as the runner builds it: a Searcher such as the ConcurrencyLimiter around an Optuna
+    searcher, or the grid/random generator), call ``change(algorithm)`` and, when it returns True,
+    save the state back in place (the same files Tune restores from); False when there is no saved
+    state, or it cannot be restored or saved."""
+    from ray.tune.search import SearchGenerator, Searcher
+
+    algorithm = SearchGenerator(search) if isinstance(search, Searcher) else search
+    template = getattr(algorithm, "CKPT_FILE_TMPL", None)
+    saved = sorted(folder.glob(template.format("*"))) if template else []
+    if not saved:
         return False
-    if row.get("status") == "diverged":
-        return True
-    epoch = row.get("epoch")
-    return isinstance(epoch, int) and epoch >= _planned_epochs(config)
-
-
-
-
-def _forget_running(folder: Path, trial_ids: set[str]) -> bool:
-    """Take ``trial_ids`` out of the running trials of the newest grid/random searcher state (written
-    back atomically); False when there is no such state or it has another layout."""
-    from ray import cloudpickle
-
-    states = sorted(folder.glob(SEARCHER_STATE))
-    if not states:
-        return False
+    session = _session(saved[-1], template)
+    if isinstance(algorithm, SearchGenerator):  # its searcher's state is the same save's file
+        inner = sorted(folder.glob(Searcher.CKPT_FILE_TMPL.format("*")))
+        if not inner or _session(inner[-1], Searcher.CKPT_FILE_TMPL) != session:
+            return False
     try:
-        with open(states[-1], "rb") as f:
-            state = cloudpickle.load(f)
-        live = state["_live_trials"]
-    except Exception:  # unreadable, or not the layout this was written for
+        algorithm.restore_from_dir(str(folder))
+        if not change(algorithm):
+            return True
+        return algorithm.save_to_dir(str(folder), session_str=session) is not False  # False: saves no state
+    except Exception:  # an unexpected layout: left to Tune
         return False
-    if not isinstance(live, set):
-        return False
-    state["_live_trials"] = live - trial_ids
-    write_atomic(states[-1], cloudpickle.dumps(state))
-    return True
 
 
-def settle_finished_trials(folder: Path) -> list[str]:
+def complete_in_search(folder: Path, search, results: dict[str, dict]) -> bool:
+    """Tell the search algorithm saved in ``folder`` that each trial of ``results`` (trial id → its
+    last result) completed, and save it back (see :func:`update_saved_search`)."""
+    from ray.tune.utils.util import flatten_dict
+
+    def complete(algorithm) -> bool:
+        for trial_id, result in results.items():
+            algorithm.on_trial_complete(trial_id, result=flatten_dict(result))
+        return True
+
+    return update_saved_search(folder, search, complete)
+
+
+def repoint_saved_search(folder: Path, search) -> bool:
+    """Point the trials the saved search algorithm will still create at ``folder``. Tune saves, with
+    the search, the experiment's storage (its folder's absolute path); a restored experiment
+    re-points the trials it recorded but not the ones its search creates next, which in a moved or
+    copied study folder would write into the old folder, or fail when it is gone. True when the
+    saved search points at ``folder`` (now or already)."""
+    folder = Path(folder)
+
+    def repoint(algorithm) -> bool:
+        experiment = getattr(algorithm, "_experiment", None)
+        specs = [experiment.spec] if experiment is not None else []
+        specs += [it.unresolved_spec for it in getattr(algorithm, "_iterators", [])]
+        changed = False
+        for storage in {id(s["storage"]): s["storage"] for s in specs if s.get("storage") is not None}.values():
+            if Path(storage.storage_fs_path, storage.experiment_dir_name) != folder:
+                storage.storage_fs_path, storage.experiment_dir_name = folder.parent.as_posix(), folder.name
+                changed = True
+        return changed
+
+    return update_saved_search(folder, search, repoint)
+
+
+def settle_finished_trials(folder: Path, make_search) -> list[str]:
     """Record as TERMINATED, in the newest experiment state, every trial listed as unfinished whose
-    stored results show it finished, and take it out of the searcher's running trials; returns their
-    trial ids (none where the searcher's state cannot be updated, see the module's docstring)."""
+    stored results show it finished, after completing it in the experiment's search algorithm
+    (``make_search()`` builds it, only when there is such a trial; see :func:`complete_in_search`);
+    returns their trial ids (none where the search algorithm's state cannot be updated, see the
+    module's docstring)."""
     folder = Path(folder)
     states = sorted(folder.glob(EXPERIMENT_STATE))
     if not states:
@@ -101,7 +161,7 @@ def settle_finished_trials(folder: Path) -> list[str]:
         entries = state["trial_data"]
     except (OSError, ValueError, KeyError, TypeError):
         return []  # unreadable: left to Tune and the checkpoint repair
-    settled = []
+    results = {}
     for entry in entries:
         try:
             trial = json.loads(entry[0])
@@ -111,12 +171,14 @@ def settle_finished_trials(folder: Path) -> list[str]:
         if trial.get("status") not in UNFINISHED or not isinstance(logdir, str) or not logdir:
             continue
         config = trial.get("config") if isinstance(trial.get("config"), dict) else {}
-        if is_finished(folder / logdir, config):
+        result = _finished_result(folder / logdir, config)
+        if result is not None:
             trial["status"] = "TERMINATED"
             entry[0] = json.dumps(trial, indent=2)
-            settled.append(str(trial.get("trial_id")))
-    if settled and not _forget_running(folder, set(settled)):
+            results[str(trial.get("trial_id"))] = result
+    # the search algorithm first: a kill between the two writes leaves the trial unfinished in the
+    # experiment state, settled again at the next resume (completing it twice changes nothing)
+    if not results or not complete_in_search(folder, make_search(), results):
         return []
-    if settled:
-        write_atomic(newest, json.dumps(state))
-    return settled
+    write_atomic(newest, json.dumps(state))
+    return list(results)

@@ -16,9 +16,13 @@ its seed and Tune's loop are unchanged. :class:`StoredOptunaSearch` adds what dm
   name left in the storage (a driver killed before Tune recorded the experiment, or a folder moved
   aside with ``--fresh`` while the storage is outside it) would otherwise be loaded and steer TPE.
   One with finished trials is first copied to ``NAME.old-TIMESTAMP``; nothing finished is lost.
-
-Trials a killed session finished after the searcher's last saved state stay COMPLETE in the storage
-(Tune runs them to the end again; Optuna refuses the second report, which Ray logs as a warning).
+* **A trial the storage holds finished is finished for the restored search too.** A trial that
+  completed after the searcher's last saved state is COMPLETE in the storage but running in that
+  state, and Tune, whose record also lists it unfinished, resumes it from its last checkpoint, which
+  reports its epochs again. Optuna refuses any report to a finished trial with an error, which would
+  end the experiment at every resume (the study could never finish); so the restored search counts
+  such a trial as completed: its replayed reports and its completion are not sent to Optuna (which
+  keeps its first result), and the completion still frees its place in Tune's concurrency limiter.
 """
 
 from __future__ import annotations
@@ -131,6 +135,23 @@ class StoredOptunaSearch(OptunaSearch):
         self.__dict__.update(state)
         self.storage_url, self._storage = url, storage
         self._fail_forgotten_trials()
+        self._complete_finished_trials()
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if trial_id not in self._completed_trials:  # a finished trial's replayed reports: Optuna has them
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id not in self._completed_trials:
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _complete_finished_trials(self) -> None:
+        """Trials the restored search has running that the storage holds finished (completed after
+        the saved state): completed in the search too (see the module)."""
+        if self._ot_study is None:
+            return
+        finished = {t._trial_id for t in self._ot_study.get_trials(deepcopy=False) if t.state.is_finished()}
+        self._completed_trials.update(tid for tid, t in self._ot_trials.items() if t._trial_id in finished)
 
     def _fail_forgotten_trials(self) -> None:
         """Trials still RUNNING in the storage that the restored search does not know: FAIL."""

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import write_atomic
 from ..interruption import StudyFailed, StudyInterrupted, exit_if_stuck
 from ..registry import ConfigError
 from ..training import tune_trainable
@@ -23,9 +25,9 @@ from .checkpoint_repair import repair_missing_checkpoints
 from .consolidate import consolidate
 from .disk import describe, disk_error, disk_problem, stop_for_disk
 from .domains import replace_at
-from .experiments import Experiment, experiment_folders, experiments
+from .experiments import Experiment, experiment_folders, experiment_stages, experiments
 from .extension import grow_record
-from .finished_trials import settle_finished_trials
+from .finished_trials import repoint_saved_search, settle_finished_trials
 from .lifecycle import StudyLock, write_record
 from .pbt import restart_interrupted_population, seed_pbt_random
 from .progress import Progress
@@ -34,7 +36,7 @@ from .ray_connection import prepare_environment, start_ray
 from .resources import check_resources
 from .schema import Arm, Study
 from .result_ledger import ledger_callback
-from .state_copy import recover_record, state_copy_callback
+from .state_copy import EXPERIMENT_STATE, recover_record, state_copy_callback
 from .stages import stage_trials
 from .tracking import tracking_callbacks
 
@@ -133,8 +135,7 @@ def _experiment_tuner(study: Study, arm: Arm, experiment: Experiment, metric: st
     from . import optuna_storage
 
     folder = experiment.folder
-    stored = None if arm.search["mode"] != "optuna" or experiment.fixed else \
-        optuna_storage.stored_search(study.tracking, study.name, study.directory, folder)
+    stored = _stored_search(study, arm, experiment)
 
     trainable = tune.with_resources(tune_trainable, {"cpu": study.resources["cpu"],
                                                      "gpu": arm.gpu(study.resources.get("gpu", 0))})
@@ -185,10 +186,13 @@ def _checkpoints_kept(arm: Arm) -> int:
 
 def _prepare_restores(study: Study, retry_errored: bool = False) -> None:
     """Before any experiment is restored: a damaged Tune record is replaced by its last good copy
-    (state_copy), recorded checkpoints a killed driver lost are put back, and trials whose last epoch
-    is stored are recorded as finished (so they are neither run nor counted again)."""
+    (state_copy), the stopper Tune recorded is dropped (this session's is used), recorded checkpoints a
+    killed driver lost are put back, the saved search is pointed at the experiment's folder as it is
+    now, and trials whose last epoch is stored are recorded as finished and completed in the search
+    (so they are neither run nor counted again, and free their concurrency slot)."""
     for arm in study.arms:
-        for folder in experiment_folders(study, arm):
+        for experiment in experiment_stages(study, arm):
+            folder = experiment.folder
             if (folder / "tuner.pkl").is_file():
                 try:
                     recovered = recover_record(folder)
@@ -203,9 +207,49 @@ def _prepare_restores(study: Study, retry_errored: bool = False) -> None:
                     if restarted:
                         print(restarted, flush=True)
                         continue
+                drop_recorded_stopper(folder)
                 repair_missing_checkpoints(folder)
-                if arm.search["mode"] not in ("optuna", "pbt"):  # Optuna and PBT must see each result
-                    settle_finished_trials(folder)
+                if arm.search["mode"] != "pbt":  # a population must see each result (pbt.py)
+                    if any(folder.glob(EXPERIMENT_STATE)):  # (else Tune starts the experiment afresh)
+                        repoint_saved_search(folder, _experiment_search(study, arm, experiment))
+                    settle_finished_trials(folder, lambda: _experiment_search(study, arm, experiment))
+
+
+def drop_recorded_stopper(folder: Path) -> None:
+    """Tune's record (``runner_data``) keeps the stopper of the session that wrote it, and a restored
+    experiment uses that one instead of the one it is given: a FolderGone watching the old session's
+    lock file, which in a moved or copied study folder is gone, so the experiment would stop at its
+    first step, its search marked finished, short of its plan. It is taken out of the newest record,
+    so that Tune keeps this session's."""
+    states = sorted(folder.glob(EXPERIMENT_STATE))
+    try:
+        state = json.loads(states[-1].read_text())
+        recorded = state["runner_data"]
+    except (IndexError, OSError, ValueError, KeyError, TypeError):
+        return  # none, or unreadable: left to Tune (and the state copy)
+    if isinstance(recorded, dict) and recorded.pop("_stopper", None) is not None:
+        write_atomic(states[-1], json.dumps(state))
+
+
+def _stored_search(study: Study, arm: Arm, experiment: Experiment) -> dict | None:
+    """Where an optuna experiment's search keeps its Optuna study (``tracking.optuna``), or None."""
+    from . import optuna_storage
+
+    if arm.search["mode"] != "optuna" or experiment.fixed:
+        return None
+    return optuna_storage.stored_search(study.tracking, study.name, study.directory, experiment.folder)
+
+
+def _experiment_search(study: Study, arm: Arm, experiment: Experiment):
+    """The experiment's search algorithm as its Tuner gets it, to restore its saved state into (the
+    Optuna storage must hold its study: opening a missing one would create it empty)."""
+    from . import optuna_storage
+
+    stored = _stored_search(study, arm, experiment)
+    if stored:
+        optuna_storage.check_restorable(stored["storage_url"], stored["study_name"])
+    metric = f"val/{study.arms[0].resolved['eval']['metric']}"
+    return _tune_config(study, arm, metric, experiment.searcher_seed, experiment.fixed, stored).search_alg
 
 
 def _done_before(study: Study, retry_errored: bool) -> dict:
