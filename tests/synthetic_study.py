@@ -136,3 +136,24 @@ def tiny_study(name: str, **changes) -> dict:
             "arms": [{"name": "grid", "miner": {"name": "asms", "gamma_pos": {"grid": [0.0, 0.1]}},
                       "loss": {"name": "soft_contrastive"}}],
             **changes}
+
+
+def run_killed_after_first_trial(cwd: Path, text: str, env: dict) -> None:
+    """Start ``dmltune run s.yaml`` (``text``) in ``cwd`` and SIGKILL its process group as soon as it
+    prints that the first of 3 trials ended."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cwd.mkdir(parents=True, exist_ok=True)
+    (cwd / "s.yaml").write_text(text)
+    driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", "s.yaml"], cwd=cwd, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        for line in driver.stdout:
+            if line.startswith("[1/3]"):
+                break
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()

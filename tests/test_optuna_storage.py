@@ -212,26 +212,16 @@ def test_a_killed_study_resumed_from_a_copy_keeps_its_searches_in_the_copy(tmp_p
     whole) and finishes the search in the copy's optuna.db: every trial of the results table is one
     COMPLETE Optuna trial there with the same drawn value, and nothing is left RUNNING. (How many
     trials the resumed search runs is Tune's restore, not the storage's: not checked here.)"""
-    import os
-    import signal
     import subprocess
     import sys
 
     import optuna
     import pandas as pd
 
+    from synthetic_study import run_killed_after_first_trial
+
     first = tmp_path / "first"
-    first.mkdir()
-    (first / "s.yaml").write_text(STUDY.replace("epochs: 2,", "epochs: 3,"))
-    driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", "s.yaml"], cwd=first, env=shared_ray.env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    try:
-        for line in driver.stdout:
-            if line.startswith("[1/3]"):
-                break
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    run_killed_after_first_trial(first, STUDY.replace("epochs: 2,", "epochs: 3,"), shared_ray.env())
     assert (first / "results" / "opt" / "optuna.db").is_file()
     shutil.copytree(first / "results", tmp_path / "moved" / "results", symlinks=True)
     shutil.rmtree(first)  # a search still pointed at the old path would fail: its folder is gone

@@ -268,18 +268,10 @@ def test_a_search_resumed_from_a_moved_folder_writes_its_new_trials_there(tmp_pa
     """Killed after its first trial, the study folder moved: the trials the resumed search draws next
     run in the moved folder (Tune saved the old folder's path with the search), and the resume runs
     every planned trial."""
+    from synthetic_study import run_killed_after_first_trial
+
     first = tmp_path / "first"
-    first.mkdir()
-    (first / "s.yaml").write_text(STUDY.replace("TRACKING", ""))
-    driver = subprocess.Popen([sys.executable, "-m", "dmltune", "run", "s.yaml"], cwd=first, env=shared_ray.env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    try:
-        for line in driver.stdout:
-            if line.startswith("[1/3]"):
-                break
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
+    run_killed_after_first_trial(first, STUDY.replace("TRACKING", ""), shared_ray.env())
     (first / "results").rename(tmp_path / "results")
     folder = tmp_path / "results" / "r"
     resumed = subprocess.run([sys.executable, "-m", "dmltune", "resume", str(folder)], cwd=tmp_path,
