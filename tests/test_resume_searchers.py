@@ -219,6 +219,17 @@ def test_an_unfinished_trial_is_left_to_tune_and_its_search_untouched(tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == saved
 
 
+def _moved_and_resumed(first: Path, tmp_path: Path, env: dict) -> pd.Series:
+    """Move ``first``'s study folder to ``tmp_path/results``, resume it there (exit 0 asserted), and
+    return each trial's sorted epochs from the results table."""
+    (first / "results").rename(tmp_path / "results")
+    folder = tmp_path / "results" / "r"
+    resumed = subprocess.run([sys.executable, "-m", "dmltune", "resume", str(folder)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    return pd.read_parquet(folder / "trials.parquet").groupby("trial_id").epoch.apply(sorted)
+
+
 @pytest.mark.slow
 def test_a_killed_study_resumed_from_a_moved_folder_finishes_its_interrupted_trial(tmp_path, shared_ray):
     """Tune's record keeps the stopper of the session that wrote it, which watches that session's lock
@@ -254,12 +265,7 @@ def test_a_killed_study_resumed_from_a_moved_folder_finishes_its_interrupted_tri
             break
     else:
         pytest.fail("none of three killed runs caught the last planned trial running")
-    (first / "results").rename(tmp_path / "results")
-    folder = tmp_path / "results" / "r"
-    resumed = subprocess.run([sys.executable, "-m", "dmltune", "resume", str(folder)], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300, env=shared_ray.env())
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    per_trial = pd.read_parquet(folder / "trials.parquet").groupby("trial_id").epoch.apply(sorted)
+    per_trial = _moved_and_resumed(first, tmp_path, shared_ray.env())
     assert len(per_trial) == 3 and all(epochs == list(range(1, 25)) for epochs in per_trial), per_trial.to_dict()
 
 
@@ -272,12 +278,7 @@ def test_a_search_resumed_from_a_moved_folder_writes_its_new_trials_there(tmp_pa
 
     first = tmp_path / "first"
     run_killed_after_first_trial(first, STUDY.replace("TRACKING", ""), shared_ray.env())
-    (first / "results").rename(tmp_path / "results")
-    folder = tmp_path / "results" / "r"
-    resumed = subprocess.run([sys.executable, "-m", "dmltune", "resume", str(folder)], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300, env=shared_ray.env())
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    per_trial = pd.read_parquet(folder / "trials.parquet").groupby("trial_id").epoch.apply(sorted)
+    per_trial = _moved_and_resumed(first, tmp_path, shared_ray.env())
     assert len(per_trial) == 3 and all(epochs == [1, 2, 3] for epochs in per_trial), per_trial.to_dict()
     assert not (first / "results").exists()  # nothing written into the old place
 
